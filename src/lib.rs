@@ -1,0 +1,25 @@
+//! # itarflow
+//!
+//! iTARFlow normalizing-flow image models in Burn: the model, its exact likelihood and score, the
+//! reference two-phase sampler, and checkpoints compatible with the public PyTorch reference
+//! (apple/ml-itarflow).
+//!
+//! - [`config`]: model shapes and presets.
+//! - [`nn`]: attention with a KV cache, MLP, transformer block, Fourier time embedding.
+//! - [`model`]: patches, flow layers, the whole model, log p and the score.
+//! - [`sample`]: autoregressive inversion with guidance, iterative denoising.
+//! - [`checkpoint`]: the project's safetensors format and import of reference checkpoints.
+
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod nn;
+pub mod sample;
+
+pub use config::ModelConfig;
+pub use model::{ITarFlow, Labels};
+
+/// The CPU device models run on by default (Burn's Flex backend).
+pub fn default_device() -> burn::prelude::Device {
+    burn::prelude::Device::flex()
+}

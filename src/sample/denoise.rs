@@ -1,0 +1,85 @@
+//! Phase 2: iterative denoising with the model's own score.
+//!
+//! Tweedie: x0_hat(x, t) = x + t^2 grad_x log p(x, t). Euler on dx = -t score dt over
+//! ts = linspace(t_max, t_min, K) followed by 0: at each t_i, x0 = x0_hat(x, t_i) (optionally
+//! clipped to [-1, 1]), v = (x - x0) / t_i, x -= v (t_i - t_{i+1}). The last step lands on x0_hat
+//! at t_min; K = 1 is the single-step Tweedie denoiser at t_max.
+
+use burn::prelude::*;
+
+use super::Progress;
+use crate::model::{ITarFlow, Labels};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenoiseOptions {
+    pub t_max: f64,
+    pub t_min: f64,
+    /// K, the number of score evaluations.
+    pub steps: usize,
+    /// Clip the Tweedie estimate to [-1, 1] at each step.
+    pub clip: bool,
+    /// Images per score evaluation (bounds memory); 0 = the whole batch at once.
+    pub batch_size: usize,
+}
+
+/// The K noise levels, as torch.linspace(t_max, t_min, K) computes them in f32.
+pub fn noise_levels(t_max: f64, t_min: f64, steps: usize) -> Vec<f64> {
+    match steps {
+        0 => vec![],
+        1 => vec![t_max],
+        k => {
+            let (start, end) = (t_max as f32, t_min as f32);
+            let step = (end - start) / (k - 1) as f32;
+            (0..k)
+                .map(|i| {
+                    // torch fills the first half from the start and the second half from the end.
+                    let v = if i < k / 2 { start + step * i as f32 } else { end - step * (k - 1 - i) as f32 };
+                    v as f64
+                })
+                .collect()
+        }
+    }
+}
+
+/// The Tweedie estimate x + t^2 score(x, t) at one noise level for the whole batch.
+pub fn tweedie(model: &ITarFlow, x: Tensor<4>, t: f64, labels: &Labels, clip: bool, batch_size: usize) -> Tensor<4> {
+    let [b, _, _, _] = x.dims();
+    let chunk = if batch_size == 0 { b } else { batch_size.min(b) };
+    let all = labels.to_vec(b);
+    let parts: Vec<Tensor<4>> = (0..b)
+        .step_by(chunk)
+        .map(|start| {
+            let n = chunk.min(b - start);
+            let xs = x.clone().narrow(0, start, n);
+            let ls = match labels {
+                Labels::None => Labels::None,
+                Labels::Classes(_) => Labels::Classes(all[start..start + n].to_vec()),
+            };
+            let ts = Tensor::<1>::full([n], t, &xs.device());
+            let (score, _) = model.score(xs.clone(), ts, &ls);
+            let x0 = xs + score.mul_scalar(t * t);
+            if clip { x0.clamp(-1.0, 1.0) } else { x0 }
+        })
+        .collect();
+    Tensor::cat(parts, 0)
+}
+
+/// Runs the Euler denoiser from `x` at `t_max` down to `t_min`.
+pub fn denoise(
+    model: &ITarFlow,
+    mut x: Tensor<4>,
+    labels: &Labels,
+    opts: &DenoiseOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Tensor<4> {
+    let mut ts = noise_levels(opts.t_max, opts.t_min, opts.steps);
+    ts.push(0.0);
+    for i in 0..opts.steps {
+        let (t, next) = (ts[i], ts[i + 1]);
+        let x0 = tweedie(model, x.clone(), t, labels, opts.clip, opts.batch_size);
+        let v = (x.clone() - x0).div_scalar(t);
+        x = x - v.mul_scalar(t - next);
+        progress(Progress::Denoise { step: i + 1, steps: opts.steps });
+    }
+    x
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: fixtures, tensors from npz arrays, error measures.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use itarflow::checkpoint::{self, ImportOptions};
+use itarflow::{ITarFlow, Labels};
+use itarflow_base::Npz;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn device() -> Device {
+    itarflow::default_device()
+}
+
+/// The reference vectors of the tiny checkpoint.
+pub fn vectors() -> Npz {
+    Npz::read(fixture("tiny16_c1_vectors.npz")).expect("reference vectors load")
+}
+
+/// The reference tiny checkpoint (from the .pth unless `safetensors`).
+pub fn tiny(safetensors: bool) -> ITarFlow {
+    let name = if safetensors { "tiny16_c1.safetensors" } else { "tiny16_c1.pth" };
+    let opts = ImportOptions { in_channels: Some(1), ..Default::default() };
+    checkpoint::load(&fixture(name), &opts, &device()).expect("reference checkpoint loads").model
+}
+
+/// (shape, data) of a float array.
+pub fn array(npz: &Npz, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let a = npz.get(name).unwrap_or_else(|| panic!("no array {name}"));
+    npz.f32(name, a.shape.len(), "", "").unwrap()
+}
+
+pub fn tensor<const D: usize>(npz: &Npz, name: &str) -> Tensor<D> {
+    let (shape, data) = array(npz, name);
+    let shape: [usize; D] = shape.try_into().expect("rank");
+    Tensor::from_data(TensorData::new(data, shape), &device())
+}
+
+/// A float array reshaped to D dims (e.g. t (4,1) as (4,)).
+pub fn tensor_as<const D: usize>(npz: &Npz, name: &str, shape: [usize; D]) -> Tensor<D> {
+    let (_, data) = array(npz, name);
+    Tensor::from_data(TensorData::new(data, shape), &device())
+}
+
+pub fn labels(npz: &Npz, name: &str) -> Labels {
+    Labels::Classes(npz.i64(name, 1, "(B,)", "").unwrap().1)
+}
+
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().unwrap()
+}
+
+/// max|ours - ref| / max|ref| over the array.
+pub fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "array sizes differ");
+    let diff = ours.iter().zip(reference).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let scale = reference.iter().map(|b| b.abs() as f64).fold(0.0, f64::max);
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
+/// Asserts the relative error of `ours` against reference array `name` is within `tol`, and
+/// prints it (run with --nocapture to collect the figures).
+pub fn check<const D: usize>(npz: &Npz, name: &str, ours: Tensor<D>, tol: f64) -> f64 {
+    let (_, reference) = array(npz, name);
+    let e = rel_err(&values(ours), &reference);
+    println!("rel_err {name:<28} {e:.3e}");
+    assert!(e <= tol, "{name}: relative error {e:.3e} > {tol:.0e}");
+    e
+}
