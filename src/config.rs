@@ -110,6 +110,18 @@ impl ModelConfig {
         self.width(l) / self.head_dim
     }
 
+    /// The same config with per-layer lists written compactly (one value when all layers agree),
+    /// so that equal shapes compare equal.
+    pub fn normalized(&self) -> Self {
+        let compact = |v: &Vec<usize>| if v.iter().all(|&x| x == v[0]) { vec![v[0]] } else { v.clone() };
+        Self {
+            patch_sizes: compact(&self.patch_sizes),
+            widths: compact(&self.widths),
+            blocks_per_layer: compact(&self.blocks_per_layer),
+            ..self.clone()
+        }
+    }
+
     /// Checks every constraint the model relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -137,11 +149,11 @@ impl ModelConfig {
         }
         for l in 0..self.num_layers {
             let p = self.patch_size(l);
-            if p == 0 || self.img_size % p != 0 {
+            if p == 0 || !self.img_size.is_multiple_of(p) {
                 return bad(format!("img_size {} is not a multiple of layer {l}'s patch size {p}", self.img_size));
             }
             let w = self.width(l);
-            if w == 0 || w % self.head_dim != 0 {
+            if w == 0 || !w.is_multiple_of(self.head_dim) {
                 return bad(format!("layer {l}'s width {w} is not a multiple of head_dim {}", self.head_dim));
             }
             if per_layer(&self.blocks_per_layer, l) == 0 {
@@ -151,7 +163,7 @@ impl ModelConfig {
         if self.shared_backbone_blocks > 0 && self.widths.iter().any(|&w| w != self.width(0)) {
             return bad("a shared backbone needs the same width in every layer".into());
         }
-        if !(self.input_scale > 0.0) {
+        if self.input_scale.is_nan() || self.input_scale <= 0.0 {
             return bad(format!("input_scale must be positive, got {}", self.input_scale));
         }
         if !(self.t_min > 0.0 && self.t_min < self.t_max) {
@@ -189,7 +201,7 @@ impl ModelConfig {
             t_min: 0.01,
             t_max,
         };
-        Ok(match name {
+        let config = match name {
             "tiny16" => base(16, 1, 2, 64, vec![2; 4], 10, 0.3),
             "fmnist-s" => base(32, 1, 4, 128, vec![2; 4], 10, 0.3),
             "fmnist-m" => base(32, 1, 2, 256, vec![2, 2, 2, 4], 10, 0.3),
@@ -202,7 +214,8 @@ impl ModelConfig {
                     available: Self::preset_names().join(", "),
                 });
             }
-        })
+        };
+        Ok(config.normalized())
     }
 
     /// Number of trainable parameters a model of this shape has.

@@ -11,5 +11,5 @@ pub mod npz;
 
 pub use atomic::write_atomic;
 pub use grid::{GridError, save_grid};
-pub use noise::GaussianNoise;
+pub use noise::{GaussianNoise, prior_noise, random_labels};
 pub use npz::{Array, ArrayData, Npz, NpzError};

@@ -70,6 +70,18 @@ impl GaussianNoise {
     }
 }
 
+/// The prior noise of a sampling run: `count` N(0, 1) values from `seed`, row-major (B, T, c).
+pub fn prior_noise(seed: u64, count: usize) -> Vec<f32> {
+    GaussianNoise::new(seed).sample_f32(count)
+}
+
+/// Random class labels of a sampling run, drawn from a stream of their own so that the noise of
+/// a seed does not depend on whether the model is conditional.
+pub fn random_labels(seed: u64, batch: usize, num_classes: usize) -> Vec<i64> {
+    let mut g = GaussianNoise::new(seed ^ 0x6C61_6265_6C73_2121);
+    (0..batch).map(|_| g.next_below(num_classes as u64) as i64).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

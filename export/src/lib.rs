@@ -1,1 +1,1 @@
-//! placeholder
+//! ONNX export of itarflow models (the `itarflow export` issue); nothing here yet.

@@ -159,14 +159,13 @@ pub fn infer_config(src: &NamedTensors, opts: &ImportOptions) -> Result<ModelCon
     let expansion = hidden / widths[0];
     let (in_channels, patches, img_size) = geometry(&src.path, &tokens, opts)?;
     let head_dim = opts.head_dim.unwrap_or(64);
-    let compact = |v: Vec<usize>| if v.iter().all(|&x| x == v[0]) { vec![v[0]] } else { v };
     let config = ModelConfig {
         img_size,
         in_channels,
-        patch_sizes: compact(patches),
+        patch_sizes: patches,
         num_layers,
-        widths: compact(widths),
-        blocks_per_layer: compact(blocks),
+        widths,
+        blocks_per_layer: blocks,
         head_dim,
         expansion,
         num_classes: num_classes.unwrap_or(0),
@@ -175,7 +174,8 @@ pub fn infer_config(src: &NamedTensors, opts: &ImportOptions) -> Result<ModelCon
         input_scale: opts.input_scale.unwrap_or(1.0),
         t_min: opts.t_min.unwrap_or(0.01),
         t_max: opts.t_max.unwrap_or_else(|| default_t_max(img_size)),
-    };
+    }
+    .normalized();
     config.validate().map_err(|e| {
         let hint = if e.to_string().contains("head_dim") { "; pass --head-dim N" } else { "" };
         err(format!("{e}{hint}"))

@@ -93,11 +93,10 @@ impl FlowLayer {
         }
     }
 
-    /// Forward (data -> noise) on tokens (B, T, c) in data order: returns the layer's output in
-    /// data order and its logdet (B,) = -mean(a).
-    pub fn forward(&self, x: Tensor<3>, cond: &LayerCond, shared: &[TransformerBlock]) -> (Tensor<3>, Tensor<1>) {
-        let [b, t, c] = x.dims();
-        let u = self.permute(x, 1);
+    /// The network's (a, b) for every position of permuted tokens `u` (B, T, c), before the
+    /// shift: entry n is computed from tokens 0..=n and applies to token n+1.
+    pub fn network(&self, u: Tensor<3>, cond: &LayerCond, shared: &[TransformerBlock]) -> (Tensor<3>, Tensor<3>) {
+        let [b, t, _] = u.dims();
         let pos = self.permute(self.pos_embed.val(), 0);
         let width = pos.dims()[1];
         let mut h = self.proj_in.forward(u.clone()) + pos.unsqueeze::<3>() + cond.clone().reshape([b, 1, width]);
@@ -105,10 +104,18 @@ impl FlowLayer {
         for block in shared.iter().chain(&self.blocks) {
             h = block.forward(h, &mask);
         }
-        let o = self.proj_out.forward(h);
-        let out_dim = o.dims()[2];
-        let o = Tensor::cat(vec![Tensor::zeros([b, 1, out_dim], &o.device()), o.narrow(1, 0, t - 1)], 1);
-        let (a, shift) = self.split_ab(o);
+        self.split_ab(self.proj_out.forward(h))
+    }
+
+    /// Forward (data -> noise) on tokens (B, T, c) in data order: returns the layer's output in
+    /// data order and its logdet (B,) = -mean(a).
+    pub fn forward(&self, x: Tensor<3>, cond: &LayerCond, shared: &[TransformerBlock]) -> (Tensor<3>, Tensor<1>) {
+        let [b, t, c] = x.dims();
+        let u = self.permute(x, 1);
+        let (a, shift) = self.network(u.clone(), cond, shared);
+        // Shift right by one token: token n is transformed by the output at n - 1; token 0 by zero.
+        let shift_right = |o: Tensor<3>| Tensor::cat(vec![o.zeros_like().narrow(1, 0, 1), o.narrow(1, 0, t - 1)], 1);
+        let (a, shift) = (shift_right(a), shift_right(shift));
         let z = (u - shift) * a.clone().neg().exp();
         let logdet = a.mean_dims(&[1, 2]).reshape([b]).neg();
         debug_assert_eq!(z.dims(), [b, t, c]);

@@ -93,26 +93,16 @@ impl Attention {
         self.merge_heads(softmax(scores, 3).matmul(v))
     }
 
-    /// Attention of new tokens (B, n, C) over the cached ones and themselves (causal among the
-    /// new ones too); appends their keys and values to `cache`. `inv_temp`, shape (B, 1, 1, 1),
-    /// divides each row's scores by its attention temperature.
+    /// Attention of one new token (B, 1, C) over the cached tokens and itself; appends its key
+    /// and value to `cache`. `inv_temp`, shape (B, 1, 1, 1), divides each row's scores by its
+    /// attention temperature.
     pub fn step(&self, x: Tensor<3>, cache: &mut KvCache, inv_temp: Option<&Tensor<4>>) -> Tensor<3> {
+        debug_assert_eq!(x.dims()[1], 1, "a step takes one token");
         let (mut q, k, v) = self.qkv_heads(x);
         if let Some(s) = inv_temp {
             q = q.mul(s.clone());
         }
-        let past = cache.len();
         let (k, v) = cache.append(k, v);
-        let [b, h, n, _] = q.dims();
-        let mut scores = q.matmul(k.swap_dims(2, 3));
-        if n > 1 {
-            let total = past + n;
-            let data: Vec<bool> = (0..n * total).map(|i| i % total > past + i / total).collect();
-            let mask = Tensor::<1, Bool>::from_data(TensorData::new(data, [n * total]), &scores.device())
-                .reshape([1, 1, n, total])
-                .expand([b, h, n, total]);
-            scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        }
-        self.merge_heads(softmax(scores, 3).matmul(v))
+        self.merge_heads(softmax(q.matmul(k.swap_dims(2, 3)), 3).matmul(v))
     }
 }

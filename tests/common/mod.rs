@@ -71,3 +71,37 @@ pub fn check<const D: usize>(npz: &Npz, name: &str, ours: Tensor<D>, tol: f64) -
     assert!(e <= tol, "{name}: relative error {e:.3e} > {tol:.0e}");
     e
 }
+
+/// A model of shape `config` with every tensor perturbed by 0.02 N(0, 1) (so that no layer is the
+/// identity, as in the reference test checkpoint) and a positive random prior variance.
+pub fn random_model(config: &itarflow::ModelConfig, seed: u64) -> ITarFlow {
+    use itarflow::checkpoint::{NamedTensors, RawTensor, names};
+    let fresh = ITarFlow::new(config, &device()).expect("valid config");
+    let mut noise = itarflow_base::GaussianNoise::new(seed);
+    let tensors = names::to_named(&fresh)
+        .into_iter()
+        .map(|(name, t)| {
+            let data = if name == "var" {
+                t.data.iter().map(|_| (0.5 + 0.2 * noise.next_f64().abs()) as f32).collect()
+            } else if name.ends_with("attn_mask") {
+                t.data
+            } else {
+                t.data.iter().map(|&x| x + 0.02 * noise.next_f64() as f32).collect()
+            };
+            (name, RawTensor { shape: t.shape, data })
+        })
+        .collect();
+    let named = NamedTensors { tensors, ..Default::default() };
+    names::from_named(&named, config, &device()).expect("perturbed model builds")
+}
+
+/// Gaussian values of the given shape.
+pub fn gaussian<const D: usize>(shape: [usize; D], seed: u64, scale: f32) -> Tensor<D> {
+    let n = shape.iter().product();
+    let data = itarflow_base::GaussianNoise::new(seed).sample_f32(n).into_iter().map(|x| x * scale).collect::<Vec<_>>();
+    Tensor::from_data(TensorData::new(data, shape), &device())
+}
+
+pub fn max_abs(t: Tensor<4>) -> f32 {
+    values(t).iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}

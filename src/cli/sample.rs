@@ -1,0 +1,191 @@
+//! `itarflow sample`: phase 1 (autoregressive inversion with guidance) and phase 2 (iterative
+//! denoising), from seeded or given prior noise.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::Args;
+use itarflow::Labels;
+use itarflow::sample::{CfgStyle, DenoiseOptions, Guidance, denoise, reverse};
+use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
+
+use super::ckpt::CkptArgs;
+use super::{inputs, progress};
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub ckpt: CkptArgs,
+    /// npz with prior noise `z` (B,T,c) float32 and optional labels `y` (B,): a reproducible run.
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Seed of the prior noise (and of random labels) when no --noise is given.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of images when no --noise is given.
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Class of every image (default: random classes for a conditional model).
+    #[arg(long)]
+    pub class: Option<i64>,
+    /// Guidance scale w (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub cfg: f64,
+    /// How guided scale and shift are combined.
+    #[arg(long, value_enum, default_value_t = CfgStyle::Tarflow)]
+    pub cfg_style: CfgStyle,
+    /// Layers guided, counted in sampling order: a number, or `all` (the paper guides only the first).
+    #[arg(long, default_value = "1")]
+    pub guide_layers: String,
+    /// Ramp the guidance scale linearly over the tokens.
+    #[arg(long)]
+    pub anneal: bool,
+    /// Attention temperature of the unconditional branch.
+    #[arg(long, default_value_t = 1.0)]
+    pub uncond_temp: f64,
+    /// Noise level sampled at (default: the model's t_max).
+    #[arg(long)]
+    pub t_max: Option<f64>,
+    /// Noise level of the last denoising step (default: the model's t_min).
+    #[arg(long)]
+    pub t_min: Option<f64>,
+    /// Denoising steps; 0 returns the noisy phase-1 images.
+    #[arg(long, default_value_t = 10)]
+    pub denoise_steps: usize,
+    /// Clip each Tweedie estimate to [-1, 1].
+    #[arg(long)]
+    pub clip: bool,
+    /// npz to write, with the images `x` (B,C,H,W) and labels `y`.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// PNG grid of the images.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn guide_layers(text: &str) -> Result<usize> {
+    if text == "all" {
+        return Ok(usize::MAX);
+    }
+    text.parse().with_context(|| format!("--guide-layers takes a number or 'all', got '{text}'"))
+}
+
+/// Writes images as npz (`x`, and `y` when labelled) and/or a PNG grid.
+pub fn write_images(values: &[f32], dims: [usize; 4], y: &Labels, npz: Option<&Path>, png: Option<&Path>) -> Result<()> {
+    if let Some(path) = npz {
+        let mut out = Npz::new(path);
+        out.insert("x", Array::f32(&dims, values.to_vec()));
+        if let Labels::Classes(labels) = y {
+            out.insert("y", Array::i64(&[dims[0]], labels.clone()));
+        }
+        out.write()?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = png {
+        let cols = (dims[0] as f64).sqrt().ceil() as usize;
+        save_grid(path, values, dims, cols)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    if args.output.is_none() && args.out.is_none() {
+        bail!("nothing to write: pass --output OUT.npz and/or --out grid.png");
+    }
+    let model = args.ckpt.load()?;
+    let c = model.config.clone();
+    let last = c.num_layers - 1;
+    let (tokens, width) = (c.tokens(last), c.token_dim(last));
+    let device = itarflow::default_device();
+
+    let (z, y) = match &args.noise {
+        Some(path) => {
+            let npz = Npz::read(path)?;
+            let expected = format!("(B, {tokens}, {width})");
+            let (shape, data) = npz.f32("z", 3, &expected, "the prior noise, float32 (B, T, c)")?;
+            if shape[1..] != [tokens, width] || shape[0] == 0 {
+                bail!("array 'z' in {} has shape {shape:?}; this model's prior noise is {expected}", path.display());
+            }
+            let b = shape[0];
+            let y = match (npz.get("y"), args.class) {
+                (Some(_), _) => inputs::labels(&npz, b, &model)?,
+                (None, Some(k)) => inputs::class_labels(vec![k; b], b, c.num_classes, "--class")?,
+                (None, None) if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
+                (None, None) => Labels::None,
+            };
+            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &device), y)
+        }
+        None => {
+            if args.num == 0 {
+                bail!("--num must be at least 1");
+            }
+            let b = args.num;
+            let data = prior_noise(args.seed, b * tokens * width);
+            let y = match args.class {
+                Some(k) => inputs::class_labels(vec![k; b], b, c.num_classes, "--class")?,
+                None if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
+                None => Labels::None,
+            };
+            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &device), y)
+        }
+    };
+    if args.cfg < 0.0 || !args.cfg.is_finite() {
+        bail!("--cfg must be >= 0, got {}", args.cfg);
+    }
+    if args.cfg > 0.0 && c.num_classes == 0 {
+        bail!("--cfg needs a class-conditional model; this one is unconditional");
+    }
+    let guidance = Guidance {
+        scale: args.cfg,
+        style: args.cfg_style,
+        layers: guide_layers(&args.guide_layers)?,
+        annealed: args.anneal,
+        uncond_temperature: inputs::positive("--uncond-temp", args.uncond_temp)?,
+    };
+    let t_max = inputs::positive("--t-max", args.t_max.unwrap_or(c.t_max))?;
+    let t_min = inputs::positive("--t-min", args.t_min.unwrap_or(c.t_min))?;
+    if t_min > t_max {
+        bail!("--t-min {t_min} is above --t-max {t_max}");
+    }
+
+    let start = Instant::now();
+    let b = z.dims()[0];
+    let invert_steps = (0..c.num_layers).map(|l| c.tokens(l) as u64 - 1).sum::<u64>();
+    let bar = progress::bar(invert_steps + args.denoise_steps as u64, "sample");
+    let mut report = |p| progress::report(&bar, p);
+    let x = reverse(&model, z, t_max, &y, &guidance, &mut report);
+    let phase1 = start.elapsed().as_secs_f64();
+    let x = if args.denoise_steps > 0 {
+        let opts = DenoiseOptions { t_max, t_min, steps: args.denoise_steps, clip: args.clip, batch_size: 64 };
+        denoise(&model, x, &y, &opts, &mut report)
+    } else {
+        x
+    };
+    bar.finish_and_clear();
+    let total = start.elapsed().as_secs_f64();
+    let dims = x.dims();
+    let values = inputs::ensure_finite(&x, "the sampled images")?;
+    write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref())?;
+    if args.json {
+        let summary = serde_json::json!({
+            "images": b,
+            "labels": y.to_vec(b),
+            "seed": if args.noise.is_some() { None } else { Some(args.seed) },
+            "phase1_seconds": phase1,
+            "total_seconds": total,
+            "images_per_second": b as f64 / total,
+            "output": args.output,
+            "grid": args.out,
+        });
+        println!("{summary}");
+    } else {
+        eprintln!("{b} images in {total:.2} s ({phase1:.2} s inversion, {:.2} s denoising)", total - phase1);
+    }
+    Ok(())
+}

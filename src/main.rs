@@ -1,0 +1,38 @@
+//! `itarflow`: evaluate, sample from and denoise with iTARFlow models on the CPU.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "itarflow", version, about = "iTARFlow normalizing-flow image models: likelihood, score, sampling and denoising")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Forward pass: z, logdet, log p and the score of images at given noise levels.
+    Eval(cli::eval::EvalArgs),
+    /// Generate images: autoregressive inversion with guidance, then iterative denoising.
+    Sample(cli::sample::SampleArgs),
+    /// Denoise images (any model's) with this model's score: the Euler ODE from t-max to t-min.
+    Denoise(cli::denoise::DenoiseArgs),
+    /// Print a checkpoint's config and size.
+    Info(cli::info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Sample(a) => cli::sample::run(a),
+        Command::Denoise(a) => cli::denoise::run(a),
+        Command::Info(a) => cli::info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
