@@ -12,9 +12,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod model;
 pub mod nn;
 pub mod sample;
+pub mod train;
 
 pub use config::ModelConfig;
 pub use model::{ITarFlow, Labels};

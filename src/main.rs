@@ -19,6 +19,10 @@ enum Command {
     Sample(cli::sample::SampleArgs),
     /// Denoise images (any model's) with this model's score: the Euler ODE from t-max to t-min.
     Denoise(cli::denoise::DenoiseArgs),
+    /// Train a model on a data set (Fashion-MNIST by default), with checkpoints and resume.
+    Train(cli::train::TrainArgs),
+    /// Bits/dim of a data split at a chosen noise level.
+    EvalNll(cli::eval_nll::EvalNllArgs),
     /// Print a checkpoint's config and size.
     Info(cli::info::InfoArgs),
 }
@@ -30,6 +34,8 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::denoise::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::EvalNll(a) => cli::eval_nll::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

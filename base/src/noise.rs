@@ -40,7 +40,7 @@ impl GaussianNoise {
     }
 
     /// Uniform in the open interval (0, 1).
-    fn next_open01(&mut self) -> f64 {
+    pub fn next_open01(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 

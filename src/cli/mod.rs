@@ -1,9 +1,12 @@
 //! The subcommands of the `itarflow` binary and what they share.
 
 pub mod ckpt;
+pub mod data_args;
 pub mod denoise;
 pub mod eval;
+pub mod eval_nll;
 pub mod info;
 pub mod inputs;
 pub mod progress;
 pub mod sample;
+pub mod train;

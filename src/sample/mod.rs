@@ -4,10 +4,12 @@
 
 pub mod denoise;
 pub mod guidance;
+pub mod pipeline;
 pub mod reverse;
 
 pub use denoise::{DenoiseOptions, denoise, noise_levels, tweedie};
 pub use guidance::{CfgStyle, Guidance};
+pub use pipeline::{SampleOptions, class_grid, sample, seeded_noise, total_steps};
 pub use reverse::reverse;
 
 /// Where a long sampling run is, for progress reporting.

@@ -1,0 +1,102 @@
+//! Training data: image sets from MNIST-style IDX files, CIFAR-10 binaries or folders of images,
+//! and a loader that shuffles deterministically, augments and prefetches batches in the background.
+
+pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use loader::{Batch, Loader, LoaderOptions};
+
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path} is corrupt or truncated: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+    move |e| DataError::Io { path: path.into(), reason: e.to_string() }
+}
+
+/// Images held as bytes (N, C, H, W), values 0..=255, with integer labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSet {
+    pub channels: usize,
+    pub size: usize,
+    pub pixels: Vec<u8>,
+    pub labels: Vec<i64>,
+    pub num_classes: usize,
+    /// Class names, when the source has them (image folders).
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.channels * self.size * self.size;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// The first `n` images (for quick evaluations).
+    pub fn take(mut self, n: usize) -> Self {
+        let n = n.min(self.len());
+        self.pixels.truncate(n * self.channels * self.size * self.size);
+        self.labels.truncate(n);
+        self
+    }
+}
+
+/// The splits of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Where training data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST-style IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] in the directory.
+    Idx,
+    /// CIFAR-10 binary version: data_batch_{1..5}.bin and test_batch.bin in the directory.
+    Cifar10,
+    /// One sub-folder per class of PNG/JPEG images; `train/` and `test/` sub-directories when present.
+    Folder,
+}
+
+/// The directory the Debian package `dataset-fashion-mnist` installs.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Loads a split of a dataset; `size` resizes folder images (IDX and CIFAR keep their own size).
+pub fn load(kind: &DatasetKind, dir: &std::path::Path, split: Split, size: Option<usize>) -> Result<ImageSet, DataError> {
+    match kind {
+        DatasetKind::Idx => idx::load_split(dir, split),
+        DatasetKind::Cifar10 => cifar::load_split(dir, split),
+        DatasetKind::Folder => {
+            let size = size.ok_or_else(|| DataError::Invalid("an image folder needs --img-size to resize to".into()))?;
+            let sub = dir.join(match split {
+                Split::Train => "train",
+                Split::Test => "test",
+            });
+            folder::load(if sub.is_dir() { &sub } else { dir }, size, 3)
+        }
+    }
+}
