@@ -21,7 +21,15 @@ pub mod train;
 pub use config::ModelConfig;
 pub use model::{ITarFlow, Labels};
 
-/// The CPU device models run on by default (Burn's Flex backend).
+/// The device models run and train on: Burn's Flex CPU backend, or the first CUDA GPU when the
+/// crate is built with the `cuda` feature.
 pub fn default_device() -> burn::prelude::Device {
-    burn::prelude::Device::flex()
+    #[cfg(feature = "cuda")]
+    {
+        burn::prelude::Device::cuda(0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        burn::prelude::Device::flex()
+    }
 }

@@ -23,6 +23,10 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Bits/dim of a data split at a chosen noise level.
     EvalNll(cli::eval_nll::EvalNllArgs),
+    /// Rewrite a checkpoint in this project's format (config stored), in f32 or f16.
+    Convert(cli::convert::ConvertArgs),
+    /// Training steps/s and peak memory of a model shape on synthetic data (JSON).
+    BenchTrain(cli::bench_train::BenchTrainArgs),
     /// Print a checkpoint's config and size.
     Info(cli::info::InfoArgs),
 }
@@ -34,6 +38,8 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::denoise::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::BenchTrain(a) => cli::bench_train::run(a),
+        Command::Convert(a) => cli::convert::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::EvalNll(a) => cli::eval_nll::run(a),
     };

@@ -90,3 +90,27 @@ fn flags_that_contradict_a_stored_config_are_refused() {
         assert_eq!(&saved.tensors[k], t, "{k}");
     }
 }
+
+#[test]
+fn fp16_checkpoints_round_weights_and_keep_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.safetensors");
+    let model = tiny(false);
+    checkpoint::save_as(&model, &path, checkpoint::Precision::Fp16).unwrap();
+    let full = dir.path().join("full.safetensors");
+    checkpoint::save(&model, &full).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&path) < size(&full) / 2 + 8192, "{} vs {}", size(&path), size(&full));
+    let half = checkpoint::load(&path, &ImportOptions::default(), &device()).unwrap();
+    assert_eq!(half.model.config, model.config);
+    for ((k, a), (_, b)) in names::to_named(&model).into_iter().zip(names::to_named(&half.model)) {
+        let rounded: Vec<f32> = a.data.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        assert_eq!(rounded, b.data, "{k}");
+    }
+    // The forward pass moves by about the f16 rounding of the weights (2^-11 relative).
+    let v = vectors();
+    let z = half.model.forward(tensor(&v, "x"), tensor_as(&v, "t", [4]), &labels(&v, "y")).z;
+    let e = rel_err(&values(z), &array(&v, "z").1);
+    println!("fp16 weights: z rel_err {e:.2e}");
+    assert!(e < 5e-3, "{e}");
+}

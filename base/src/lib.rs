@@ -1,15 +1,20 @@
-//! Burn-free pieces shared by the `itarflow` toolkit and its runtime `itarflow-rt`:
-//! numpy `.npz` arrays, PNG sample grids, seeded Gaussian noise and atomic file writes.
+//! Burn-free pieces shared by the `itarflow` toolkit, its exporter and its runtime `itarflow-rt`:
+//! the model config, named weights, numpy `.npz` arrays, PNG sample grids, seeded Gaussian noise
+//! and atomic file writes.
 //!
 //! Both the Burn sampler and the ONNX runtime draw their noise from [`noise::GaussianNoise`], so a
 //! `--seed` gives the same images whichever engine runs the model.
 
 pub mod atomic;
+pub mod config;
 pub mod grid;
 pub mod noise;
 pub mod npz;
+pub mod weights;
 
 pub use atomic::write_atomic;
 pub use grid::{GridError, save_grid};
 pub use noise::{GaussianNoise, prior_noise, random_labels};
 pub use npz::{Array, ArrayData, Npz, NpzError};
+pub use weights::RawTensor;
+pub use config::ModelConfig;

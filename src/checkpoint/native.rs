@@ -20,18 +20,39 @@ pub const CONFIG_KEY: &str = "itarflow.config";
 const FORMAT_KEY: &str = "format";
 const FORMAT: &str = "itarflow";
 
-/// Writes `model` to `path` atomically.
+/// Storage precision of a checkpoint's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    Fp32,
+    /// IEEE half: half the size; loading converts back to f32.
+    Fp16,
+}
+
+/// Writes `model` to `path` atomically, in f32.
 pub fn save(model: &ITarFlow, path: &Path) -> Result<(), CheckpointError> {
+    save_as(model, path, Precision::Fp32)
+}
+
+/// Writes `model` to `path` atomically, in the given precision.
+pub fn save_as(model: &ITarFlow, path: &Path, precision: Precision) -> Result<(), CheckpointError> {
     let err = |reason: String| CheckpointError::Write { path: path.into(), reason };
     let named = to_named(model);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
-        .into_iter()
-        .map(|(name, t)| (name, t.shape, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
+    let encode = |data: &[f32]| -> Vec<u8> {
+        match precision {
+            Precision::Fp32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Precision::Fp16 => data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        }
+    };
+    let dtype = match precision {
+        Precision::Fp32 => safetensors::Dtype::F32,
+        Precision::Fp16 => safetensors::Dtype::F16,
+    };
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        named.into_iter().map(|(name, t)| (name, t.shape, encode(&t.data))).collect();
     let views = bytes
         .iter()
         .map(|(name, shape, data)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), data)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| err(e.to_string()))
         })

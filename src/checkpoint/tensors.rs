@@ -6,12 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::CheckpointError;
 
-/// One tensor: row-major f32 data and its shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
+pub use itarflow_base::RawTensor;
 
 /// The tensors of a checkpoint by name, plus the file's string metadata (safetensors only).
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,8 @@
 //! The subcommands of the `itarflow` binary and what they share.
 
+pub mod bench_train;
 pub mod ckpt;
+pub mod convert;
 pub mod data_args;
 pub mod denoise;
 pub mod eval;

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
 use itarflow::Labels;
-use itarflow::sample::{CfgStyle, DenoiseOptions, Guidance, denoise, reverse};
-use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
+use itarflow::sample::{CfgStyle, Guidance, SampleOptions, sample, seeded_noise, total_steps};
+use itarflow_base::{Array, Npz, random_labels, save_grid};
 
 use super::ckpt::CkptArgs;
 use super::{inputs, progress};
@@ -102,7 +102,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let c = model.config.clone();
     let last = c.num_layers - 1;
     let (tokens, width) = (c.tokens(last), c.token_dim(last));
-    let device = itarflow::default_device();
 
     let (z, y) = match &args.noise {
         Some(path) => {
@@ -119,20 +118,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 (None, None) if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
                 (None, None) => Labels::None,
             };
-            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &device), y)
+            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &model.device()), y)
         }
         None => {
             if args.num == 0 {
                 bail!("--num must be at least 1");
             }
             let b = args.num;
-            let data = prior_noise(args.seed, b * tokens * width);
             let y = match args.class {
                 Some(k) => inputs::class_labels(vec![k; b], b, c.num_classes, "--class")?,
                 None if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
                 None => Labels::None,
             };
-            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &device), y)
+            (seeded_noise(&model, b, args.seed), y)
         }
     };
     if args.cfg < 0.0 || !args.cfg.is_finite() {
@@ -156,19 +154,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
 
     let start = Instant::now();
     let b = z.dims()[0];
-    let invert_steps = (0..c.num_layers).map(|l| c.tokens(l) as u64 - 1).sum::<u64>();
-    let bar = progress::bar(invert_steps + args.denoise_steps as u64, "sample");
-    let mut report = |p| progress::report(&bar, p);
-    let x = reverse(&model, z, t_max, &y, &guidance, &mut report);
-    let phase1 = start.elapsed().as_secs_f64();
-    let x = if args.denoise_steps > 0 {
-        let opts = DenoiseOptions { t_max, t_min, steps: args.denoise_steps, clip: args.clip, batch_size: 64 };
-        denoise(&model, x, &y, &opts, &mut report)
-    } else {
-        x
-    };
+    let opts = SampleOptions { guidance, t_max, t_min, denoise_steps: args.denoise_steps, clip: args.clip, denoise_batch: 64 };
+    let bar = progress::bar(total_steps(&model, &opts), "sample");
+    let x = sample(&model, z, &y, &opts, &mut |p| progress::report(&bar, p));
     bar.finish_and_clear();
     let total = start.elapsed().as_secs_f64();
+    let per_image = total / b as f64;
     let dims = x.dims();
     let values = inputs::ensure_finite(&x, "the sampled images")?;
     write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref())?;
@@ -177,7 +168,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             "images": b,
             "labels": y.to_vec(b),
             "seed": if args.noise.is_some() { None } else { Some(args.seed) },
-            "phase1_seconds": phase1,
+            "seconds_per_image": per_image,
             "total_seconds": total,
             "images_per_second": b as f64 / total,
             "output": args.output,
@@ -185,7 +176,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         });
         println!("{summary}");
     } else {
-        eprintln!("{b} images in {total:.2} s ({phase1:.2} s inversion, {:.2} s denoising)", total - phase1);
+        eprintln!("{b} images in {total:.2} s ({per_image:.3} s per image)");
     }
     Ok(())
 }

@@ -1,0 +1,155 @@
+//! The graphs of a model package, each built from the layer pieces.
+
+use itarflow_base::ModelConfig;
+
+use super::layer::Layer;
+use super::weights::Weights;
+use crate::ExportError;
+use crate::ir::grad::gradients;
+use crate::ir::simplify;
+use crate::ir::{DType, Dim, Graph, V};
+use crate::ops::Op;
+
+fn n() -> Dim {
+    Dim::sym("N")
+}
+
+fn labels_input(g: &mut Graph, c: &ModelConfig) -> Option<V> {
+    (c.num_classes > 0).then(|| g.input("y", DType::I64, vec![n()]))
+}
+
+fn finish(mut g: Graph) -> Graph {
+    simplify::fold_scalars(&mut g);
+    simplify::remove_dead(&mut g);
+    g
+}
+
+/// `layer{l}_forward`: (x (N,T,c), t (N,), y (N,)) -> (z (N,T,c), logdet (N,)), data order.
+pub fn forward(w: &Weights, l: usize) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new(&format!("layer{l}_forward"));
+    let x = g.input("x", DType::F32, vec![n(), Dim::N(c.tokens(l)), Dim::N(c.token_dim(l))]);
+    let t = g.input("t", DType::F32, vec![n()]);
+    let y = labels_input(&mut g, c);
+    let layer = Layer::load(w, &mut g, l)?;
+    let cond = layer.cond(&mut g, t, y);
+    let (z, logdet) = layer.forward(&mut g, x, cond);
+    g.output(z, "z");
+    g.output(logdet, "logdet");
+    Ok(finish(g))
+}
+
+/// `layer{l}_cond`: (t (N,), y (N,)) -> cond (N, C), computed once per layer per sampling run.
+pub fn cond(w: &Weights, l: usize) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new(&format!("layer{l}_cond"));
+    let t = g.input("t", DType::F32, vec![n()]);
+    let y = labels_input(&mut g, c);
+    let layer = Layer::load(w, &mut g, l)?;
+    let cond = layer.cond(&mut g, t, y);
+    g.output(cond, "cond");
+    Ok(finish(g))
+}
+
+/// `layer{l}_step`: one token with a growing KV cache.
+/// Inputs: token (N, c) at permuted position pos (int64 scalar), cond (N, C), inv_temp (N,),
+/// past_k{b}, past_v{b} (N, H, P, d) per block. Outputs: a, b (N, c) for the next token and
+/// present_k{b}, present_v{b} (N, H, P+1, d).
+pub fn step(w: &Weights, l: usize) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new(&format!("layer{l}_step"));
+    let token = g.input("token", DType::F32, vec![n(), Dim::N(c.token_dim(l))]);
+    let pos = g.input("pos", DType::I64, vec![]);
+    let cond = g.input("cond", DType::F32, vec![n(), Dim::N(c.width(l))]);
+    let inv_temp = g.input("inv_temp", DType::F32, vec![n()]);
+    let layer = Layer::load(w, &mut g, l)?;
+    let past: Vec<(V, V)> = (0..layer.depth())
+        .map(|b| {
+            let k = g.input(&format!("past_k{b}"), DType::F32, layer.cache_shape(Dim::sym("P")));
+            let v = g.input(&format!("past_v{b}"), DType::F32, layer.cache_shape(Dim::sym("P")));
+            (k, v)
+        })
+        .collect();
+    let (a, b, presents) = layer.step(&mut g, token, pos, cond, inv_temp, &past);
+    g.output(a, "a");
+    g.output(b, "b");
+    for (i, (k, v)) in presents.into_iter().enumerate() {
+        g.output(k, &format!("present_k{i}"));
+        g.output(v, &format!("present_v{i}"));
+    }
+    Ok(finish(g))
+}
+
+/// (N, C, H, W) -> (N, T, C p p).
+pub fn patchify(g: &mut Graph, x: V, c: &ModelConfig, p: usize) -> V {
+    let gr = (c.img_size / p) as i64;
+    let (ch, p) = (c.in_channels as i64, p as i64);
+    let x = g.reshape(x, &[0, ch, gr, p, gr, p]);
+    let x = g.transpose(x, vec![0, 2, 4, 1, 3, 5]);
+    g.reshape(x, &[0, gr * gr, ch * p * p])
+}
+
+/// (N, T, C p p) -> (N, C, H, W).
+pub fn unpatchify(g: &mut Graph, x: V, c: &ModelConfig, p: usize) -> V {
+    let gr = (c.img_size / p) as i64;
+    let (ch, p, s) = (c.in_channels as i64, p as i64, c.img_size as i64);
+    let x = g.reshape(x, &[0, gr, gr, ch, p, p]);
+    let x = g.transpose(x, vec![0, 3, 1, 4, 2, 5]);
+    g.reshape(x, &[0, ch, s, s])
+}
+
+/// log p(x | t, y) of images `x` through every layer.
+fn log_prob(g: &mut Graph, w: &Weights, x: V, t: V, y: Option<V>) -> Result<V, ExportError> {
+    let c = w.config;
+    let mut h = patchify(g, x, c, c.patch_size(0));
+    if c.input_scale != 1.0 {
+        h = g.scale(h, c.input_scale as f32);
+    }
+    let mut logdet: Option<V> = None;
+    for l in 0..c.num_layers {
+        if l > 0 && c.patch_size(l) != c.patch_size(l - 1) {
+            let img = unpatchify(g, h, c, c.patch_size(l - 1));
+            h = patchify(g, img, c, c.patch_size(l));
+        }
+        let layer = Layer::load(w, g, l)?;
+        let cond = layer.cond(g, t, y);
+        let (z, ld) = layer.forward(g, h, cond);
+        logdet = Some(match logdet {
+            Some(acc) => g.plus(acc, ld),
+            None => ld,
+        });
+        h = z;
+    }
+    let d = c.data_dim() as f32;
+    let sq = g.times(h, h);
+    let ssum = g.sum(sq, &[1, 2]);
+    let ssum = g.reshape(ssum, &[-1]);
+    let a = g.scale(ssum, -0.5);
+    let mut ld = logdet.expect("at least one layer");
+    if c.input_scale != 1.0 {
+        ld = g.shift(ld, c.input_scale.ln() as f32);
+    }
+    let b = g.scale(ld, d);
+    let lp = g.plus(a, b);
+    Ok(g.shift(lp, (-0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()) as f32))
+}
+
+/// `score`: (x (N,C,H,W), t (N,), y (N,)) -> (score = grad_x log p (N,C,H,W), logp (N,)), the
+/// whole model's forward and its reverse-mode gradient as explicit operators.
+pub fn score(w: &Weights) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new("score");
+    let s = c.img_size;
+    let x = g.input("x", DType::F32, vec![n(), Dim::N(c.in_channels), Dim::N(s), Dim::N(s)]);
+    let t = g.input("t", DType::F32, vec![n()]);
+    let y = labels_input(&mut g, c);
+    let logp = log_prob(&mut g, w, x, t, y)?;
+    // d(sum_n logp_n)/dx: seed every sample's log p with 1.
+    let one = g.scalar(1.0);
+    let seed = g.add(Op::Expand, &[one, logp]);
+    let grad = g.scoped("grad", |g| gradients(g, &[(logp, seed)], &[x]));
+    let score = grad[0].expect("log p depends on x");
+    g.output(score, "score");
+    g.output(logp, "logp");
+    Ok(finish(g))
+}

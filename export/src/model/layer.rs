@@ -1,0 +1,299 @@
+//! One flow layer written against the IR builder: its conditioning, its transformer over a full
+//! sequence or one token with a KV cache, and its affine transform. Mirrors the Burn model
+//! (src/model/flow_layer.rs) and the reference's MetaBlock.
+
+use crate::ExportError;
+use crate::ir::{ConstData, DType, Dim, Graph, V};
+use crate::model::weights::Weights;
+use crate::ops::Un;
+
+/// Weights of one transformer block as graph constants.
+struct Block {
+    ln1: (V, V),
+    qkv: (V, V),
+    proj: (V, V),
+    ln2: (V, V),
+    fc1: (V, V),
+    fc2: (V, V),
+}
+
+/// A flow layer's constants in one graph, ready to be applied.
+pub struct Layer {
+    pub index: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub tokens: usize,
+    pub token_dim: usize,
+    pub flip: bool,
+    pub affine: bool,
+    /// Position embeddings in the layer's permuted order, (T, C).
+    pos: V,
+    proj_in: (V, V),
+    proj_out: (V, V),
+    blocks: Vec<Block>,
+    time: ((V, V), (V, V)),
+    /// (K + 1, C): the class embeddings and, last, their mean (the unconditional row).
+    classes: Option<(V, usize)>,
+}
+
+const LN_EPS: f32 = 1e-5;
+
+fn block(w: &Weights, g: &mut Graph, name: &str, width: usize) -> Result<Block, ExportError> {
+    let e = width * w.config.expansion;
+    Ok(Block {
+        ln1: w.norm(g, &format!("{name}.attention.norm"), "attn.norm", width)?,
+        qkv: w.linear(g, &format!("{name}.attention.qkv"), "attn.qkv", width, 3 * width)?,
+        proj: w.linear(g, &format!("{name}.attention.proj"), "attn.proj", width, width)?,
+        ln2: w.norm(g, &format!("{name}.mlp.norm"), "mlp.norm", width)?,
+        fc1: w.linear(g, &format!("{name}.mlp.main.0"), "mlp.fc1", width, e)?,
+        fc2: w.linear(g, &format!("{name}.mlp.main.2"), "mlp.fc2", e, width)?,
+    })
+}
+
+impl Layer {
+    /// Loads layer `l`'s weights into `g` as named constants (`layer{l}.*`).
+    pub fn load(w: &Weights, g: &mut Graph, l: usize) -> Result<Self, ExportError> {
+        let c = w.config;
+        let (width, tokens, token_dim) = (c.width(l), c.tokens(l), c.token_dim(l));
+        let p = format!("blocks.{l}");
+        g.scoped(&format!("layer{l}"), |g| {
+            let flip = l % 2 == 1;
+            let pos_data = w.get(&format!("{p}.pos_embed"), &[tokens, width])?;
+            let mut pos_perm = Vec::with_capacity(pos_data.len());
+            for n in 0..tokens {
+                let src = if flip { tokens - 1 - n } else { n };
+                pos_perm.extend_from_slice(&pos_data[src * width..(src + 1) * width]);
+            }
+            let pos = g.weight("pos_embed", &[tokens, width], pos_perm);
+            let classes = if c.num_classes > 0 {
+                let k = c.num_classes;
+                let table = w.get(&format!("{p}.class_embed"), &[k, 1, width])?;
+                let mut data = table.to_vec();
+                for j in 0..width {
+                    data.push((0..k).map(|i| table[i * width + j] as f64).sum::<f64>() as f32 / k as f32);
+                }
+                Some((g.weight("class_embed", &[k + 1, width], data), k))
+            } else {
+                None
+            };
+            let out_dim = if c.affine { 2 * token_dim } else { token_dim };
+            let mut blocks = Vec::new();
+            for k in 0..c.shared_backbone_blocks {
+                blocks.push(g.scoped(&format!("shared{k}"), |g| block(w, g, &format!("shared_backbone.{k}"), width))?);
+            }
+            for k in 0..c.own_blocks(l) {
+                blocks.push(g.scoped(&format!("block{k}"), |g| block(w, g, &format!("{p}.head_blocks.{k}"), width))?);
+            }
+            Ok(Self {
+                index: l,
+                width,
+                heads: c.heads(l),
+                head_dim: c.head_dim,
+                tokens,
+                token_dim,
+                flip,
+                affine: c.affine,
+                pos,
+                proj_in: w.linear(g, &format!("{p}.proj_in"), "proj_in", token_dim, width)?,
+                proj_out: w.linear(g, &format!("{p}.proj_out"), "proj_out", width, out_dim)?,
+                blocks,
+                time: (
+                    w.linear(g, &format!("{p}.time_embed.mlp.0"), "time.fc1", width, 4 * width)?,
+                    w.linear(g, &format!("{p}.time_embed.mlp.2"), "time.fc2", 4 * width, width)?,
+                ),
+                classes,
+            })
+        })
+    }
+
+    fn scope(&self) -> String {
+        format!("layer{}", self.index)
+    }
+
+    /// Time plus class embedding (N, C) for noise levels `t` (N,) and labels `y` (N,) int64
+    /// (negative = unconditional).
+    pub fn cond(&self, g: &mut Graph, t: V, y: Option<V>) -> V {
+        g.scoped(&self.scope(), |g| {
+            g.scoped("cond", |g| {
+                let half = self.width / 2;
+                let log_t = g.unary(Un::Log, t);
+                let s = g.reshape(log_t, &[-1, 1]);
+                let freqs: Vec<f32> =
+                    (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32).collect();
+                let f = g.constant(None, ConstData::F32(freqs), &[1, half]);
+                let args = g.times(s, f);
+                let sin = g.unary(Un::Sin, args);
+                let cos = g.unary(Un::Cos, args);
+                let mut e = g.concat(&[sin, cos], 1);
+                if self.width % 2 == 1 {
+                    e = g.pad(e, 1, 0, 1);
+                }
+                let ((w1, b1), (w2, b2)) = self.time;
+                let h = g.linear(e, w1, b1);
+                let h = g.gelu(h);
+                let mut cond = g.linear(h, w2, b2);
+                if let (Some((table, k)), Some(y)) = (self.classes, y) {
+                    let zero = g.constant(None, ConstData::I64(vec![0]), &[]);
+                    let uncond = g.constant(None, ConstData::I64(vec![k as i64]), &[]);
+                    let neg = g.add(crate::ops::Op::Less, &[y, zero]);
+                    let idx = g.add(crate::ops::Op::Where, &[neg, uncond, y]);
+                    let emb = g.gather(table, idx, 0);
+                    cond = g.plus(cond, emb);
+                }
+                cond
+            })
+        })
+    }
+
+    fn attention_full(&self, g: &mut Graph, h: V, b: &Block, mask: V) -> V {
+        let (scale, bias) = b.ln1;
+        let x = g.layer_norm(h, scale, bias, LN_EPS);
+        let (q, k, v) = self.qkv(g, x, b);
+        let kt = g.transpose_last(k);
+        let scores = g.matmul(q, kt);
+        let scores = g.plus(scores, mask);
+        let attn = g.softmax(scores, 3);
+        let out = g.matmul(attn, v);
+        self.merge(g, out, b)
+    }
+
+    /// q (pre-scaled), k, v of shape (N, H, T, d).
+    fn qkv(&self, g: &mut Graph, x: V, b: &Block) -> (V, V, V) {
+        let (w, bias) = b.qkv;
+        let qkv = g.linear(x, w, bias);
+        let (h, d) = (self.heads as i64, self.head_dim as i64);
+        let qkv = g.reshape(qkv, &[0, 0, 3 * h, d]);
+        let qkv = g.transpose(qkv, vec![0, 2, 1, 3]);
+        let hh = self.heads;
+        let q = g.slice(qkv, 1, 0, hh);
+        let q = g.scale(q, (self.head_dim as f32).powf(-0.5));
+        let k = g.slice(qkv, 1, hh, 2 * hh);
+        let v = g.slice(qkv, 1, 2 * hh, 3 * hh);
+        (q, k, v)
+    }
+
+    fn merge(&self, g: &mut Graph, out: V, b: &Block) -> V {
+        let out = g.transpose(out, vec![0, 2, 1, 3]);
+        let out = g.reshape(out, &[0, 0, self.width as i64]);
+        let (w, bias) = b.proj;
+        g.linear(out, w, bias)
+    }
+
+    fn mlp(&self, g: &mut Graph, h: V, b: &Block) -> V {
+        let (scale, bias) = b.ln2;
+        let x = g.layer_norm(h, scale, bias, LN_EPS);
+        let (w1, b1) = b.fc1;
+        let x = g.linear(x, w1, b1);
+        let x = g.gelu(x);
+        let (w2, b2) = b.fc2;
+        g.linear(x, w2, b2)
+    }
+
+    /// Splits the network output (.., c or 2c) along `axis` into (a, b); a = 0 when shift-only.
+    fn split(&self, g: &mut Graph, o: V, axis: usize) -> (V, V) {
+        let c = self.token_dim;
+        if self.affine {
+            (g.slice(o, axis, 0, c), g.slice(o, axis, c, 2 * c))
+        } else {
+            let zero = g.scalar(0.0);
+            (g.add(crate::ops::Op::Expand, &[zero, o]), o)
+        }
+    }
+
+    /// Forward (data -> noise) of tokens `x` (N, T, c) in data order: the output in data order
+    /// and the logdet (N,) = -mean(a).
+    pub fn forward(&self, g: &mut Graph, x: V, cond: V) -> (V, V) {
+        g.scoped(&self.scope(), |g| {
+            let u = if self.flip { g.flip(x, 1) } else { x };
+            let (w, b) = self.proj_in;
+            let h = g.linear(u, w, b);
+            let h = g.plus(h, self.pos);
+            let c = g.reshape(cond, &[0, 1, self.width as i64]);
+            let mut h = g.plus(h, c);
+            let t = self.tokens;
+            let mask: Vec<f32> = (0..t * t).map(|n| if n % t > n / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+            let mask = g.constant(Some("causal_mask"), ConstData::F32(mask), &[t, t]);
+            for (k, blk) in self.blocks.iter().enumerate() {
+                h = g.scoped(&format!("b{k}"), |g| {
+                    let a = self.attention_full(g, h, blk, mask);
+                    let h = g.plus(h, a);
+                    let m = self.mlp(g, h, blk);
+                    g.plus(h, m)
+                });
+            }
+            let (w, bias) = self.proj_out;
+            let o = g.linear(h, w, bias);
+            // Shift right by one token: token n uses the output at n - 1, token 0 zeros.
+            let o = g.slice(o, 1, 0, t - 1);
+            let o = g.pad(o, 1, 1, 0);
+            let (a, shift) = self.split(g, o, 2);
+            let d = g.minus(u, shift);
+            let na = g.unary(Un::Neg, a);
+            let s = g.unary(Un::Exp, na);
+            let z = g.times(d, s);
+            let z = if self.flip { g.flip(z, 1) } else { z };
+            let m = g.mean(a, &[1, 2]);
+            let m = g.reshape(m, &[-1]);
+            let logdet = g.unary(Un::Neg, m);
+            (z, logdet)
+        })
+    }
+
+    /// One inversion step: the token at permuted position `pos` (int64 scalar), `token` (N, c),
+    /// with per-block past keys/values (N, H, P, d) and per-row inverse attention temperature
+    /// `inv_temp` (N,). Returns (a, b) of the next token, each (N, c), and the presents
+    /// (N, H, P + 1, d).
+    pub fn step(&self, g: &mut Graph, token: V, pos: V, cond: V, inv_temp: V, past: &[(V, V)]) -> (V, V, Vec<(V, V)>) {
+        g.scoped(&self.scope(), |g| {
+            let x = g.reshape(token, &[0, 1, self.token_dim as i64]);
+            let (w, b) = self.proj_in;
+            let h = g.linear(x, w, b);
+            let pe = g.gather(self.pos, pos, 0);
+            let h = g.plus(h, pe);
+            let c = g.reshape(cond, &[0, 1, self.width as i64]);
+            let mut h = g.plus(h, c);
+            let it = g.reshape(inv_temp, &[-1, 1, 1, 1]);
+            let mut presents = Vec::new();
+            for (k, blk) in self.blocks.iter().enumerate() {
+                let (pk, pv) = past[k];
+                h = g.scoped(&format!("b{k}"), |g| {
+                    let (scale, bias) = blk.ln1;
+                    let xn = g.layer_norm(h, scale, bias, LN_EPS);
+                    let (q, kk, vv) = self.qkv(g, xn, blk);
+                    let q = g.times(q, it);
+                    let keys = g.concat(&[pk, kk], 2);
+                    let vals = g.concat(&[pv, vv], 2);
+                    presents.push((keys, vals));
+                    let kt = g.transpose_last(keys);
+                    let scores = g.matmul(q, kt);
+                    let attn = g.softmax(scores, 3);
+                    let out = g.matmul(attn, vals);
+                    let a = self.merge(g, out, blk);
+                    let h = g.plus(h, a);
+                    let m = self.mlp(g, h, blk);
+                    g.plus(h, m)
+                });
+            }
+            let (w, bias) = self.proj_out;
+            let o = g.linear(h, w, bias);
+            let out_dim = if self.affine { 2 * self.token_dim } else { self.token_dim };
+            let o = g.reshape(o, &[0, out_dim as i64]);
+            let (a, b) = self.split(g, o, 1);
+            (a, b, presents)
+        })
+    }
+
+    /// Shape of a KV cache with `past` tokens: (N, H, P, d).
+    pub fn cache_shape(&self, past: Dim) -> Vec<Dim> {
+        vec![Dim::sym("N"), Dim::N(self.heads), past, Dim::N(self.head_dim)]
+    }
+
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn dtype(&self) -> DType {
+        DType::F32
+    }
+}

@@ -1,0 +1,191 @@
+//! Elementwise operations: binary arithmetic with broadcasting, unary math, cast, comparison
+//! and select.
+//!
+//! Adjoints: d(a+b) = (g, g); d(a-b) = (g, -g); d(ab) = (g b, g a); d(a/b) = (g/b, -g a/b^2),
+//! each summed back over broadcast axes; d(-x) = -g; d(exp x) = g exp(x); d(log x) = g/x;
+//! d(sin x) = g cos x; d(cos x) = -g sin x; d(sqrt x) = g / (2 sqrt x);
+//! d(erf x) = g 2/sqrt(pi) exp(-x^2); d(cast) = cast back; d(where(c, a, b)) = (-, where(c, g, 0),
+//! where(c, 0, g)).
+
+use super::{Op, broadcast, unbroadcast};
+use crate::ir::{DType, Graph, Node, Shape, V};
+use crate::onnx::Lowering;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bin {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Bin {
+    pub fn onnx(self) -> &'static str {
+        match self {
+            Bin::Add => "Add",
+            Bin::Sub => "Sub",
+            Bin::Mul => "Mul",
+            Bin::Div => "Div",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Un {
+    Neg,
+    Exp,
+    Log,
+    Sin,
+    Cos,
+    Sqrt,
+    Erf,
+}
+
+impl Un {
+    pub fn onnx(self) -> &'static str {
+        match self {
+            Un::Neg => "Neg",
+            Un::Exp => "Exp",
+            Un::Log => "Log",
+            Un::Sin => "Sin",
+            Un::Cos => "Cos",
+            Un::Sqrt => "Sqrt",
+            Un::Erf => "Erf",
+        }
+    }
+}
+
+pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> (DType, Shape) {
+    match op {
+        Op::Binary(_) => (g.dtype(inputs[0]), broadcast(g.shape(inputs[0]), g.shape(inputs[1]))),
+        Op::Unary(_) => (g.dtype(inputs[0]), g.shape(inputs[0]).clone()),
+        Op::Cast(to) => (*to, g.shape(inputs[0]).clone()),
+        Op::Less => (DType::Bool, broadcast(g.shape(inputs[0]), g.shape(inputs[1]))),
+        Op::Where => {
+            let s = broadcast(g.shape(inputs[0]), &broadcast(g.shape(inputs[1]), g.shape(inputs[2])));
+            (g.dtype(inputs[1]), s)
+        }
+        _ => unreachable!(),
+    }
+}
+
+pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
+    let ins = lw.names(&node.inputs);
+    let out = lw.name(node.output);
+    match op {
+        Op::Binary(b) => lw.node(b.onnx(), &node.name, &ins, &out, vec![]),
+        Op::Unary(u) => lw.node(u.onnx(), &node.name, &ins, &out, vec![]),
+        Op::Cast(to) => lw.node("Cast", &node.name, &ins, &out, vec![Lowering::attr_int("to", to.onnx())]),
+        Op::Less => lw.node("Less", &node.name, &ins, &out, vec![]),
+        Op::Where => lw.node("Where", &node.name, &ins, &out, vec![]),
+        _ => unreachable!(),
+    }
+}
+
+impl Graph {
+    pub fn binary(&mut self, op: Bin, a: V, b: V) -> V {
+        self.add(Op::Binary(op), &[a, b])
+    }
+    pub fn plus(&mut self, a: V, b: V) -> V {
+        self.binary(Bin::Add, a, b)
+    }
+    pub fn minus(&mut self, a: V, b: V) -> V {
+        self.binary(Bin::Sub, a, b)
+    }
+    pub fn times(&mut self, a: V, b: V) -> V {
+        self.binary(Bin::Mul, a, b)
+    }
+    pub fn divide(&mut self, a: V, b: V) -> V {
+        self.binary(Bin::Div, a, b)
+    }
+    pub fn unary(&mut self, op: Un, x: V) -> V {
+        self.add(Op::Unary(op), &[x])
+    }
+    /// x * c for a constant c.
+    pub fn scale(&mut self, x: V, c: f32) -> V {
+        let c = self.scalar(c);
+        self.times(x, c)
+    }
+    /// x + c for a constant c.
+    pub fn shift(&mut self, x: V, c: f32) -> V {
+        let c = self.scalar(c);
+        self.plus(x, c)
+    }
+    pub fn cast(&mut self, x: V, to: DType) -> V {
+        if self.dtype(x) == to {
+            return x;
+        }
+        self.add(Op::Cast(to), &[x])
+    }
+    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))).
+    pub fn gelu(&mut self, x: V) -> V {
+        let s = self.scale(x, std::f32::consts::FRAC_1_SQRT_2);
+        let e = self.unary(Un::Erf, s);
+        let e1 = self.shift(e, 1.0);
+        let h = self.scale(x, 0.5);
+        self.times(h, e1)
+    }
+}
+
+pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
+    let x = node.inputs[0];
+    let y = node.output;
+    match op {
+        Op::Binary(b) => {
+            let (a, bb) = (node.inputs[0], node.inputs[1]);
+            let (ga, gb) = match b {
+                Bin::Add => (wants[0].then_some(gy), wants[1].then_some(gy)),
+                Bin::Sub => (wants[0].then_some(gy), wants[1].then(|| g.unary(Un::Neg, gy))),
+                Bin::Mul => (wants[0].then(|| g.times(gy, bb)), wants[1].then(|| g.times(gy, a))),
+                Bin::Div => {
+                    let ga = wants[0].then(|| g.divide(gy, bb));
+                    let gb = wants[1].then(|| {
+                        let q = g.divide(y, bb);
+                        let t = g.times(gy, q);
+                        g.unary(Un::Neg, t)
+                    });
+                    (ga, gb)
+                }
+            };
+            vec![ga.map(|v| unbroadcast(g, v, a)), gb.map(|v| unbroadcast(g, v, bb))]
+        }
+        Op::Unary(u) => {
+            let gx = match u {
+                Un::Neg => g.unary(Un::Neg, gy),
+                Un::Exp => g.times(gy, y),
+                Un::Log => g.divide(gy, x),
+                Un::Sin => {
+                    let c = g.unary(Un::Cos, x);
+                    g.times(gy, c)
+                }
+                Un::Cos => {
+                    let s = g.unary(Un::Sin, x);
+                    let t = g.times(gy, s);
+                    g.unary(Un::Neg, t)
+                }
+                Un::Sqrt => {
+                    let t = g.divide(gy, y);
+                    g.scale(t, 0.5)
+                }
+                Un::Erf => {
+                    let sq = g.times(x, x);
+                    let n = g.unary(Un::Neg, sq);
+                    let e = g.unary(Un::Exp, n);
+                    let d = g.scale(e, std::f32::consts::FRAC_2_SQRT_PI);
+                    g.times(gy, d)
+                }
+            };
+            vec![Some(gx)]
+        }
+        Op::Cast(_) => vec![Some(g.cast(gy, g.dtype(x)))],
+        Op::Where => {
+            let zero = g.scalar(0.0);
+            let zero = g.cast(zero, g.dtype(gy));
+            let c = node.inputs[0];
+            let ga = wants[1].then(|| g.add(Op::Where, &[c, gy, zero]));
+            let gb = wants[2].then(|| g.add(Op::Where, &[c, zero, gy]));
+            vec![None, ga.map(|v| unbroadcast(g, v, node.inputs[1])), gb.map(|v| unbroadcast(g, v, node.inputs[2]))]
+        }
+        _ => unreachable!(),
+    }
+}

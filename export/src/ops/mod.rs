@@ -1,0 +1,157 @@
+//! The IR's operations. Each family's file holds, side by side, its shape rule, its lowering to
+//! ONNX nodes and its adjoint (vector-Jacobian product) for [`crate::ir::grad`].
+
+pub mod elementwise;
+pub mod layernorm;
+pub mod matmul;
+pub mod reduce;
+pub mod shape;
+pub mod softmax;
+
+use crate::ir::{ConstData, DType, Dim, Graph, Node, Shape, V};
+use crate::onnx::Lowering;
+
+pub use elementwise::{Bin, Un};
+pub use reduce::Red;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Input,
+    Const(ConstData),
+    Binary(Bin),
+    Unary(Un),
+    /// Element type conversion.
+    Cast(DType),
+    /// select(cond, a, b).
+    Where,
+    /// a < b, elementwise.
+    Less,
+    MatMul,
+    /// ONNX Reshape semantics: 0 copies the input dimension, -1 is inferred.
+    Reshape(Vec<i64>),
+    /// Reshape to the runtime shape of the second input (lowered as Shape + Reshape).
+    ReshapeLike,
+    Transpose(Vec<usize>),
+    Concat(usize),
+    Slice { axis: usize, start: usize, end: usize },
+    /// Zero padding along one axis.
+    Pad { axis: usize, before: usize, after: usize },
+    /// Gather along `axis` with the indices given as second input.
+    Gather { axis: usize },
+    /// Broadcast to the runtime shape of the second input (lowered as Shape + Expand).
+    Expand,
+    /// Reduction over `axes`, keeping them as size 1.
+    Reduce { kind: Red, axes: Vec<usize> },
+    Softmax(usize),
+    /// LayerNormalization over the last axis; inputs x, scale, bias.
+    LayerNorm(f32),
+}
+
+impl Op {
+    /// A short name, used in node names.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Const(_) => "const",
+            Op::Binary(b) => b.onnx(),
+            Op::Unary(u) => u.onnx(),
+            Op::Cast(_) => "Cast",
+            Op::Where => "Where",
+            Op::Less => "Less",
+            Op::MatMul => "MatMul",
+            Op::Reshape(_) | Op::ReshapeLike => "Reshape",
+            Op::Transpose(_) => "Transpose",
+            Op::Concat(_) => "Concat",
+            Op::Slice { .. } => "Slice",
+            Op::Pad { .. } => "Pad",
+            Op::Gather { .. } => "Gather",
+            Op::Expand => "Expand",
+            Op::Reduce { kind, .. } => kind.onnx(),
+            Op::Softmax(_) => "Softmax",
+            Op::LayerNorm(_) => "LayerNormalization",
+        }
+    }
+
+    /// Output dtype and shape for `inputs`.
+    pub fn infer(&self, g: &Graph, inputs: &[V]) -> (DType, Shape) {
+        match self {
+            Op::Input | Op::Const(_) => unreachable!("inputs and constants are created directly"),
+            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less => elementwise::infer(self, g, inputs),
+            Op::MatMul => matmul::infer(g, inputs),
+            Op::Reduce { axes, .. } => reduce::infer(g, inputs, axes),
+            Op::Softmax(_) => softmax::infer(g, inputs),
+            Op::LayerNorm(_) => layernorm::infer(g, inputs),
+            _ => shape::infer(self, g, inputs),
+        }
+    }
+
+    /// Emits the ONNX node(s) computing `node`.
+    pub fn lower(&self, node: &Node, lw: &mut Lowering) {
+        match self {
+            Op::Input | Op::Const(_) => {}
+            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less => elementwise::lower(self, node, lw),
+            Op::MatMul => matmul::lower(node, lw),
+            Op::Reduce { .. } => reduce::lower(self, node, lw),
+            Op::Softmax(axis) => softmax::lower(*axis, node, lw),
+            Op::LayerNorm(eps) => layernorm::lower(*eps, node, lw),
+            _ => shape::lower(self, node, lw),
+        }
+    }
+
+    /// Gradients with respect to each input given the output's gradient `gy`; `wants[i]` says
+    /// whether input i needs one.
+    pub fn vjp(&self, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
+        match self {
+            Op::Input | Op::Const(_) | Op::Less => vec![None; node.inputs.len()],
+            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where => elementwise::vjp(self, g, node, gy, wants),
+            Op::MatMul => matmul::vjp(g, node, gy, wants),
+            Op::Reduce { .. } => reduce::vjp(self, g, node, gy),
+            Op::Softmax(axis) => softmax::vjp(*axis, g, node, gy),
+            Op::LayerNorm(eps) => layernorm::vjp(*eps, g, node, gy, wants),
+            _ => shape::vjp(self, g, node, gy, wants),
+        }
+    }
+}
+
+/// Numpy broadcasting of two shapes; symbolic dims are assumed to agree with each other.
+pub fn broadcast(a: &Shape, b: &Shape) -> Shape {
+    let rank = a.len().max(b.len());
+    (0..rank)
+        .map(|i| {
+            let da = (i + a.len()).checked_sub(rank).map(|j| &a[j]);
+            let db = (i + b.len()).checked_sub(rank).map(|j| &b[j]);
+            match (da, db) {
+                (Some(x), None) | (None, Some(x)) => x.clone(),
+                (Some(Dim::N(1)), Some(y)) => y.clone(),
+                (Some(x), Some(Dim::N(1))) => x.clone(),
+                (Some(Dim::S(s)), Some(_)) | (Some(_), Some(Dim::S(s))) => Dim::S(s.clone()),
+                (Some(x), Some(_)) => x.clone(),
+                (None, None) => unreachable!(),
+            }
+        })
+        .collect()
+}
+
+/// Sums `grad` (of the broadcast shape) back to the shape of `target`.
+pub fn unbroadcast(g: &mut Graph, grad: V, target: V) -> V {
+    let from = g.shape(grad).clone();
+    let to = g.shape(target).clone();
+    if from == to {
+        return grad;
+    }
+    let lead = from.len() - to.len();
+    let mut axes: Vec<usize> = (0..lead).collect();
+    for (i, d) in to.iter().enumerate() {
+        if *d == Dim::N(1) && from[lead + i] != Dim::N(1) {
+            axes.push(lead + i);
+        }
+    }
+    let mut out = grad;
+    if !axes.is_empty() {
+        out = g.add(Op::Reduce { kind: Red::Sum, axes }, &[out]);
+    }
+    if lead > 0 {
+        out = g.add(Op::ReshapeLike, &[out, target]);
+    }
+    out
+}

@@ -1,0 +1,118 @@
+//! Exported graphs of the reference checkpoint, run by tract, against the reference vectors and
+//! the Burn model.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use common::*;
+use itarflow::checkpoint::names::to_named;
+use itarflow_export::model::{Weights, graphs};
+use itarflow_export::onnx;
+use itarflow_export::tract_run::{Feed, TractGraph};
+
+fn weights(model: &itarflow::ITarFlow) -> BTreeMap<String, itarflow_base::RawTensor> {
+    to_named(model).into_iter().collect()
+}
+
+fn load(g: &itarflow_export::ir::Graph, dir: &std::path::Path) -> TractGraph {
+    let path = dir.join(format!("{}.onnx", g.name));
+    onnx::save(g, &path, onnx::DEFAULT_OPSET, None).unwrap();
+    TractGraph::load(&path).unwrap()
+}
+
+fn f32_feed(npz: &itarflow_base::Npz, name: &str) -> Feed {
+    let (shape, data) = array(npz, name);
+    Feed::F32(shape, data)
+}
+
+#[test]
+fn layer_forward_graphs_reproduce_reference_block_outputs() {
+    let v = vectors();
+    let model = tiny(false);
+    let w = weights(&model);
+    let ws = Weights::new(&model.config, &w);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, t) = array(&v, "t");
+    let (_, y) = (vec![4], v.i64("y", 1, "", "").unwrap().1);
+    let (_, outs) = array(&v, "block_outputs");
+    let (_, lds) = array(&v, "block_logdets");
+    let (xs, x0) = array(&v, "x_patchified");
+    let per = 4 * 64 * 4;
+    for l in 0..4 {
+        let g = graphs::forward(&ws, l).unwrap();
+        let run = load(&g, dir.path());
+        let input = if l == 0 { x0.clone() } else { outs[(l - 1) * per..l * per].to_vec() };
+        let res = run
+            .run(&[Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())])
+            .unwrap();
+        let ez = rel_err(&res[0].1, &outs[l * per..(l + 1) * per]);
+        let el = rel_err(&res[1].1, &lds[l * 4..(l + 1) * 4]);
+        println!("layer{l}_forward (tract): z {ez:.2e}, logdet {el:.2e}");
+        assert!(ez < 1e-4 && el < 1e-4, "layer {l}: {ez:.2e} {el:.2e}");
+    }
+}
+
+#[test]
+fn score_graph_reproduces_reference_score_and_log_p() {
+    let v = vectors();
+    let model = tiny(false);
+    let w = weights(&model);
+    let g = graphs::score(&Weights::new(&model.config, &w)).unwrap();
+    println!("score graph: {} nodes", g.nodes.len());
+    let dir = tempfile::tempdir().unwrap();
+    let run = load(&g, dir.path());
+    let (_, t) = array(&v, "t");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let res = run.run(&[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
+    let es = rel_err(&res[0].1, &array(&v, "score").1);
+    let el = rel_err(&res[1].1, &array(&v, "logp").1);
+    println!("score graph (tract): score {es:.2e}, logp {el:.2e}");
+    assert!(es < 1e-4 && el < 1e-4);
+}
+
+#[test]
+fn stepping_the_step_graph_equals_the_full_sequence() {
+    let model = tiny(false);
+    let w = weights(&model);
+    let ws = Weights::new(&model.config, &w);
+    let dir = tempfile::tempdir().unwrap();
+    let b = 2;
+    let t = vec![0.2f32, 0.05];
+    let y = vec![3i64, -1];
+    let labels = itarflow::Labels::Classes(y.clone());
+    let conds = model.conds(Tensor::from_data(TensorData::new(t.clone(), [b]), &device()), &labels);
+    for l in [0usize, 1] {
+        let layer = &model.layers[l];
+        let (tokens, c) = model.token_shape(l);
+        let u = gaussian([b, tokens, c], 70 + l as u64, 1.0);
+        let (a_full, b_full) = layer.network(u.clone(), &conds[l], &model.shared_backbone);
+        let cond_run = load(&graphs::cond(&ws, l).unwrap(), dir.path());
+        let cond = cond_run.run(&[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
+        let e = rel_err(&cond.1, &values(conds[l].clone()));
+        assert!(e < 1e-5, "cond graph {e:.2e}");
+        let step = load(&graphs::step(&ws, l).unwrap(), dir.path());
+        let (heads, hd) = (1, 64);
+        let mut past: Vec<(Vec<usize>, Vec<f32>)> = vec![(vec![b, heads, 0, hd], vec![]); 4];
+        let uv = values(u.clone());
+        let (av, bv) = (values(a_full), values(b_full));
+        let mut worst = 0.0f64;
+        for n in 0..tokens {
+            let token: Vec<f32> = (0..b).flat_map(|r| uv[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect();
+            let mut feeds = vec![
+                Feed::F32(vec![b, c], token),
+                Feed::I64(vec![], vec![n as i64]),
+                Feed::F32(cond.0.clone(), cond.1.clone()),
+                Feed::F32(vec![b], vec![1.0; b]),
+            ];
+            feeds.extend(past.iter().map(|(s, d)| Feed::F32(s.clone(), d.clone())));
+            let out = step.run(&feeds).unwrap();
+            let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
+            worst = worst.max(rel_err(&out[0].1, &want(&av))).max(rel_err(&out[1].1, &want(&bv)));
+            past = out[2..].to_vec();
+        }
+        println!("layer{l}_step x{tokens} (tract) vs full sequence: {worst:.2e}");
+        assert!(worst < 1e-4, "layer {l}: {worst:.2e}");
+    }
+}
