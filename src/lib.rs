@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod deploy;
 pub mod model;
 pub mod nn;
 pub mod sample;

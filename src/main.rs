@@ -27,6 +27,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Training steps/s and peak memory of a model shape on synthetic data (JSON).
     BenchTrain(cli::bench_train::BenchTrainArgs),
+    /// Export a model package: per-layer ONNX graphs, step graphs, the score graph, manifest.
+    Export(cli::export::ExportArgs),
     /// Print a checkpoint's config and size.
     Info(cli::info::InfoArgs),
 }
@@ -38,6 +40,7 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::denoise::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Export(a) => cli::export::run(a),
         Command::BenchTrain(a) => cli::bench_train::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Train(a) => cli::train::run(a),

@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod config;
 pub mod grid;
+pub mod manifest;
 pub mod noise;
 pub mod npz;
 pub mod weights;

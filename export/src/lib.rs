@@ -10,10 +10,12 @@
 //! [`onnx`] (lowering to ONNX) -> [`model`] (the iTARFlow graphs) -> [`package`] (files and
 //! manifest).
 
+pub mod half;
 pub mod ir;
 pub mod model;
 pub mod onnx;
 pub mod ops;
+pub mod package;
 pub mod proto;
 pub mod tract_run;
 

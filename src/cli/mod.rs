@@ -7,6 +7,7 @@ pub mod data_args;
 pub mod denoise;
 pub mod eval;
 pub mod eval_nll;
+pub mod export;
 pub mod info;
 pub mod inputs;
 pub mod progress;

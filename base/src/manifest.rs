@@ -1,0 +1,177 @@
+//! `manifest.json` of a model package: what the exporter writes and the runtime reads.
+//!
+//! It names every graph with its inputs and outputs (names, dtypes, dims: a number or a symbol
+//! such as "N" for the batch and "P" for the cached tokens), the model config, the sampler's
+//! defaults, and a sha256 per file so that a missing or altered file is caught at load time.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::ModelConfig;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT: &str = "itarflow-package";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path} is not a valid manifest: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("package file {file} is missing from {dir}; re-export the package")]
+    MissingFile { dir: PathBuf, file: String },
+    #[error("package file {file} in {dir} has sha256 {found}, but the manifest records {expected}: the file was altered or truncated; re-export the package")]
+    Checksum { dir: PathBuf, file: String, found: String, expected: String },
+}
+
+/// One input or output of a graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Each dim is a number or a symbol ("N", "P").
+    pub shape: Vec<serde_json::Value>,
+}
+
+/// What a graph computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphKind {
+    /// Full-sequence forward of one layer: (x, t, y) -> (z, logdet).
+    Forward,
+    /// Conditioning of one layer: (t, y) -> cond.
+    Cond,
+    /// One KV-cached inversion step of one layer, growing cache.
+    Step,
+    /// The whole model's score and log p: (x, t, y) -> (score, logp).
+    Score,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphEntry {
+    pub name: String,
+    pub kind: GraphKind,
+    /// Flow layer (absent for whole-model graphs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// "fp32" or "fp16".
+    pub precision: String,
+    pub file: String,
+    /// External weight file beside the graph, when the weights did not fit in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_data: Option<String>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Sampling defaults the package ships with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerDefaults {
+    pub t_max: f64,
+    pub t_min: f64,
+    pub cfg: f64,
+    pub cfg_style: String,
+    /// Guided layers in sampling order (0 = none; a large number = all).
+    pub guide_layers: usize,
+    pub annealed: bool,
+    pub denoise_steps: usize,
+}
+
+/// Transformer geometry the runtime needs for the KV caches, per layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub tokens: usize,
+    pub token_dim: usize,
+    pub width: usize,
+    /// Transformer blocks a step runs (shared and own): one KV cache pair each.
+    pub blocks: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Token order reversed in this layer.
+    pub flip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub producer: String,
+    pub model: ModelConfig,
+    pub layers: Vec<LayerInfo>,
+    pub sampler: SamplerDefaults,
+    pub opset: i64,
+    /// File of the prior variance `var` (T, c) of the last layer's tokens (npz).
+    pub prior_file: String,
+    pub graphs: Vec<GraphEntry>,
+    /// sha256 (hex) of every file in the package but the manifest, by relative path.
+    pub files: BTreeMap<String, String>,
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json` (without checking files).
+    pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Io {
+            path: path.clone(),
+            reason: format!("{e} (is {} a model package made by `itarflow export`?)", dir.display()),
+        })?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        if m.format != FORMAT || m.format_version > FORMAT_VERSION {
+            return Err(ManifestError::Invalid {
+                path,
+                reason: format!(
+                    "format '{}' version {}; this build reads '{FORMAT}' up to version {FORMAT_VERSION}",
+                    m.format, m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Checks that every listed file exists with its recorded sha256.
+    pub fn verify(&self, dir: &Path) -> Result<(), ManifestError> {
+        for (file, expected) in &self.files {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Err(ManifestError::MissingFile { dir: dir.into(), file: file.clone() });
+            }
+            let found = sha256_file(&path).map_err(|e| ManifestError::Io { path: path.clone(), reason: e.to_string() })?;
+            if &found != expected {
+                return Err(ManifestError::Checksum {
+                    dir: dir.into(),
+                    file: file.clone(),
+                    found,
+                    expected: expected.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The graph of `kind` for `layer` (None for whole-model graphs) at `precision`.
+    pub fn graph(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Option<&GraphEntry> {
+        self.graphs.iter().find(|g| g.kind == kind && g.layer == layer && g.precision == precision)
+    }
+}

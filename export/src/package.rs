@@ -1,0 +1,225 @@
+//! Writing a model package: every graph of every precision, the prior variance and
+//! `manifest.json`, built in a temporary directory and renamed into place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use itarflow_base::manifest::{
+    FORMAT, FORMAT_VERSION, GraphEntry, GraphKind, LayerInfo, MANIFEST_FILE, Manifest, SamplerDefaults, TensorSpec,
+    sha256_file,
+};
+use itarflow_base::{Array, ModelConfig, Npz, RawTensor};
+
+use crate::ExportError;
+use crate::ir::{Dim, Graph};
+use crate::model::{Weights, graphs};
+use crate::onnx::{self, ExternalData};
+
+/// Graph precisions to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precisions {
+    Fp32,
+    Fp16,
+    Both,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub precisions: Precisions,
+    pub opset: i64,
+    /// Initializers of at least this many bytes go to external data files; by default only
+    /// graphs whose weights approach protobuf's 2 GB limit use them.
+    pub external_min_bytes: Option<usize>,
+    pub sampler: SamplerDefaults,
+}
+
+impl ExportOptions {
+    /// Defaults for a model: fp32, opset 18, the model's noise range, no guidance, 10 denoising
+    /// steps.
+    pub fn for_model(c: &ModelConfig) -> Self {
+        Self {
+            precisions: Precisions::Fp32,
+            opset: onnx::DEFAULT_OPSET,
+            external_min_bytes: None,
+            sampler: SamplerDefaults {
+                t_max: c.t_max,
+                t_min: c.t_min,
+                cfg: 0.0,
+                cfg_style: "tarflow".into(),
+                guide_layers: 1,
+                annealed: false,
+                denoise_steps: 10,
+            },
+        }
+    }
+}
+
+/// Graphs above this many bytes of weights move them to external data (protobuf's limit is 2 GiB).
+const AUTO_EXTERNAL_BYTES: usize = 1 << 30;
+
+fn spec(g: &Graph, v: crate::ir::V) -> TensorSpec {
+    let val = g.value(v);
+    TensorSpec {
+        name: val.name.clone(),
+        dtype: val.dtype.name().to_string(),
+        shape: val
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::N(n) => serde_json::json!(n),
+                Dim::S(s) => serde_json::json!(s),
+            })
+            .collect(),
+    }
+}
+
+fn weight_bytes(g: &Graph) -> usize {
+    g.nodes
+        .iter()
+        .map(|n| match &n.op {
+            crate::ir::Op::Const(crate::ir::ConstData::F32(d)) => d.len() * 4,
+            crate::ir::Op::Const(crate::ir::ConstData::F16(d)) => d.len() * 2,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Exports the model into the package directory `out` (replaced if it exists).
+pub fn export(
+    config: &ModelConfig,
+    weights: &BTreeMap<String, RawTensor>,
+    out: &Path,
+    opts: &ExportOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Manifest, ExportError> {
+    config.validate().map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let w = Weights::new(config, weights);
+    let werr = |p: &Path, e: std::io::Error| ExportError::Write { path: p.into(), reason: e.to_string() };
+    let tmp = out.with_file_name(format!(
+        ".{}.{}.tmp",
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| werr(&tmp, e))?;
+    }
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| werr(&tmp, e))?;
+        let precisions: &[&str] = match opts.precisions {
+            Precisions::Fp32 => &["fp32"],
+            Precisions::Fp16 => &["fp16"],
+            Precisions::Both => &["fp32", "fp16"],
+        };
+        let mut entries = Vec::new();
+        let mut builders: Vec<(GraphKind, Option<usize>)> = Vec::new();
+        for l in 0..config.num_layers {
+            builders.push((GraphKind::Forward, Some(l)));
+            builders.push((GraphKind::Cond, Some(l)));
+            builders.push((GraphKind::Step, Some(l)));
+        }
+        builders.push((GraphKind::Score, None));
+        for &precision in precisions {
+            std::fs::create_dir_all(tmp.join(precision)).map_err(|e| werr(&tmp, e))?;
+            for &(kind, layer) in &builders {
+                let mut g = match (kind, layer) {
+                    (GraphKind::Forward, Some(l)) => graphs::forward(&w, l)?,
+                    (GraphKind::Cond, Some(l)) => graphs::cond(&w, l)?,
+                    (GraphKind::Step, Some(l)) => graphs::step(&w, l)?,
+                    _ => graphs::score(&w)?,
+                };
+                if precision == "fp16" {
+                    g = crate::half::to_half(&g);
+                }
+                progress(&g.name);
+                let file = format!("{precision}/{}.onnx", g.name);
+                let min_bytes = opts
+                    .external_min_bytes
+                    .or_else(|| (weight_bytes(&g) > AUTO_EXTERNAL_BYTES).then_some(1024));
+                let external = min_bytes.map(|m| ExternalData { location: format!("{}.weights", g.name), min_bytes: m });
+                onnx::save(&g, &tmp.join(&file), opts.opset, external.as_ref())?;
+                let ext_file = external
+                    .map(|e| format!("{precision}/{}", e.location))
+                    .filter(|f| tmp.join(f).exists());
+                entries.push(GraphEntry {
+                    name: g.name.clone(),
+                    kind,
+                    layer,
+                    precision: precision.to_string(),
+                    file,
+                    external_data: ext_file,
+                    inputs: g.inputs.iter().map(|&v| spec(&g, v)).collect(),
+                    outputs: g.outputs.iter().map(|&v| spec(&g, v)).collect(),
+                });
+            }
+        }
+        let last = config.num_layers - 1;
+        let var = w.get("var", &[config.tokens(last), config.token_dim(last)])?;
+        let prior_file = "prior.npz".to_string();
+        let mut prior = Npz::new(tmp.join(&prior_file));
+        prior.insert("var", Array::f32(&[config.tokens(last), config.token_dim(last)], var.to_vec()));
+        prior.write().map_err(|e| ExportError::Write { path: tmp.join(&prior_file), reason: e.to_string() })?;
+
+        let mut files = BTreeMap::new();
+        let mut listed: Vec<String> = entries.iter().map(|e| e.file.clone()).collect();
+        listed.extend(entries.iter().filter_map(|e| e.external_data.clone()));
+        listed.push(prior_file.clone());
+        for f in listed {
+            let sum = sha256_file(&tmp.join(&f)).map_err(|e| werr(&tmp.join(&f), e))?;
+            files.insert(f, sum);
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            producer: format!("itarflow-export {}", env!("CARGO_PKG_VERSION")),
+            model: config.clone(),
+            layers: (0..config.num_layers)
+                .map(|l| LayerInfo {
+                    tokens: config.tokens(l),
+                    token_dim: config.token_dim(l),
+                    width: config.width(l),
+                    blocks: config.shared_backbone_blocks + config.own_blocks(l),
+                    heads: config.heads(l),
+                    head_dim: config.head_dim,
+                    flip: l % 2 == 1,
+                })
+                .collect(),
+            sampler: opts.sampler.clone(),
+            opset: opts.opset,
+            prior_file,
+            graphs: entries,
+            files,
+        };
+        let json = serde_json::to_string_pretty(&manifest).map_err(|e| ExportError::Invalid(e.to_string()))?;
+        let mpath = tmp.join(MANIFEST_FILE);
+        itarflow_base::write_atomic(&mpath, |wr| std::io::Write::write_all(wr, json.as_bytes())).map_err(|e| werr(&mpath, e))?;
+        Ok(manifest)
+    })();
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    replace_dir(&tmp, out).map_err(|e| werr(out, e))?;
+    Ok(manifest)
+}
+
+/// Moves `from` to `to`, replacing a previous `to` (kept aside until the move succeeded).
+fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    let old: PathBuf = to.with_file_name(format!(
+        ".{}.old",
+        to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    if to.exists() {
+        std::fs::rename(to, &old)?;
+    }
+    std::fs::rename(from, to)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
