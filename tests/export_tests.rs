@@ -116,3 +116,62 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
         assert!(worst < 1e-4, "layer {l}: {worst:.2e}");
     }
 }
+
+fn export_tiny(dir: &std::path::Path, opts: impl FnOnce(&mut itarflow_export::package::ExportOptions)) -> itarflow_base::manifest::Manifest {
+    let model = tiny(false);
+    let mut o = itarflow_export::package::ExportOptions::for_model(&model.config);
+    opts(&mut o);
+    itarflow_export::package::export(&model.config, &weights(&model), dir, &o, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn every_graph_of_both_precisions_passes_the_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    let m = export_tiny(&dir, |o| o.precisions = itarflow_export::package::Precisions::Both);
+    assert_eq!(m.graphs.len(), 2 * (3 * 4 + 1));
+    let rows = itarflow::deploy::check_package(&tiny(false), &dir, 3, 0.15, 1).unwrap();
+    for r in &rows {
+        println!("{:<16} {} {:<7} rel {:.2e}", r.graph, r.precision, r.output, r.rel);
+        assert!(r.pass, "{} {} {}: {:.2e} > {:.0e}", r.graph, r.precision, r.output, r.rel, r.tolerance);
+    }
+}
+
+#[test]
+fn external_data_path_runs_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    let m = export_tiny(&dir, |o| o.external_min_bytes = Some(4096));
+    let fwd = m.graph(itarflow_base::manifest::GraphKind::Forward, Some(2), "fp32").unwrap();
+    let ext = fwd.external_data.as_ref().expect("weights moved out");
+    assert!(dir.join(ext).metadata().unwrap().len() > 100_000);
+    let (graph_bytes, data_bytes) = (dir.join(&fwd.file).metadata().unwrap().len(), dir.join(ext).metadata().unwrap().len());
+    assert!(graph_bytes * 5 < data_bytes, "the graph file ({graph_bytes} B) should hold only small tensors ({data_bytes} B outside)");
+    let rows = itarflow::deploy::check_package(&tiny(false), &dir, 2, 0.1, 3).unwrap();
+    assert!(rows.iter().all(|r| r.pass));
+}
+
+#[test]
+fn altered_or_missing_files_are_rejected_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    let m = export_tiny(&dir, |_| {});
+    m.verify(&dir).unwrap();
+    let file = dir.join("fp32/layer1_step.onnx");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let k = bytes.len() / 2;
+    bytes[k] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let e = itarflow_base::manifest::Manifest::read(&dir).unwrap().verify(&dir).unwrap_err().to_string();
+    assert!(e.contains("fp32/layer1_step.onnx") && e.contains("sha256"), "{e}");
+    std::fs::remove_file(dir.join("prior.npz")).unwrap();
+    std::fs::write(&file, {
+        bytes[k] ^= 1;
+        &bytes
+    })
+    .unwrap();
+    let e = itarflow_base::manifest::Manifest::read(&dir).unwrap().verify(&dir).unwrap_err().to_string();
+    assert!(e.contains("prior.npz") && e.contains("missing"), "{e}");
+    let e = itarflow_base::manifest::Manifest::read(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("manifest.json"), "{e}");
+}

@@ -10,7 +10,7 @@ use common::*;
 use itarflow::ModelConfig;
 use itarflow::checkpoint::names::to_named;
 use itarflow::data::{DatasetKind, ImageSet, Loader, LoaderOptions};
-use itarflow::train::nll::bits_per_dim;
+use itarflow::train::nll::{NllOptions, bits_per_dim};
 use itarflow::train::{TrainConfig, Trainer};
 
 /// 64 synthetic 8x8 grey images of 4 classes: a bright square whose corner depends on the class.
@@ -120,7 +120,7 @@ fn bits_per_dim_is_minus_log_p_over_d_ln2() {
     let set = synthetic_set();
     let model = random_model(&config(1).model, 5);
     let t = 0.05;
-    let report = bits_per_dim(&model, &set, 0, t, 24, 40, 9, &mut |_, _| {});
+    let report = bits_per_dim(&model, &set, &NllOptions { pad: 0, t, batch_size: 24, limit: 40, seed: 9 }, &mut |_, _| {});
     assert_eq!(report.images, 40);
     // The same images and noise, through log_prob directly.
     let mut noise = itarflow_base::GaussianNoise::new(9);

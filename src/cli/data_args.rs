@@ -24,7 +24,7 @@ impl DataArgs {
 
 /// The padding that brings images of side `data` to the model's side `model`.
 pub fn padding_for(data: usize, model: usize) -> Result<usize> {
-    if model < data || (model - data) % 2 != 0 {
+    if model < data || !(model - data).is_multiple_of(2) {
         bail!("the data's {data} px images cannot be padded evenly to the model's {model} px");
     }
     Ok((model - data) / 2)

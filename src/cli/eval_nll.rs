@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::Args;
 use itarflow::data::Split;
-use itarflow::train::nll::bits_per_dim;
+use itarflow::train::nll::{NllOptions, bits_per_dim};
 
 use super::ckpt::CkptArgs;
 use super::data_args::{DataArgs, padding_for};
@@ -49,7 +49,8 @@ pub fn run(args: EvalNllArgs) -> Result<()> {
     }
     let n = if args.limit == 0 { set.len() } else { args.limit.min(set.len()) };
     let bar = progress::bar(n as u64, "eval-nll");
-    let report = bits_per_dim(&model, &set, pad, t, args.batch_size, args.limit, args.seed, &mut |done, _| bar.set_position(done as u64));
+    let opts = NllOptions { pad, t, batch_size: args.batch_size, limit: args.limit, seed: args.seed };
+    let report = bits_per_dim(&model, &set, &opts, &mut |done, _| bar.set_position(done as u64));
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -11,7 +11,7 @@ use itarflow::ModelConfig;
 use itarflow::data::{ImageSet, Loader, LoaderOptions, Split};
 use itarflow::sample::{Guidance, SampleOptions, class_grid};
 use itarflow::train::metrics::MetricsLog;
-use itarflow::train::nll::bits_per_dim;
+use itarflow::train::nll::{NllOptions, bits_per_dim};
 use itarflow::train::{TrainConfig, Trainer};
 use serde_json::json;
 
@@ -241,7 +241,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if let Some(test) = &test_set
             && ((config.eval_every > 0 && step % config.eval_every == 0) || last)
         {
-            let r = bits_per_dim(&trainer.inference_model(), test, config.pad, config.model.t_min, 250, 0, 0, &mut |_, _| {});
+            let opts = NllOptions { pad: config.pad, t: config.model.t_min, batch_size: 250, limit: 0, seed: 0 };
+            let r = bits_per_dim(&trainer.inference_model(), test, &opts, &mut |_, _| {});
             bar.println(format!("step {step}: test bits/dim {:.4} at t = {} ({} images)", r.bpd, r.t, r.images));
             metrics.write(&json!({"step": step, "test_bpd": r.bpd, "test_bpd_8bit": r.bpd_8bit, "t": r.t, "images": r.images}))?;
         }

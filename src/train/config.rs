@@ -51,7 +51,7 @@ impl TrainConfig {
         if self.batch_size == 0 || self.steps == 0 {
             return bad("batch size and steps must be positive");
         }
-        if !(self.lr > 0.0) || self.min_lr < 0.0 || self.min_lr > self.lr {
+        if self.lr.is_nan() || self.lr <= 0.0 || self.min_lr < 0.0 || self.min_lr > self.lr {
             return bad("need 0 <= min_lr <= lr and lr > 0");
         }
         if !(0.0..1.0).contains(&self.label_dropout) {

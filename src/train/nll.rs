@@ -21,17 +21,23 @@ pub struct NllReport {
     pub convention: String,
 }
 
-/// bits/dim of `set` (first `limit` images, all when 0) at noise level `t`.
-pub fn bits_per_dim(
-    model: &ITarFlow,
-    set: &ImageSet,
-    pad: usize,
-    t: f64,
-    batch_size: usize,
-    limit: usize,
-    seed: u64,
-    progress: &mut dyn FnMut(usize, usize),
-) -> NllReport {
+/// How to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NllOptions {
+    /// Padding that brings the data to the model's size.
+    pub pad: usize,
+    /// Noise level.
+    pub t: f64,
+    pub batch_size: usize,
+    /// First images only (0 = all).
+    pub limit: usize,
+    /// Seed of the noise eps.
+    pub seed: u64,
+}
+
+/// bits/dim of `set` (the first `limit` images, all when 0) at noise level `t`.
+pub fn bits_per_dim(model: &ITarFlow, set: &ImageSet, opts: &NllOptions, progress: &mut dyn FnMut(usize, usize)) -> NllReport {
+    let NllOptions { pad, t, batch_size, limit, seed } = *opts;
     let n = if limit == 0 { set.len() } else { limit.min(set.len()) };
     let device = model.device();
     let d = model.config.data_dim() as f64;
