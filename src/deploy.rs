@@ -7,7 +7,8 @@ use std::path::Path;
 use burn::prelude::*;
 use itarflow_base::RawTensor;
 use itarflow_base::manifest::{GraphKind, Manifest};
-use itarflow_export::tract_run::{Feed, TractGraph};
+use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::tract::TractGraph;
 use serde::Serialize;
 
 use crate::checkpoint::names::to_named;
@@ -74,6 +75,8 @@ pub enum DeployError {
     Manifest(#[from] itarflow_base::manifest::ManifestError),
     #[error(transparent)]
     Export(#[from] itarflow_export::ExportError),
+    #[error(transparent)]
+    Runtime(#[from] itarflow_rt::RtError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -110,12 +113,12 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let mut feeds = vec![Feed::F32(vec![batch, tokens, width], x)];
                 feeds.extend(common.iter().cloned());
                 let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "z", &out[0].1, &vals(z));
-                compare(&mut rows, &entry.name, p, "logdet", &out[1].1, &vals(ld));
+                compare(&mut rows, &entry.name, p, "z", &out[0].f32(), &vals(z));
+                compare(&mut rows, &entry.name, p, "logdet", &out[1].f32(), &vals(ld));
             }
             (GraphKind::Cond, Some(l)) => {
                 let out = run.run(&common)?;
-                compare(&mut rows, &entry.name, p, "cond", &out[0].1, &vals(conds[l].clone()));
+                compare(&mut rows, &entry.name, p, "cond", &out[0].f32(), &vals(conds[l].clone()));
             }
             (GraphKind::Step, Some(l)) => {
                 let layer = &model.layers[l];
@@ -125,8 +128,7 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let ut = Tensor::<3>::from_data(TensorData::new(u.clone(), [batch, tokens, width]), &device);
                 let mut caches = vec![KvCache::default(); layer.depth(&model.shared_backbone)];
                 let cond = vals(conds[l].clone());
-                let mut past: Vec<(Vec<usize>, Vec<f32>)> =
-                    vec![(vec![batch, info.heads, 0, info.head_dim], vec![]); 2 * info.blocks];
+                let mut past: Vec<Feed> = vec![Feed::F32(vec![batch, info.heads, 0, info.head_dim], vec![]); 2 * info.blocks];
                 let (mut got_a, mut got_b, mut want_a, mut want_b) = (vec![], vec![], vec![], vec![]);
                 for n in 0..tokens {
                     let token: Vec<f32> =
@@ -141,10 +143,10 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                         Feed::F32(vec![batch, info.width], cond.clone()),
                         Feed::F32(vec![batch], vec![1.0; batch]),
                     ];
-                    feeds.extend(past.iter().map(|(s, d)| Feed::F32(s.clone(), d.clone())));
+                    feeds.extend(past.iter().cloned());
                     let out = run.run(&feeds)?;
-                    got_a.extend_from_slice(&out[0].1);
-                    got_b.extend_from_slice(&out[1].1);
+                    got_a.extend_from_slice(&out[0].f32());
+                    got_b.extend_from_slice(&out[1].f32());
                     past = out[2..].to_vec();
                 }
                 compare(&mut rows, &entry.name, p, "a", &got_a, &want_a);
@@ -159,8 +161,8 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let mut feeds = vec![Feed::F32(shape.to_vec(), x)];
                 feeds.extend(common.iter().cloned());
                 let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "score", &out[0].1, &vals(score));
-                compare(&mut rows, &entry.name, p, "logp", &out[1].1, &vals(logp));
+                compare(&mut rows, &entry.name, p, "score", &out[0].f32(), &vals(score));
+                compare(&mut rows, &entry.name, p, "logp", &out[1].f32(), &vals(logp));
             }
             _ => return Err(DeployError::Invalid(format!("unexpected graph entry {}", entry.name))),
         }

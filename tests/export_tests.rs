@@ -10,7 +10,8 @@ use common::*;
 use itarflow::checkpoint::names::to_named;
 use itarflow_export::model::{Weights, graphs};
 use itarflow_export::onnx;
-use itarflow_export::tract_run::{Feed, TractGraph};
+use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::tract::TractGraph;
 
 fn weights(model: &itarflow::ITarFlow) -> BTreeMap<String, itarflow_base::RawTensor> {
     to_named(model).into_iter().collect()
@@ -47,8 +48,8 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
         let res = run
             .run(&[Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())])
             .unwrap();
-        let ez = rel_err(&res[0].1, &outs[l * per..(l + 1) * per]);
-        let el = rel_err(&res[1].1, &lds[l * 4..(l + 1) * 4]);
+        let ez = rel_err(&res[0].f32(), &outs[l * per..(l + 1) * per]);
+        let el = rel_err(&res[1].f32(), &lds[l * 4..(l + 1) * 4]);
         println!("layer{l}_forward (tract): z {ez:.2e}, logdet {el:.2e}");
         assert!(ez < 1e-4 && el < 1e-4, "layer {l}: {ez:.2e} {el:.2e}");
     }
@@ -66,8 +67,8 @@ fn score_graph_reproduces_reference_score_and_log_p() {
     let (_, t) = array(&v, "t");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let res = run.run(&[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
-    let es = rel_err(&res[0].1, &array(&v, "score").1);
-    let el = rel_err(&res[1].1, &array(&v, "logp").1);
+    let es = rel_err(&res[0].f32(), &array(&v, "score").1);
+    let el = rel_err(&res[1].f32(), &array(&v, "logp").1);
     println!("score graph (tract): score {es:.2e}, logp {el:.2e}");
     assert!(es < 1e-4 && el < 1e-4);
 }
@@ -90,11 +91,11 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
         let (a_full, b_full) = layer.network(u.clone(), &conds[l], &model.shared_backbone);
         let cond_run = load(&graphs::cond(&ws, l).unwrap(), dir.path());
         let cond = cond_run.run(&[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
-        let e = rel_err(&cond.1, &values(conds[l].clone()));
+        let e = rel_err(cond.f32(), &values(conds[l].clone()));
         assert!(e < 1e-5, "cond graph {e:.2e}");
         let step = load(&graphs::step(&ws, l).unwrap(), dir.path());
         let (heads, hd) = (1, 64);
-        let mut past: Vec<(Vec<usize>, Vec<f32>)> = vec![(vec![b, heads, 0, hd], vec![]); 4];
+        let mut past: Vec<Feed> = vec![Feed::F32(vec![b, heads, 0, hd], vec![]); 4];
         let uv = values(u.clone());
         let (av, bv) = (values(a_full), values(b_full));
         let mut worst = 0.0f64;
@@ -103,13 +104,13 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
             let mut feeds = vec![
                 Feed::F32(vec![b, c], token),
                 Feed::I64(vec![], vec![n as i64]),
-                Feed::F32(cond.0.clone(), cond.1.clone()),
+                cond.clone(),
                 Feed::F32(vec![b], vec![1.0; b]),
             ];
-            feeds.extend(past.iter().map(|(s, d)| Feed::F32(s.clone(), d.clone())));
+            feeds.extend(past.iter().cloned());
             let out = step.run(&feeds).unwrap();
             let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
-            worst = worst.max(rel_err(&out[0].1, &want(&av))).max(rel_err(&out[1].1, &want(&bv)));
+            worst = worst.max(rel_err(&out[0].f32(), &want(&av))).max(rel_err(&out[1].f32(), &want(&bv)));
             past = out[2..].to_vec();
         }
         println!("layer{l}_step x{tokens} (tract) vs full sequence: {worst:.2e}");

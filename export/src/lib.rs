@@ -17,7 +17,6 @@ pub mod onnx;
 pub mod ops;
 pub mod package;
 pub mod proto;
-pub mod tract_run;
 
 use thiserror::Error;
 

@@ -7,7 +7,8 @@ use itarflow_export::ir::grad::gradients;
 use itarflow_export::ir::{ConstData, DType, Dim, Graph, V, fixed};
 use itarflow_export::onnx;
 use itarflow_export::ops::{Bin, Op, Un};
-use itarflow_export::tract_run::{Feed, TractGraph};
+use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::tract::TractGraph;
 
 fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     itarflow_base::GaussianNoise::new(seed).sample_f32(n).into_iter().map(|x| x * scale).collect()
@@ -39,14 +40,14 @@ fn check(name: &str, shape: &[usize], x0: impl Fn(f32) -> f32, body: impl Fn(&mu
     let xv: Vec<f32> = noise(n, 1, 1.0).into_iter().map(&x0).collect();
     let eval = |xs: Vec<f32>| run.run(&[Feed::F32(shape.to_vec(), xs)]).unwrap();
     let base = eval(xv.clone());
-    let grad = &base[1].1;
+    let grad = &base[1].f32();
     assert_eq!(grad.len(), n, "{name}: gradient has the input's size");
     for k in 0..3 {
         let v = noise(n, 10 + k, 1.0);
         let h = 1e-2f32;
         let plus: Vec<f32> = xv.iter().zip(&v).map(|(a, b)| a + h * b).collect();
         let minus: Vec<f32> = xv.iter().zip(&v).map(|(a, b)| a - h * b).collect();
-        let fd = (eval(plus)[0].1[0] as f64 - eval(minus)[0].1[0] as f64) / (2.0 * h as f64);
+        let fd = (eval(plus)[0].f32()[0] as f64 - eval(minus)[0].f32()[0] as f64) / (2.0 * h as f64);
         let dd: f64 = grad.iter().zip(&v).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
         let scale = grad.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt() * (n as f64).sqrt();
         let rel = (fd - dd).abs() / scale.max(1e-6);
@@ -150,7 +151,7 @@ fn where_and_cast() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cast.onnx");
     onnx::save(&g, &path, onnx::DEFAULT_OPSET, None).unwrap();
-    let got = TractGraph::load(&path).unwrap().run(&[Feed::F32(vec![6], vec![0.5; 6])]).unwrap().remove(0).1;
+    let got = TractGraph::load(&path).unwrap().run(&[Feed::F32(vec![6], vec![0.5; 6])]).unwrap().remove(0).into_f32();
     let want: Vec<f32> = wv.iter().map(|&w| half::f16::from_f32(w).to_f32()).collect();
     assert_eq!(got, want);
     // The symbolic batch dimension survives differentiation.

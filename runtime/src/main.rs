@@ -1,0 +1,193 @@
+//! `itarflow-rt`: sample from an exported iTARFlow model package.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
+use itarflow_rt::Model;
+use itarflow_rt::sampler::{self, CfgStyle, Progress, SampleSettings};
+
+/// The demo package shipped in the repository.
+const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
+
+#[derive(Parser)]
+#[command(name = "itarflow-rt", version, about = "Sample from exported iTARFlow model packages (no Burn, no Python)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images: guided autoregressive inversion, then iterative denoising.
+    Sample(SampleArgs),
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Model package directory (default: the demo Fashion-MNIST package in models/).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Execution provider (the ONNX Runtime providers arrive with the ort integration).
+    #[arg(long, default_value = "tract", value_parser = ["tract"])]
+    provider: String,
+    /// Graph precision.
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+    precision: String,
+    /// npz with prior noise `z` (B,T,c) and optional labels `y` (B,).
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 16)]
+    num: usize,
+    /// Class of every image (default: random classes for a conditional model).
+    #[arg(long)]
+    class: Option<i64>,
+    /// Guidance scale (default: the package's).
+    #[arg(long)]
+    cfg: Option<f64>,
+    #[arg(long, value_enum)]
+    cfg_style: Option<CfgStyle>,
+    /// Guided layers in sampling order: a number or `all` (default: the package's).
+    #[arg(long)]
+    guide_layers: Option<String>,
+    #[arg(long)]
+    anneal: bool,
+    #[arg(long, default_value_t = 1.0)]
+    uncond_temp: f64,
+    #[arg(long)]
+    t_max: Option<f64>,
+    #[arg(long)]
+    t_min: Option<f64>,
+    /// Denoising steps (default: the package's); 0 returns the phase-1 images.
+    #[arg(long)]
+    denoise_steps: Option<usize>,
+    #[arg(long)]
+    clip: bool,
+    /// npz to write with the images `x` and labels `y`.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// PNG grid of the images.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    if a.output.is_none() && a.out.is_none() {
+        bail!("nothing to write: pass --output OUT.npz and/or --out grid.png");
+    }
+    let dir = a.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
+    let c = model.manifest.model.clone();
+    let last = model.manifest.layers.last().expect("validated").clone();
+    let per = last.tokens * last.token_dim;
+    let check_label = |k: i64| -> Result<i64> {
+        if c.num_classes == 0 || k < -1 || k >= c.num_classes as i64 {
+            bail!("label {k} is out of range: this model has {} classes (and -1 for unconditional)", c.num_classes);
+        }
+        Ok(k)
+    };
+    let (z, labels) = match &a.noise {
+        Some(path) => {
+            let npz = Npz::read(path)?;
+            let expected = format!("(B, {}, {})", last.tokens, last.token_dim);
+            let (shape, z) = npz.f32("z", 3, &expected, "the prior noise, float32 (B, T, c)")?;
+            if shape[1..] != [last.tokens, last.token_dim] {
+                bail!("array 'z' in {} has shape {shape:?}; this model's prior noise is {expected}", path.display());
+            }
+            let b = shape[0];
+            let labels = if npz.get("y").is_some() {
+                let (_, y) = npz.i64("y", 1, "(B,)", "")?;
+                y.into_iter().map(check_label).collect::<Result<Vec<_>>>()?
+            } else if let Some(k) = a.class {
+                vec![check_label(k)?; b]
+            } else if c.num_classes > 0 {
+                random_labels(a.seed, b, c.num_classes)
+            } else {
+                vec![-1; b]
+            };
+            (z, labels)
+        }
+        None => {
+            let labels = match a.class {
+                Some(k) => vec![check_label(k)?; a.num],
+                None if c.num_classes > 0 => random_labels(a.seed, a.num, c.num_classes),
+                None => vec![-1; a.num],
+            };
+            (prior_noise(a.seed, a.num * per), labels)
+        }
+    };
+    let mut s = SampleSettings::from_manifest(&model);
+    if let Some(w) = a.cfg {
+        s.guidance.scale = w;
+    }
+    if let Some(style) = a.cfg_style {
+        s.guidance.style = style;
+    }
+    if let Some(gl) = &a.guide_layers {
+        s.guidance.layers = if gl == "all" { usize::MAX } else { gl.parse().context("--guide-layers takes a number or 'all'")? };
+    }
+    s.guidance.annealed |= a.anneal;
+    s.guidance.uncond_temperature = a.uncond_temp;
+    s.t_max = a.t_max.unwrap_or(s.t_max);
+    s.t_min = a.t_min.unwrap_or(s.t_min);
+    s.denoise_steps = a.denoise_steps.unwrap_or(s.denoise_steps);
+    s.clip = a.clip;
+    if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max) {
+        bail!("need 0 < t-min <= t-max, got t-min {} and t-max {}", s.t_min, s.t_max);
+    }
+    let start = Instant::now();
+    let graphs = model.tract_graphs(&a.precision)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let bar = ProgressBar::new((model.manifest.layers.len() + s.denoise_steps) as u64);
+    bar.set_style(ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
+    bar.set_prefix("sample");
+    let run_start = Instant::now();
+    let x = sampler::sample(&model, &graphs, &z, &labels, &s, &mut |p| {
+        match p {
+            Progress::Invert { layer, layers } => bar.set_message(format!("inverted {layer}/{layers} layers")),
+            Progress::Denoise { step, steps } => bar.set_message(format!("denoise {step}/{steps}")),
+        }
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let secs = run_start.elapsed().as_secs_f64();
+    let b = labels.len();
+    let dims = [b, c.in_channels, c.img_size, c.img_size];
+    if let Some(path) = &a.output {
+        let mut npz = Npz::new(path);
+        npz.insert("x", Array::f32(&dims, x.clone()));
+        npz.insert("y", Array::i64(&[b], labels.clone()));
+        npz.write()?;
+    }
+    if let Some(path) = &a.out {
+        save_grid(path, &x, dims, (b as f64).sqrt().ceil() as usize)?;
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"images": b, "labels": labels, "provider": a.provider, "precision": a.precision,
+                "load_seconds": load_s, "sample_seconds": secs, "images_per_second": b as f64 / secs,
+                "output": a.output, "grid": a.out})
+        );
+    } else {
+        eprintln!("{b} images in {secs:.2} s on {} ({:.2} images/s); graphs loaded in {load_s:.2} s", a.provider, b as f64 / secs);
+    }
+    Ok(())
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Command::Sample(a) => sample(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,74 @@
+//! The tract provider: pure-Rust CPU inference. Each graph is loaded once, decluttered and
+//! optimised with its batch (and past-length) dims left symbolic, and run with a reusable state.
+//! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::{Engine, HostTensor};
+use crate::RtError;
+
+/// A graph ready to run on tract.
+pub struct TractGraph {
+    plan: Arc<TypedRunnableModel>,
+    name: String,
+}
+
+fn fail(what: &str, e: impl std::fmt::Debug) -> RtError {
+    RtError::Provider { provider: "tract".into(), reason: format!("{what}: {e:?}") }
+}
+
+impl TractGraph {
+    /// Loads and optimises the ONNX graph at `path` (external data is read beside it).
+    pub fn load(path: &Path) -> Result<Self, RtError> {
+        let name = path.display().to_string();
+        let model = tract_onnx::onnx().model_for_path(path).map_err(|e| fail(&format!("loading {name}"), e))?;
+        let plan = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| fail(&format!("optimising {name}"), e))?;
+        Ok(Self { plan, name })
+    }
+
+    /// Runs on host tensors (for checks and one-off calls).
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RtError> {
+        let ins = inputs.iter().map(|t| self.upload(t)).collect::<Result<Vec<_>, _>>()?;
+        let outs = self.plan.run(ins.into_iter().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+        outs.iter().map(|o| download(o)).collect()
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
+        let tensor = match t {
+            HostTensor::F32(s, d) => Tensor::from_shape(s, d),
+            HostTensor::I64(s, d) => Tensor::from_shape(s, d),
+        };
+        tensor.map(|t| t.into_tvalue()).map_err(|e| fail("input", e))
+    }
+}
+
+fn download(v: &TValue) -> Result<HostTensor, RtError> {
+    let t = v.cast_to::<f32>().map_err(|e| fail("output", e))?;
+    let view = t.to_plain_array_view::<f32>().map_err(|e| fail("output", e))?;
+    Ok(HostTensor::F32(view.shape().to_vec(), view.iter().copied().collect()))
+}
+
+impl Engine for TractGraph {
+    type Value = TValue;
+
+    fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
+        TractGraph::upload(self, t)
+    }
+
+    fn download(&self, v: &TValue) -> Result<HostTensor, RtError> {
+        download(v)
+    }
+
+    fn run_values(&self, inputs: Vec<TValue>) -> Result<Vec<TValue>, RtError> {
+        let outs = self.plan.run(inputs.into_iter().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+        Ok(outs.into_iter().collect())
+    }
+}
