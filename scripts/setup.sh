@@ -1,5 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the toolkit's tests and commands need beyond the Rust toolchain. Idempotent.
+# Installs what the toolkit's commands need beyond the Rust toolchain. Idempotent.
+# - Fashion-MNIST (Debian's dataset-fashion-mnist) for `itarflow train` / `eval-nll` defaults.
+#   The test suite makes its own small data and does not need it.
 set -euo pipefail
 cargo --version
 rustc --version
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+            || echo "note: could not install dataset-fashion-mnist; training on Fashion-MNIST needs it"
+    else
+        echo "note: Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)"
+    fi
+fi

@@ -113,12 +113,12 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let mut feeds = vec![Feed::F32(vec![batch, tokens, width], x)];
                 feeds.extend(common.iter().cloned());
                 let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "z", &out[0].f32(), &vals(z));
-                compare(&mut rows, &entry.name, p, "logdet", &out[1].f32(), &vals(ld));
+                compare(&mut rows, &entry.name, p, "z", out[0].f32(), &vals(z));
+                compare(&mut rows, &entry.name, p, "logdet", out[1].f32(), &vals(ld));
             }
             (GraphKind::Cond, Some(l)) => {
                 let out = run.run(&common)?;
-                compare(&mut rows, &entry.name, p, "cond", &out[0].f32(), &vals(conds[l].clone()));
+                compare(&mut rows, &entry.name, p, "cond", out[0].f32(), &vals(conds[l].clone()));
             }
             (GraphKind::Step, Some(l)) => {
                 let layer = &model.layers[l];
@@ -145,8 +145,8 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                     ];
                     feeds.extend(past.iter().cloned());
                     let out = run.run(&feeds)?;
-                    got_a.extend_from_slice(&out[0].f32());
-                    got_b.extend_from_slice(&out[1].f32());
+                    got_a.extend_from_slice(out[0].f32());
+                    got_b.extend_from_slice(out[1].f32());
                     past = out[2..].to_vec();
                 }
                 compare(&mut rows, &entry.name, p, "a", &got_a, &want_a);
@@ -161,8 +161,8 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let mut feeds = vec![Feed::F32(shape.to_vec(), x)];
                 feeds.extend(common.iter().cloned());
                 let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "score", &out[0].f32(), &vals(score));
-                compare(&mut rows, &entry.name, p, "logp", &out[1].f32(), &vals(logp));
+                compare(&mut rows, &entry.name, p, "score", out[0].f32(), &vals(score));
+                compare(&mut rows, &entry.name, p, "logp", out[1].f32(), &vals(logp));
             }
             _ => return Err(DeployError::Invalid(format!("unexpected graph entry {}", entry.name))),
         }

@@ -48,8 +48,8 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
         let res = run
             .run(&[Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())])
             .unwrap();
-        let ez = rel_err(&res[0].f32(), &outs[l * per..(l + 1) * per]);
-        let el = rel_err(&res[1].f32(), &lds[l * 4..(l + 1) * 4]);
+        let ez = rel_err(res[0].f32(), &outs[l * per..(l + 1) * per]);
+        let el = rel_err(res[1].f32(), &lds[l * 4..(l + 1) * 4]);
         println!("layer{l}_forward (tract): z {ez:.2e}, logdet {el:.2e}");
         assert!(ez < 1e-4 && el < 1e-4, "layer {l}: {ez:.2e} {el:.2e}");
     }
@@ -67,8 +67,8 @@ fn score_graph_reproduces_reference_score_and_log_p() {
     let (_, t) = array(&v, "t");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let res = run.run(&[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
-    let es = rel_err(&res[0].f32(), &array(&v, "score").1);
-    let el = rel_err(&res[1].f32(), &array(&v, "logp").1);
+    let es = rel_err(res[0].f32(), &array(&v, "score").1);
+    let el = rel_err(res[1].f32(), &array(&v, "logp").1);
     println!("score graph (tract): score {es:.2e}, logp {el:.2e}");
     assert!(es < 1e-4 && el < 1e-4);
 }
@@ -110,7 +110,7 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
             feeds.extend(past.iter().cloned());
             let out = step.run(&feeds).unwrap();
             let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
-            worst = worst.max(rel_err(&out[0].f32(), &want(&av))).max(rel_err(&out[1].f32(), &want(&bv)));
+            worst = worst.max(rel_err(out[0].f32(), &want(&av))).max(rel_err(out[1].f32(), &want(&bv)));
             past = out[2..].to_vec();
         }
         println!("layer{l}_step x{tokens} (tract) vs full sequence: {worst:.2e}");

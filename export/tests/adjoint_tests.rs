@@ -40,7 +40,7 @@ fn check(name: &str, shape: &[usize], x0: impl Fn(f32) -> f32, body: impl Fn(&mu
     let xv: Vec<f32> = noise(n, 1, 1.0).into_iter().map(&x0).collect();
     let eval = |xs: Vec<f32>| run.run(&[Feed::F32(shape.to_vec(), xs)]).unwrap();
     let base = eval(xv.clone());
-    let grad = &base[1].f32();
+    let grad = base[1].f32();
     assert_eq!(grad.len(), n, "{name}: gradient has the input's size");
     for k in 0..3 {
         let v = noise(n, 10 + k, 1.0);

@@ -38,7 +38,7 @@ impl TractGraph {
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RtError> {
         let ins = inputs.iter().map(|t| self.upload(t)).collect::<Result<Vec<_>, _>>()?;
         let outs = self.plan.run(ins.into_iter().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
-        outs.iter().map(|o| download(o)).collect()
+        outs.iter().map(download).collect()
     }
 
     fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
