@@ -69,3 +69,60 @@ fn seeded_runtime_samples_match_the_burn_sampler() {
     println!("runtime vs Burn sampler, seeded, cfg 1.5: {e:.2e}");
     assert!(e < 1e-4, "{e:.2e}");
 }
+
+#[test]
+fn runtime_reproduces_reference_on_onnx_runtime_cpu() {
+    use itarflow_rt::provider::ort::OrtDevice;
+    let v = vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = package(&tmp.path().join("pkg"));
+    let graphs = model.ort_graphs("fp32", &OrtDevice::Cpu, None).expect("ONNX Runtime (pip install onnxruntime==1.31.1, as scripts/setup.sh does)");
+    let (_, z) = array(&v, "rev_z");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
+    for (name, g) in [("rev_g0", Guidance::default()), ("rev_g2", all), ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all })] {
+        let x = sampler::invert(&model, &graphs, &z, &y, &settings(g), &mut |_| {}).unwrap();
+        let e = rel_err(&x, &array(&v, name).1);
+        println!("runtime (ort cpu) {name:<18} {e:.2e}");
+        assert!(e < 1e-4, "{name}: {e:.2e}");
+    }
+    let (_, mut x) = array(&v, "itd_x_init");
+    sampler::denoise(&model, &graphs.score, &mut x, &y, &settings(Guidance::default()), &mut |_| {}).unwrap();
+    let e = rel_err(&x, &array(&v, "itd_x_final").1);
+    println!("runtime (ort cpu) itd_x_final        {e:.2e}");
+    assert!(e < 1e-4, "{e:.2e}");
+}
+
+/// The `itarflow-rt` binary beside this test's (built by `cargo test --workspace`).
+fn rt_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("itarflow-rt");
+    assert!(bin.exists(), "{} is not built: run the tests with `cargo test --release --workspace`", bin.display());
+    bin
+}
+
+#[test]
+fn gpu_providers_requested_on_a_cpu_build_fail_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    package(&dir);
+    for provider in ["cuda", "tensorrt"] {
+        let out = std::process::Command::new(rt_binary())
+            .args(["sample", "--model", dir.to_str().unwrap(), "--provider", provider, "--num", "1", "--out"])
+            .arg(tmp.path().join("never.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{provider} ran on a machine without it");
+        assert!(err.contains(&format!("provider {provider}")) && err.contains("not enabled in this build"), "{err}");
+        assert!(!tmp.path().join("never.png").exists());
+    }
+    let out = std::process::Command::new(rt_binary())
+        .args(["sample", "--model", dir.to_str().unwrap(), "--provider", "auto", "--num", "1", "--out"])
+        .arg(tmp.path().join("auto.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("auto: using cpu") && err.contains("skipped tensorrt") && err.contains("skipped cuda"), "{err}");
+}

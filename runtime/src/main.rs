@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
-use itarflow_rt::Model;
+use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
+use itarflow_rt::provider::tract::TractGraph;
+use itarflow_rt::{Graphs, Model};
 use itarflow_rt::sampler::{self, CfgStyle, Progress, SampleSettings};
 
 /// The demo package shipped in the repository.
@@ -31,9 +33,19 @@ struct SampleArgs {
     /// Model package directory (default: the demo Fashion-MNIST package in models/).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Execution provider (the ONNX Runtime providers arrive with the ort integration).
-    #[arg(long, default_value = "tract", value_parser = ["tract"])]
+    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
+    /// (the best that works here, saying why the others were skipped).
+    #[arg(long, default_value = "tract", value_parser = ["tract", "cpu", "cuda", "tensorrt", "auto"])]
     provider: String,
+    /// libonnxruntime to load (default: ORT_DYLIB_PATH, else the onnxruntime Python package).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: engine and timing cache directory (engines are built once, then reused).
+    #[arg(long, default_value = ".itarflow-trt-cache")]
+    trt_cache: PathBuf,
     /// Graph precision.
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
     precision: String,
@@ -143,19 +155,23 @@ fn sample(a: SampleArgs) -> Result<()> {
         bail!("need 0 < t-min <= t-max, got t-min {} and t-max {}", s.t_min, s.t_max);
     }
     let start = Instant::now();
-    let graphs = model.tract_graphs(&a.precision)?;
+    let (graphs, provider) = load_graphs(&model, &a)?;
     let load_s = start.elapsed().as_secs_f64();
     let bar = ProgressBar::new((model.manifest.layers.len() + s.denoise_steps) as u64);
     bar.set_style(ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
     bar.set_prefix("sample");
     let run_start = Instant::now();
-    let x = sampler::sample(&model, &graphs, &z, &labels, &s, &mut |p| {
+    let mut report = |p| {
         match p {
             Progress::Invert { layer, layers } => bar.set_message(format!("inverted {layer}/{layers} layers")),
             Progress::Denoise { step, steps } => bar.set_message(format!("denoise {step}/{steps}")),
         }
         bar.inc(1);
-    })?;
+    };
+    let x = match &graphs {
+        Loaded::Tract(g) => sampler::sample(&model, g, &z, &labels, &s, &mut report)?,
+        Loaded::Ort(g) => sampler::sample(&model, g, &z, &labels, &s, &mut report)?,
+    };
     bar.finish_and_clear();
     let secs = run_start.elapsed().as_secs_f64();
     let b = labels.len();
@@ -172,14 +188,61 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"images": b, "labels": labels, "provider": a.provider, "precision": a.precision,
+            serde_json::json!({"images": b, "labels": labels, "provider": provider, "precision": a.precision,
                 "load_seconds": load_s, "sample_seconds": secs, "images_per_second": b as f64 / secs,
                 "output": a.output, "grid": a.out})
         );
     } else {
-        eprintln!("{b} images in {secs:.2} s on {} ({:.2} images/s); graphs loaded in {load_s:.2} s", a.provider, b as f64 / secs);
+        eprintln!("{b} images in {secs:.2} s on {provider} ({:.2} images/s); graphs loaded in {load_s:.2} s", b as f64 / secs);
     }
     Ok(())
+}
+
+/// The sampler's graphs on one provider.
+enum Loaded {
+    Tract(Graphs<TractGraph>),
+    Ort(Graphs<OrtGraph>),
+}
+
+fn ort_device(name: &str, a: &SampleArgs) -> OrtDevice {
+    match name {
+        "cuda" => OrtDevice::Cuda,
+        "tensorrt" => OrtDevice::TensorRt { fp16: a.trt_fp16, cache_dir: a.trt_cache.clone() },
+        _ => OrtDevice::Cpu,
+    }
+}
+
+fn load_on(model: &Model, name: &str, a: &SampleArgs) -> Result<Loaded, itarflow_rt::RtError> {
+    if name == "tract" {
+        return model.tract_graphs(&a.precision).map(Loaded::Tract);
+    }
+    if name == "tensorrt" {
+        std::fs::create_dir_all(&a.trt_cache).map_err(|e| itarflow_rt::RtError::Invalid(format!("{}: {e}", a.trt_cache.display())))?;
+    }
+    model.ort_graphs(&a.precision, &ort_device(name, a), a.ort_lib.as_deref()).map(Loaded::Ort)
+}
+
+/// Loads the graphs on the requested provider; `auto` tries TensorRT, CUDA, ONNX Runtime CPU,
+/// then tract, and reports its choice and why the others were skipped.
+fn load_graphs(model: &Model, a: &SampleArgs) -> Result<(Loaded, String)> {
+    if a.provider != "auto" {
+        let loaded = load_on(model, &a.provider, a).with_context(|| format!("provider {} cannot run here", a.provider))?;
+        return Ok((loaded, a.provider.clone()));
+    }
+    let mut skipped = Vec::new();
+    for name in ["tensorrt", "cuda", "cpu", "tract"] {
+        match load_on(model, name, a) {
+            Ok(loaded) => {
+                eprintln!("auto: using {name}");
+                for (n, why) in &skipped {
+                    eprintln!("auto: skipped {n}: {why}");
+                }
+                return Ok((loaded, name.to_string()));
+            }
+            Err(e) => skipped.push((name, e.to_string())),
+        }
+    }
+    bail!("no provider could run: {skipped:?}")
 }
 
 fn main() {

@@ -7,6 +7,7 @@ use itarflow_base::Npz;
 use itarflow_base::manifest::{GraphKind, Manifest};
 
 use crate::RtError;
+use crate::provider::ort::{OrtDevice, OrtGraph};
 use crate::provider::tract::TractGraph;
 
 /// A model package on disk, validated.
@@ -50,15 +51,24 @@ impl Model {
         Ok(self.dir.join(&entry.file))
     }
 
+    fn graphs<G>(&self, precision: &str, load: impl Fn(&Path) -> Result<G, RtError>) -> Result<Graphs<G>, RtError> {
+        let layers = self.manifest.layers.len();
+        let get = |kind, layer| load(&self.graph_path(kind, layer, precision)?);
+        Ok(Graphs {
+            cond: (0..layers).map(|l| get(GraphKind::Cond, Some(l))).collect::<Result<_, _>>()?,
+            step: (0..layers).map(|l| get(GraphKind::Step, Some(l))).collect::<Result<_, _>>()?,
+            score: get(GraphKind::Score, None)?,
+        })
+    }
+
     /// Loads every graph the sampler needs on tract.
     pub fn tract_graphs(&self, precision: &str) -> Result<Graphs<TractGraph>, RtError> {
-        let layers = self.manifest.layers.len();
-        let load = |kind, layer| TractGraph::load(&self.graph_path(kind, layer, precision)?);
-        Ok(Graphs {
-            cond: (0..layers).map(|l| load(GraphKind::Cond, Some(l))).collect::<Result<_, _>>()?,
-            step: (0..layers).map(|l| load(GraphKind::Step, Some(l))).collect::<Result<_, _>>()?,
-            score: load(GraphKind::Score, None)?,
-        })
+        self.graphs(precision, TractGraph::load)
+    }
+
+    /// Loads every graph the sampler needs on ONNX Runtime (`library`: libonnxruntime, else found).
+    pub fn ort_graphs(&self, precision: &str, device: &OrtDevice, library: Option<&Path>) -> Result<Graphs<OrtGraph>, RtError> {
+        self.graphs(precision, |p| OrtGraph::load(p, device, library))
     }
 
     pub fn num_classes(&self) -> usize {

@@ -194,15 +194,15 @@ pub fn invert<E: Engine>(
             }
             cond_in.push(cond_g.upload(&HostTensor::I64(vec![rows], y))?);
         }
-        let cond = cond_g.run_values(cond_in)?.remove(0);
+        let cond = cond_g.run_values(cond_in.iter().collect())?.remove(0);
         let cond = step_g.upload(&cond_g.download(&cond)?)?;
         let mut inv_temp = vec![1.0f32; b];
         if guided {
             inv_temp.extend(std::iter::repeat_n((1.0 / s.guidance.uncond_temperature) as f32, b));
         }
         let inv_temp = step_g.upload(&HostTensor::F32(vec![rows], inv_temp))?;
-        let empty = step_g.upload(&HostTensor::F32(vec![rows, info.heads, 0, info.head_dim], vec![]))?;
-        let mut past: Vec<E::Value> = vec![empty; 2 * info.blocks];
+        let empty = HostTensor::F32(vec![rows, info.heads, 0, info.head_dim], vec![]);
+        let mut past: Vec<E::Value> = (0..2 * info.blocks).map(|_| step_g.upload(&empty)).collect::<Result<_, _>>()?;
         // Tokens in the layer's permuted order, one Vec per position.
         let perm = |n: usize| if info.flip { tokens - 1 - n } else { n };
         let mut seq: Vec<Vec<f32>> = (0..tokens)
@@ -214,13 +214,10 @@ pub fn invert<E: Engine>(
             if guided {
                 token.extend_from_within(..);
             }
-            let mut feeds = vec![
-                step_g.upload(&HostTensor::F32(vec![rows, width], token))?,
-                step_g.upload(&HostTensor::I64(vec![], vec![n as i64]))?,
-                cond.clone(),
-                inv_temp.clone(),
-            ];
-            feeds.append(&mut past);
+            let token = step_g.upload(&HostTensor::F32(vec![rows, width], token))?;
+            let pos = step_g.upload(&HostTensor::I64(vec![], vec![n as i64]))?;
+            let mut feeds = vec![&token, &pos, &cond, &inv_temp];
+            feeds.extend(past.iter());
             let mut out = step_g.run_values(feeds)?;
             past = out.split_off(2);
             let a = step_g.download(&out[0])?.into_f32();
@@ -276,7 +273,7 @@ pub fn score<E: Engine>(
         if c.num_classes > 0 {
             feeds.push(graph.upload(&HostTensor::I64(vec![n], labels[start..start + n].to_vec()))?);
         }
-        let out = graph.run_values(feeds)?;
+        let out = graph.run_values(feeds.iter().collect())?;
         scores.extend(graph.download(&out[0])?.into_f32());
         logps.extend(graph.download(&out[1])?.into_f32());
     }

@@ -2,6 +2,7 @@
 //! type, so that outputs (e.g. a step's present K/V) can feed the next run without a copy
 //! through host memory.
 
+pub mod ort;
 pub mod tract;
 
 use crate::RtError;
@@ -38,8 +39,9 @@ impl HostTensor {
 
 /// A loaded graph on some provider.
 pub trait Engine {
-    type Value: Clone;
+    type Value;
     fn upload(&self, t: &HostTensor) -> Result<Self::Value, RtError>;
     fn download(&self, v: &Self::Value) -> Result<HostTensor, RtError>;
-    fn run_values(&self, inputs: Vec<Self::Value>) -> Result<Vec<Self::Value>, RtError>;
+    /// Runs the graph on inputs in the graph's input order; outputs in its output order.
+    fn run_values(&self, inputs: Vec<&Self::Value>) -> Result<Vec<Self::Value>, RtError>;
 }

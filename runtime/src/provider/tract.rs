@@ -67,8 +67,9 @@ impl Engine for TractGraph {
         download(v)
     }
 
-    fn run_values(&self, inputs: Vec<TValue>) -> Result<Vec<TValue>, RtError> {
-        let outs = self.plan.run(inputs.into_iter().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+    fn run_values(&self, inputs: Vec<&TValue>) -> Result<Vec<TValue>, RtError> {
+        // TValues share their data: these clones copy no tensor.
+        let outs = self.plan.run(inputs.into_iter().cloned().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
         Ok(outs.into_iter().collect())
     }
 }

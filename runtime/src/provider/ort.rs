@@ -1,0 +1,160 @@
+//! The ONNX Runtime provider (CPU, CUDA, TensorRT), through `ort` with `load-dynamic`: the
+//! library is loaded at run time from an explicit path, `ORT_DYLIB_PATH`, or the `onnxruntime`
+//! Python package, so nothing is downloaded at build time. A requested CUDA or TensorRT provider
+//! that cannot register is an error carrying ONNX Runtime's reason, never a silent CPU fallback.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+
+use super::{Engine, HostTensor};
+use crate::RtError;
+
+/// The ONNX Runtime devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrtDevice {
+    Cpu,
+    Cuda,
+    TensorRt {
+        fp16: bool,
+        /// Engines (and the timing cache) are built once and reused from here.
+        cache_dir: PathBuf,
+    },
+}
+
+impl OrtDevice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrtDevice::Cpu => "cpu",
+            OrtDevice::Cuda => "cuda",
+            OrtDevice::TensorRt { .. } => "tensorrt",
+        }
+    }
+}
+
+fn fail(provider: &str, reason: impl std::fmt::Display) -> RtError {
+    RtError::Provider { provider: provider.into(), reason: reason.to_string() }
+}
+
+/// Where libonnxruntime is: `explicit`, else `ORT_DYLIB_PATH`, else the `onnxruntime` Python
+/// package's `capi/` directory.
+pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RtError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(p));
+    }
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .output();
+    if let Ok(out) = python
+        && out.status.success()
+    {
+        let capi = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi");
+        if let Ok(entries) = std::fs::read_dir(&capi) {
+            let mut libs: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+                .collect();
+            libs.sort();
+            if let Some(lib) = libs.into_iter().next() {
+                return Ok(lib);
+            }
+        }
+    }
+    Err(fail(
+        "onnxruntime",
+        "the ONNX Runtime library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, or install it with \
+         `pip install onnxruntime==1.31.1` (CPU) or `pip install onnxruntime-gpu==1.31.1` (CUDA and TensorRT; \
+         TensorRT also needs libnvinfer 10 from NVIDIA's index)",
+    ))
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment (ort's one global), loaded on first use.
+pub fn environment(library: Option<&Path>) -> Result<&'static Environment, RtError> {
+    let env = ENVIRONMENT.get_or_init(|| {
+        let path = find_library(library).map_err(|e| e.to_string())?;
+        if !path.exists() {
+            return Err(format!("ONNX Runtime library {} does not exist (from ORT_DYLIB_PATH or --ort-lib)", path.display()));
+        }
+        ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+            .with_name("itarflow-rt")
+            .build()
+            .map_err(|e| format!("cannot create the environment: {e}"))
+    });
+    env.as_ref().map_err(|e| fail("onnxruntime", e))
+}
+
+/// A graph in an ONNX Runtime session.
+pub struct OrtGraph {
+    session: Mutex<Session>,
+    outputs: Vec<String>,
+    inputs: Vec<String>,
+    provider: &'static str,
+}
+
+impl OrtGraph {
+    /// Creates a session for the graph at `path` on `device` (strict provider registration).
+    pub fn load(path: &Path, device: &OrtDevice, library: Option<&Path>) -> Result<Self, RtError> {
+        let env = environment(library)?;
+        let p = device.name();
+        let ep = match device {
+            OrtDevice::Cpu => ort::ep::CPU::default().build(),
+            OrtDevice::Cuda => ort::ep::CUDA::default().build(),
+            OrtDevice::TensorRt { fp16, cache_dir } => ort::ep::TensorRT::default()
+                .with_fp16(*fp16)
+                .with_engine_cache(true)
+                .with_engine_cache_path(cache_dir.display())
+                .with_timing_cache(true)
+                .with_timing_cache_path(cache_dir.display())
+                .build(),
+        }
+        .error_on_failure();
+        let session = Session::builder(env)
+            .map_err(|e| fail(p, e))?
+            .with_intra_threads(1)
+            .map_err(|e| fail(p, e))?
+            .with_execution_providers([ep])
+            .map_err(|e| fail(p, e))?
+            .commit_from_file(path)
+            .map_err(|e| fail(p, format!("{}: {e}", path.display())))?;
+        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        Ok(Self { session: Mutex::new(session), outputs, inputs, provider: p })
+    }
+}
+
+impl Engine for OrtGraph {
+    type Value = DynValue;
+
+    fn upload(&self, t: &HostTensor) -> Result<DynValue, RtError> {
+        let v = match t {
+            HostTensor::F32(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
+            HostTensor::I64(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
+        };
+        v.map_err(|e| fail(self.provider, e))
+    }
+
+    fn download(&self, v: &DynValue) -> Result<HostTensor, RtError> {
+        let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| fail(self.provider, e))?;
+        Ok(HostTensor::F32(shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+    }
+
+    fn run_values(&self, inputs: Vec<&DynValue>) -> Result<Vec<DynValue>, RtError> {
+        let mut session = self.session.lock().map_err(|_| fail(self.provider, "session lock poisoned"))?;
+        let feeds: Vec<(&str, &DynValue)> = self.inputs.iter().map(String::as_str).zip(inputs).collect();
+        let mut out = session.run(feeds).map_err(|e| fail(self.provider, e))?;
+        self.outputs
+            .iter()
+            .map(|name| out.remove(name.as_str()).ok_or_else(|| fail(self.provider, format!("no output {name}"))))
+            .collect()
+    }
+}
