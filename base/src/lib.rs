@@ -11,6 +11,7 @@ pub mod grid;
 pub mod manifest;
 pub mod noise;
 pub mod npz;
+pub mod sampling;
 pub mod weights;
 
 pub use atomic::write_atomic;

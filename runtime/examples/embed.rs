@@ -4,7 +4,7 @@
 //! cargo run --release -p itarflow-rt --example embed -- [PACKAGE_DIR] [CLASS] [OUT.png]
 
 use itarflow_rt::Model;
-use itarflow_rt::sampler::{self, SampleSettings};
+use itarflow_rt::sampler;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = 8;
     let labels = vec![class; n];
     let z = itarflow_base::prior_noise(1, n * last.tokens * last.token_dim);
-    let mut settings = SampleSettings::from_manifest(&model);
+    let mut settings = sampler::defaults(&model);
     settings.guidance.scale = settings.guidance.scale.max(1.0);
     let images = sampler::sample(&model, &graphs, &z, &labels, &settings, &mut |_| {})?;
 

@@ -8,7 +8,7 @@
 //! use itarflow_rt::{Model, sampler};
 //! let model = Model::load("models/fmnist/package")?;
 //! let graphs = model.tract_graphs("fp32")?;
-//! let settings = sampler::SampleSettings::from_manifest(&model);
+//! let settings = sampler::defaults(&model);
 //! let labels = vec![0, 1, 2, 3];
 //! let z = itarflow_base::prior_noise(0, 4 * 49 * 16);
 //! let images = sampler::sample(&model, &graphs, &z, &labels, &settings, &mut |_| {})?;

@@ -10,7 +10,7 @@ use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
 use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
 use itarflow_rt::provider::tract::TractGraph;
 use itarflow_rt::{Graphs, Model};
-use itarflow_rt::sampler::{self, CfgStyle, Progress, SampleSettings};
+use itarflow_rt::sampler::{self, CfgStyle, Progress};
 
 /// The demo package shipped in the repository.
 const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
@@ -135,7 +135,7 @@ fn sample(a: SampleArgs) -> Result<()> {
             (prior_noise(a.seed, a.num * per), labels)
         }
     };
-    let mut s = SampleSettings::from_manifest(&model);
+    let mut s = sampler::defaults(&model);
     if let Some(w) = a.cfg {
         s.guidance.scale = w;
     }

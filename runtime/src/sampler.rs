@@ -11,59 +11,24 @@ use crate::RtError;
 use crate::model::{Graphs, Model};
 use crate::provider::{Engine, HostTensor};
 
-/// How guided scale and shift are combined (as in the reference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CfgStyle {
-    Tarflow,
-    Starflow,
-}
+pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Guidance {
-    pub scale: f64,
-    pub style: CfgStyle,
-    /// Layers guided in sampling order; usize::MAX = all.
-    pub layers: usize,
-    pub annealed: bool,
-    pub uncond_temperature: f64,
-}
-
-impl Default for Guidance {
-    fn default() -> Self {
-        Self { scale: 0.0, style: CfgStyle::Tarflow, layers: 1, annealed: false, uncond_temperature: 1.0 }
-    }
-}
-
-/// Settings of a sampling run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleSettings {
-    pub guidance: Guidance,
-    pub t_max: f64,
-    pub t_min: f64,
-    pub denoise_steps: usize,
-    pub clip: bool,
-    /// Images per score evaluation (0 = all).
-    pub denoise_batch: usize,
-}
-
-impl SampleSettings {
-    /// The package's recorded defaults.
-    pub fn from_manifest(model: &Model) -> Self {
-        let s = &model.manifest.sampler;
-        Self {
-            guidance: Guidance {
-                scale: s.cfg,
-                style: if s.cfg_style == "starflow" { CfgStyle::Starflow } else { CfgStyle::Tarflow },
-                layers: s.guide_layers,
-                annealed: s.annealed,
-                uncond_temperature: 1.0,
-            },
-            t_max: s.t_max,
-            t_min: s.t_min,
-            denoise_steps: s.denoise_steps,
-            clip: false,
-            denoise_batch: 64,
-        }
+/// The settings recorded in a package.
+pub fn defaults(model: &Model) -> SampleSettings {
+    let s = &model.manifest.sampler;
+    SampleSettings {
+        guidance: Guidance {
+            scale: s.cfg,
+            style: if s.cfg_style == "starflow" { CfgStyle::Starflow } else { CfgStyle::Tarflow },
+            layers: s.guide_layers,
+            annealed: s.annealed,
+            uncond_temperature: 1.0,
+        },
+        t_max: s.t_max,
+        t_min: s.t_min,
+        denoise_steps: s.denoise_steps,
+        clip: false,
+        denoise_batch: 64,
     }
 }
 
@@ -74,8 +39,9 @@ pub enum Progress {
     Denoise { step: usize, steps: usize },
 }
 
-/// (B, T, c) tokens of patch p -> (B, C, S, S) image, and back.
-fn unpatchify(x: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
+/// Moves values between tokens (B, T, c) of patch p and images (B, C, S, S):
+/// `to_image` selects the direction.
+fn repack(x: &[f32], b: usize, c: &ModelConfig, p: usize, to_image: bool) -> Vec<f32> {
     let (s, ch, g) = (c.img_size, c.in_channels, c.img_size / p);
     let mut out = vec![0.0; x.len()];
     let tok = ch * p * p;
@@ -85,9 +51,13 @@ fn unpatchify(x: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
                 for k in 0..ch {
                     for pi in 0..p {
                         for pj in 0..p {
-                            let src = ((n * g * g + gi * g + gj) * tok) + (k * p + pi) * p + pj;
-                            let dst = ((n * ch + k) * s + gi * p + pi) * s + gj * p + pj;
-                            out[dst] = x[src];
+                            let token = ((n * g * g + gi * g + gj) * tok) + (k * p + pi) * p + pj;
+                            let pixel = ((n * ch + k) * s + gi * p + pi) * s + gj * p + pj;
+                            if to_image {
+                                out[pixel] = x[token];
+                            } else {
+                                out[token] = x[pixel];
+                            }
                         }
                     }
                 }
@@ -95,62 +65,14 @@ fn unpatchify(x: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+fn unpatchify(x: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
+    repack(x, b, c, p, true)
 }
 
 fn patchify(img: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
-    let (s, ch, g) = (c.img_size, c.in_channels, c.img_size / p);
-    let mut out = vec![0.0; img.len()];
-    let tok = ch * p * p;
-    for n in 0..b {
-        for gi in 0..g {
-            for gj in 0..g {
-                for k in 0..ch {
-                    for pi in 0..p {
-                        for pj in 0..p {
-                            let dst = ((n * g * g + gi * g + gj) * tok) + (k * p + pi) * p + pj;
-                            let src = ((n * ch + k) * s + gi * p + pi) * s + gj * p + pj;
-                            out[dst] = img[src];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The K noise levels of phase 2, as torch.linspace(t_max, t_min, K) computes them in f32.
-pub fn noise_levels(t_max: f64, t_min: f64, steps: usize) -> Vec<f64> {
-    match steps {
-        0 => vec![],
-        1 => vec![t_max],
-        k => {
-            let (start, end) = (t_max as f32, t_min as f32);
-            let step = (end - start) / (k - 1) as f32;
-            (0..k)
-                .map(|i| (if i < k / 2 { start + step * i as f32 } else { end - step * (k - 1 - i) as f32 }) as f64)
-                .collect()
-        }
-    }
-}
-
-/// Combines (scale, shift) of the conditional and unconditional rows in place into `sc`, `bc`.
-fn guide(g: &Guidance, w: f64, sc: &mut [f32], bc: &mut [f32], su: &[f32], bu: &[f32]) {
-    let w = w as f32;
-    for i in 0..sc.len() {
-        match g.style {
-            CfgStyle::Tarflow => {
-                sc[i] += w * (sc[i] - su[i]);
-                bc[i] += w * (bc[i] - bu[i]);
-            }
-            CfgStyle::Starflow => {
-                let r = (sc[i] / su[i]).min(1.0).powi(2);
-                let denom = 1.0 + w - w * r;
-                sc[i] /= denom.sqrt();
-                bc[i] = ((1.0 + w) * bc[i] - w * r * bu[i]) / denom;
-            }
-        }
-    }
+    repack(img, b, c, p, false)
 }
 
 /// Phase 1: images (B, C, H, W) at noise level t_max from prior noise `z` (B, T, c), row-major.
@@ -228,7 +150,7 @@ pub fn invert<E: Engine>(
             if guided {
                 let su: Vec<f32> = a[half..].iter().map(|v| v.exp()).collect();
                 let w = if s.guidance.annealed { (n + 1) as f64 / steps as f64 * s.guidance.scale } else { s.guidance.scale };
-                guide(&s.guidance, w, &mut scale, &mut shift, &su, &sh[half..]);
+                s.guidance.combine_slices(w, &mut scale, &mut shift, &su, &sh[half..]);
             }
             for ((v, sc), bb) in seq[n + 1].iter_mut().zip(&scale).zip(&shift) {
                 *v = *v * sc + bb;

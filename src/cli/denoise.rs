@@ -67,6 +67,6 @@ pub fn run(args: DenoiseArgs) -> Result<()> {
     bar.finish_and_clear();
     let dims = x.dims();
     let values = inputs::ensure_finite(&x, "the denoised images")?;
-    super::sample::write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref())
+    super::sample::write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref(), None)
         .context("writing the denoised images")
 }

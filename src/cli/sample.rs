@@ -30,6 +30,9 @@ pub struct SampleArgs {
     /// Class of every image (default: random classes for a conditional model).
     #[arg(long)]
     pub class: Option<i64>,
+    /// Sample N images of every class instead (a grid with one row per class).
+    #[arg(long, conflicts_with_all = ["class", "noise", "num"])]
+    pub per_class: Option<usize>,
     /// Guidance scale w (0 = none).
     #[arg(long, default_value_t = 0.0)]
     pub cfg: f64,
@@ -76,7 +79,14 @@ fn guide_layers(text: &str) -> Result<usize> {
 }
 
 /// Writes images as npz (`x`, and `y` when labelled) and/or a PNG grid.
-pub fn write_images(values: &[f32], dims: [usize; 4], y: &Labels, npz: Option<&Path>, png: Option<&Path>) -> Result<()> {
+pub fn write_images(
+    values: &[f32],
+    dims: [usize; 4],
+    y: &Labels,
+    npz: Option<&Path>,
+    png: Option<&Path>,
+    cols: Option<usize>,
+) -> Result<()> {
     if let Some(path) = npz {
         let mut out = Npz::new(path);
         out.insert("x", Array::f32(&dims, values.to_vec()));
@@ -87,7 +97,7 @@ pub fn write_images(values: &[f32], dims: [usize; 4], y: &Labels, npz: Option<&P
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = png {
-        let cols = (dims[0] as f64).sqrt().ceil() as usize;
+        let cols = cols.unwrap_or((dims[0] as f64).sqrt().ceil() as usize);
         save_grid(path, values, dims, cols)?;
         eprintln!("wrote {}", path.display());
     }
@@ -119,6 +129,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 (None, None) => Labels::None,
             };
             (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &model.device()), y)
+        }
+        None if args.per_class.is_some() => {
+            let n = args.per_class.unwrap_or(1);
+            if c.num_classes == 0 || n == 0 {
+                bail!("--per-class needs a class-conditional model and N >= 1");
+            }
+            let labels: Vec<i64> = (0..c.num_classes as i64).flat_map(|k| std::iter::repeat_n(k, n)).collect();
+            (seeded_noise(&model, labels.len(), args.seed), Labels::Classes(labels))
         }
         None => {
             if args.num == 0 {
@@ -162,7 +180,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let per_image = total / b as f64;
     let dims = x.dims();
     let values = inputs::ensure_finite(&x, "the sampled images")?;
-    write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref())?;
+    write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref(), args.per_class)?;
     if args.json {
         let summary = serde_json::json!({
             "images": b,

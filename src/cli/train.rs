@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use itarflow::ModelConfig;
 use itarflow::data::{ImageSet, Loader, LoaderOptions, Split};
-use itarflow::sample::{Guidance, SampleOptions, class_grid};
+use itarflow::sample::{Guidance, SampleOptions, class_grid, options_for};
 use itarflow::train::metrics::MetricsLog;
 use itarflow::train::nll::{NllOptions, bits_per_dim};
 use itarflow::train::{TrainConfig, Trainer};
@@ -137,7 +137,7 @@ fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
 
 fn sample_options(trainer: &Trainer, model: &itarflow::ITarFlow) -> SampleOptions {
     let cfg = if model.config.num_classes > 0 { trainer.config.sample_cfg } else { 0.0 };
-    SampleOptions { guidance: Guidance { scale: cfg, ..Guidance::default() }, ..SampleOptions::for_model(model) }
+    SampleOptions { guidance: Guidance { scale: cfg, ..Guidance::default() }, ..options_for(model) }
 }
 
 fn grid(trainer: &Trainer, run: &Path, step: u64) -> Result<PathBuf> {

@@ -22,24 +22,7 @@ pub struct DenoiseOptions {
     pub batch_size: usize,
 }
 
-/// The K noise levels, as torch.linspace(t_max, t_min, K) computes them in f32.
-pub fn noise_levels(t_max: f64, t_min: f64, steps: usize) -> Vec<f64> {
-    match steps {
-        0 => vec![],
-        1 => vec![t_max],
-        k => {
-            let (start, end) = (t_max as f32, t_min as f32);
-            let step = (end - start) / (k - 1) as f32;
-            (0..k)
-                .map(|i| {
-                    // torch fills the first half from the start and the second half from the end.
-                    let v = if i < k / 2 { start + step * i as f32 } else { end - step * (k - 1 - i) as f32 };
-                    v as f64
-                })
-                .collect()
-        }
-    }
-}
+pub use itarflow_base::sampling::noise_levels;
 
 /// The Tweedie estimate x + t^2 score(x, t) at one noise level for the whole batch.
 pub fn tweedie(model: &ITarFlow, x: Tensor<4>, t: f64, labels: &Labels, clip: bool, batch_size: usize) -> Tensor<4> {

@@ -5,31 +5,18 @@ use burn::prelude::*;
 use super::{DenoiseOptions, Guidance, Progress, denoise, reverse};
 use crate::model::{ITarFlow, Labels};
 
-/// Settings of a two-phase sampling run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleOptions {
-    pub guidance: Guidance,
-    /// Noise level of phase 1 and start of phase 2.
-    pub t_max: f64,
-    pub t_min: f64,
-    /// Phase 2 steps; 0 returns the noisy phase-1 images.
-    pub denoise_steps: usize,
-    pub clip: bool,
-    /// Images per score evaluation in phase 2 (0 = all).
-    pub denoise_batch: usize,
-}
+/// Settings of a two-phase sampling run (shared with the runtime).
+pub type SampleOptions = itarflow_base::sampling::SampleSettings;
 
-impl SampleOptions {
-    /// The model's own noise range, 10 denoising steps (the paper's default), no guidance.
-    pub fn for_model(model: &ITarFlow) -> Self {
-        Self {
-            guidance: Guidance::default(),
-            t_max: model.config.t_max,
-            t_min: model.config.t_min,
-            denoise_steps: 10,
-            clip: false,
-            denoise_batch: 64,
-        }
+/// The model's own noise range, 10 denoising steps (the paper's default), no guidance.
+pub fn options_for(model: &ITarFlow) -> SampleOptions {
+    SampleOptions {
+        guidance: Guidance::default(),
+        t_max: model.config.t_max,
+        t_min: model.config.t_min,
+        denoise_steps: 10,
+        clip: false,
+        denoise_batch: 64,
     }
 }
 

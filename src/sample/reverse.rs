@@ -57,7 +57,7 @@ pub fn reverse(
             let (scale, shift) = if guided {
                 let (a_c, a_u) = (a.clone().narrow(0, 0, b), a.narrow(0, b, b));
                 let (b_c, b_u) = (shift.clone().narrow(0, 0, b), shift.narrow(0, b, b));
-                guidance.combine(guidance.weight(n, steps), (a_c.exp(), b_c), (a_u.exp(), b_u))
+                super::guidance::combine(guidance, guidance.weight(n, steps), (a_c.exp(), b_c), (a_u.exp(), b_u))
             } else {
                 (a.exp(), shift)
             };
