@@ -8,7 +8,9 @@ use burn::prelude::*;
 use itarflow_base::RawTensor;
 use itarflow_base::manifest::{GraphKind, Manifest};
 use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
 use itarflow_rt::provider::tract::TractGraph;
+use itarflow_rt::provider::{Engine, run_host};
 use serde::Serialize;
 
 use crate::checkpoint::names::to_named;
@@ -47,7 +49,7 @@ pub fn tolerance(precision: &str, output: &str) -> f64 {
     }
 }
 
-fn compare(rows: &mut Vec<CheckRow>, graph: &str, precision: &str, output: &str, ours: &[f32], burn: &[f32]) {
+fn compare(rows: &mut Vec<CheckRow>, engine: &str, graph: &str, precision: &str, output: &str, ours: &[f32], burn: &[f32]) {
     let max_abs = ours.iter().zip(burn).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
     let scale = burn.iter().map(|b| b.abs() as f64).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
     let nan = ours.iter().any(|v| !v.is_finite());
@@ -56,7 +58,7 @@ fn compare(rows: &mut Vec<CheckRow>, graph: &str, precision: &str, output: &str,
     rows.push(CheckRow {
         graph: graph.into(),
         precision: precision.into(),
-        engine: "tract".into(),
+        engine: engine.into(),
         output: output.into(),
         max_abs,
         rel,
@@ -81,9 +83,37 @@ pub enum DeployError {
     Invalid(String),
 }
 
-/// Checks every graph of the package in `dir` with tract against `model`, on a batch of
-/// `batch` random inputs (seeded) at noise level `t`.
-pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u64) -> Result<Vec<CheckRow>, DeployError> {
+/// Checks every graph of the package in `dir` against `model` with tract and, when its library
+/// is found, ONNX Runtime on CPU; on a batch of `batch` random inputs (seeded) at noise level `t`.
+/// Returns the rows and, when ONNX Runtime could not be used, the reason.
+pub fn check_package(
+    model: &ITarFlow,
+    dir: &Path,
+    batch: usize,
+    t: f64,
+    seed: u64,
+) -> Result<(Vec<CheckRow>, Option<String>), DeployError> {
+    let mut rows = check_with(model, dir, batch, t, seed, "tract", TractGraph::load)?;
+    let ort_reason = match itarflow_rt::provider::ort::environment(None) {
+        Ok(_) => {
+            let load = |p: &Path| OrtGraph::load(p, &OrtDevice::Cpu, None);
+            rows.extend(check_with(model, dir, batch, t, seed, "ort-cpu", load)?);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    Ok((rows, ort_reason))
+}
+
+fn check_with<E: Engine>(
+    model: &ITarFlow,
+    dir: &Path,
+    batch: usize,
+    t: f64,
+    seed: u64,
+    engine: &str,
+    load: impl Fn(&Path) -> Result<E, itarflow_rt::RtError>,
+) -> Result<Vec<CheckRow>, DeployError> {
     let manifest = Manifest::read(dir)?;
     manifest.verify(dir)?;
     let c = &model.config;
@@ -102,7 +132,7 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
     }
     let mut rows = Vec::new();
     for entry in &manifest.graphs {
-        let run = TractGraph::load(&dir.join(&entry.file))?;
+        let run = load(&dir.join(&entry.file))?;
         let p = entry.precision.as_str();
         match (entry.kind, entry.layer) {
             (GraphKind::Forward, Some(l)) => {
@@ -112,13 +142,13 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let (z, ld) = model.layers[l].forward(xt, &conds[l], &model.shared_backbone);
                 let mut feeds = vec![Feed::F32(vec![batch, tokens, width], x)];
                 feeds.extend(common.iter().cloned());
-                let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "z", out[0].f32(), &vals(z));
-                compare(&mut rows, &entry.name, p, "logdet", out[1].f32(), &vals(ld));
+                let out = run_host(&run, &feeds)?;
+                compare(&mut rows, engine, &entry.name, p, "z", out[0].f32(), &vals(z));
+                compare(&mut rows, engine, &entry.name, p, "logdet", out[1].f32(), &vals(ld));
             }
             (GraphKind::Cond, Some(l)) => {
-                let out = run.run(&common)?;
-                compare(&mut rows, &entry.name, p, "cond", out[0].f32(), &vals(conds[l].clone()));
+                let out = run_host(&run, &common)?;
+                compare(&mut rows, engine, &entry.name, p, "cond", out[0].f32(), &vals(conds[l].clone()));
             }
             (GraphKind::Step, Some(l)) => {
                 let layer = &model.layers[l];
@@ -144,13 +174,13 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                         Feed::F32(vec![batch], vec![1.0; batch]),
                     ];
                     feeds.extend(past.iter().cloned());
-                    let out = run.run(&feeds)?;
+                    let out = run_host(&run, &feeds)?;
                     got_a.extend_from_slice(out[0].f32());
                     got_b.extend_from_slice(out[1].f32());
                     past = out[2..].to_vec();
                 }
-                compare(&mut rows, &entry.name, p, "a", &got_a, &want_a);
-                compare(&mut rows, &entry.name, p, "b", &got_b, &want_b);
+                compare(&mut rows, engine, &entry.name, p, "a", &got_a, &want_a);
+                compare(&mut rows, engine, &entry.name, p, "b", &got_b, &want_b);
             }
             (GraphKind::Score, None) => {
                 let s = c.img_size;
@@ -160,9 +190,9 @@ pub fn check_package(model: &ITarFlow, dir: &Path, batch: usize, t: f64, seed: u
                 let (score, logp) = model.score(xt, t_tensor.clone(), &y);
                 let mut feeds = vec![Feed::F32(shape.to_vec(), x)];
                 feeds.extend(common.iter().cloned());
-                let out = run.run(&feeds)?;
-                compare(&mut rows, &entry.name, p, "score", out[0].f32(), &vals(score));
-                compare(&mut rows, &entry.name, p, "logp", out[1].f32(), &vals(logp));
+                let out = run_host(&run, &feeds)?;
+                compare(&mut rows, engine, &entry.name, p, "score", out[0].f32(), &vals(score));
+                compare(&mut rows, engine, &entry.name, p, "logp", out[1].f32(), &vals(logp));
             }
             _ => return Err(DeployError::Invalid(format!("unexpected graph entry {}", entry.name))),
         }

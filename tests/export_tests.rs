@@ -131,9 +131,11 @@ fn every_graph_of_both_precisions_passes_the_check() {
     let dir = tmp.path().join("pkg");
     let m = export_tiny(&dir, |o| o.precisions = itarflow_export::package::Precisions::Both);
     assert_eq!(m.graphs.len(), 2 * (3 * 4 + 1));
-    let rows = itarflow::deploy::check_package(&tiny(false), &dir, 3, 0.15, 1).unwrap();
+    let (rows, ort) = itarflow::deploy::check_package(&tiny(false), &dir, 3, 0.15, 1).unwrap();
+    assert!(ort.is_none(), "ONNX Runtime is installed by scripts/setup.sh: {ort:?}");
+    assert!(rows.iter().any(|r| r.engine == "ort-cpu") && rows.iter().any(|r| r.engine == "tract"));
     for r in &rows {
-        println!("{:<16} {} {:<7} rel {:.2e}", r.graph, r.precision, r.output, r.rel);
+        println!("{:<16} {} {:<7} {:<7} rel {:.2e}", r.graph, r.precision, r.engine, r.output, r.rel);
         assert!(r.pass, "{} {} {}: {:.2e} > {:.0e}", r.graph, r.precision, r.output, r.rel, r.tolerance);
     }
 }
@@ -148,7 +150,8 @@ fn external_data_path_runs_in_tract() {
     assert!(dir.join(ext).metadata().unwrap().len() > 100_000);
     let (graph_bytes, data_bytes) = (dir.join(&fwd.file).metadata().unwrap().len(), dir.join(ext).metadata().unwrap().len());
     assert!(graph_bytes * 5 < data_bytes, "the graph file ({graph_bytes} B) should hold only small tensors ({data_bytes} B outside)");
-    let rows = itarflow::deploy::check_package(&tiny(false), &dir, 2, 0.1, 3).unwrap();
+    let (rows, _) = itarflow::deploy::check_package(&tiny(false), &dir, 2, 0.1, 3).unwrap();
+    assert!(rows.iter().any(|r| r.engine == "ort-cpu"), "external data through ONNX Runtime");
     assert!(rows.iter().all(|r| r.pass));
 }
 

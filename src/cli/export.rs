@@ -72,7 +72,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     eprintln!("wrote {} graphs to {} in {:.2} s", manifest.graphs.len(), args.out.display(), start.elapsed().as_secs_f64());
     if args.check {
-        let rows = deploy::check_package(&model, &args.out, 3, model.config.t_max * 0.5, 7)?;
+        let (rows, ort_skipped) = deploy::check_package(&model, &args.out, 3, model.config.t_max * 0.5, 7)?;
+        if let Some(why) = &ort_skipped {
+            eprintln!("note: ONNX Runtime not checked: {why}");
+        }
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {

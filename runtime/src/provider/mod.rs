@@ -37,6 +37,13 @@ impl HostTensor {
     }
 }
 
+/// Runs `graph` on host tensors and returns host tensors (checks and one-off calls).
+pub fn run_host<E: Engine>(graph: &E, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RtError> {
+    let values = inputs.iter().map(|t| graph.upload(t)).collect::<Result<Vec<_>, _>>()?;
+    let outs = graph.run_values(values.iter().collect())?;
+    outs.iter().map(|v| graph.download(v)).collect()
+}
+
 /// A loaded graph on some provider.
 pub trait Engine {
     type Value;
