@@ -2,7 +2,7 @@
 //! builder or the gradient pass produced (so no runtime sees a needless broadcast or shape
 //! computation on constants).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{ConstData, Graph, Op, V};
 use crate::ops::{Bin, Un};
@@ -24,22 +24,20 @@ pub fn remove_dead(g: &mut Graph) {
     });
 }
 
-fn const_f32(g: &Graph, v: V) -> Option<&Vec<f32>> {
-    match &g.producer(v).op {
-        Op::Const(ConstData::F32(d)) => Some(d),
-        _ => None,
-    }
-}
-
 /// Folds elementwise ops whose inputs are all scalar f32 constants (e.g. 1/count * scale).
 pub fn fold_scalars(g: &mut Graph) {
+    // Scalar f32 constants by value id, filled in as nodes are visited (and folded) in order.
+    let mut scalars: HashMap<V, f32> = HashMap::new();
     for k in 0..g.nodes.len() {
         let node = g.nodes[k].clone();
-        let vals: Option<Vec<f32>> = node
-            .inputs
-            .iter()
-            .map(|&i| const_f32(g, i).filter(|d| d.len() == 1 && g.shape(i).is_empty()).map(|d| d[0]))
-            .collect();
+        if let Op::Const(ConstData::F32(d)) = &node.op
+            && d.len() == 1
+            && g.shape(node.output).is_empty()
+        {
+            scalars.insert(node.output, d[0]);
+            continue;
+        }
+        let vals: Option<Vec<f32>> = node.inputs.iter().map(|i| scalars.get(i).copied()).collect();
         let Some(vals) = vals else { continue };
         let folded = match (&node.op, vals.as_slice()) {
             (Op::Binary(b), [x, y]) => Some(match b {
@@ -55,6 +53,7 @@ pub fn fold_scalars(g: &mut Graph) {
         if let Some(v) = folded {
             g.nodes[k].op = Op::Const(ConstData::F32(vec![v]));
             g.nodes[k].inputs.clear();
+            scalars.insert(node.output, v);
         }
     }
     remove_dead(g);
