@@ -126,3 +126,46 @@ fn gpu_providers_requested_on_a_cpu_build_fail_with_the_reason() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("auto: using cpu") && err.contains("skipped tensorrt") && err.contains("skipped cuda"), "{err}");
 }
+
+#[test]
+fn score_and_denoise_subcommands_reproduce_the_reference() {
+    let v = vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    package(&dir);
+    let input = tmp.path().join("in.npz");
+    let mut npz = itarflow_base::Npz::new(&input);
+    for name in ["x", "t", "y"] {
+        npz.insert(name, v.get(name).unwrap().clone());
+    }
+    npz.write().unwrap();
+    let out = tmp.path().join("score.npz");
+    for provider in ["tract", "cpu"] {
+        let run = std::process::Command::new(rt_binary())
+            .args(["score", "--model", dir.to_str().unwrap(), "--provider", provider, "--input"])
+            .args([input.as_os_str(), "--output".as_ref(), out.as_os_str()])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let got = itarflow_base::Npz::read(&out).unwrap();
+        for (ours, theirs) in [("score", "score"), ("logp", "logp")] {
+            let e = rel_err(&array(&got, ours).1, &array(&v, theirs).1);
+            println!("itarflow-rt score ({provider}) {ours}: {e:.2e}");
+            assert!(e < 1e-4, "{provider} {ours}: {e:.2e}");
+        }
+    }
+    let input = tmp.path().join("noisy.npz");
+    let mut npz = itarflow_base::Npz::new(&input);
+    npz.insert("x", v.get("itd_x_init").unwrap().clone());
+    npz.insert("y", v.get("y").unwrap().clone());
+    npz.write().unwrap();
+    let out = tmp.path().join("clean.npz");
+    let run = std::process::Command::new(rt_binary())
+        .args(["denoise", "--model", dir.to_str().unwrap(), "--t-max", "0.3", "--t-min", "0.01", "--steps", "10", "--input"])
+        .args([input.as_os_str(), "--output".as_ref(), out.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let e = rel_err(&array(&itarflow_base::Npz::read(&out).unwrap(), "x").1, &array(&v, "itd_x_final").1);
+    assert!(e < 1e-4, "denoise: {e:.2e}");
+}

@@ -26,6 +26,55 @@ struct Cli {
 enum Command {
     /// Generate images: guided autoregressive inversion, then iterative denoising.
     Sample(SampleArgs),
+    /// Denoise images `x` (and labels `y`) from an npz with the package's score graph.
+    Denoise(DenoiseArgs),
+    /// Score and log p of images `x` at noise levels `t` (and labels `y`) from an npz.
+    Score(ScoreArgs),
+}
+
+/// Package and provider flags shared by the subcommands that run one graph family.
+#[derive(clap::Args)]
+struct Common {
+    /// Model package directory (default: the demo Fashion-MNIST package in models/).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "tract", value_parser = ["tract", "cpu", "cuda", "tensorrt", "auto"])]
+    provider: String,
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+    precision: String,
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Images per score evaluation.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(clap::Args)]
+struct DenoiseArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    t_max: Option<f64>,
+    #[arg(long)]
+    t_min: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long)]
+    clip: bool,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -245,9 +294,99 @@ fn load_graphs(model: &Model, a: &SampleArgs) -> Result<(Loaded, String)> {
     bail!("no provider could run: {skipped:?}")
 }
 
+/// The package's score graph on the requested provider (tract or ONNX Runtime; `auto` = cpu).
+enum ScoreGraph {
+    Tract(TractGraph),
+    Ort(OrtGraph),
+}
+
+fn score_graph(model: &Model, c: &Common) -> Result<ScoreGraph> {
+    let path = model.graph_path(itarflow_base::manifest::GraphKind::Score, None, &c.precision)?;
+    Ok(match c.provider.as_str() {
+        "tract" => ScoreGraph::Tract(TractGraph::load(&path)?),
+        p => {
+            let device = match p {
+                "cuda" => OrtDevice::Cuda,
+                "tensorrt" => OrtDevice::TensorRt { fp16: false, cache_dir: ".itarflow-trt-cache".into() },
+                _ => OrtDevice::Cpu,
+            };
+            ScoreGraph::Ort(OrtGraph::load(&path, &device, c.ort_lib.as_deref()).with_context(|| format!("provider {p}"))?)
+        }
+    })
+}
+
+/// Images `x` (B,C,H,W) and labels `y` (B,) (default -1) from an npz, checked against the model.
+fn read_images(npz: &Npz, model: &Model) -> Result<(Vec<usize>, Vec<f32>, Vec<i64>)> {
+    let c = &model.manifest.model;
+    let expected = format!("(B, {}, {}, {})", c.in_channels, c.img_size, c.img_size);
+    let (shape, x) = npz.f32("x", 4, &expected, "the images, float32 (B, C, H, W)")?;
+    if shape[1..] != [c.in_channels, c.img_size, c.img_size] {
+        bail!("array 'x' in {} has shape {shape:?}; this model takes {expected}", npz.path().display());
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        bail!("array 'x' in {} has a non-finite value at flat index {i}", npz.path().display());
+    }
+    let b = shape[0];
+    let y = if npz.get("y").is_some() { npz.i64("y", 1, "(B,)", "")?.1 } else { vec![-1; b] };
+    if y.len() != b || y.iter().any(|&k| k < -1 || k >= c.num_classes.max(1) as i64 || (c.num_classes == 0 && k >= 0)) {
+        bail!("array 'y' in {} must hold {b} labels in -1..{}", npz.path().display(), c.num_classes);
+    }
+    Ok((shape, x, y))
+}
+
+fn denoise(a: DenoiseArgs) -> Result<()> {
+    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
+    let npz = Npz::read(&a.input)?;
+    let (shape, mut x, y) = read_images(&npz, &model)?;
+    let mut s = sampler::defaults(&model);
+    s.t_max = a.t_max.unwrap_or(s.t_max);
+    s.t_min = a.t_min.unwrap_or(s.t_min);
+    s.denoise_steps = a.steps;
+    s.clip = a.clip;
+    s.denoise_batch = a.common.batch_size;
+    if s.t_min.is_nan() || s.t_min <= 0.0 || s.t_min > s.t_max || s.denoise_steps == 0 {
+        bail!("need 0 < t-min <= t-max and at least one step");
+    }
+    match score_graph(&model, &a.common)? {
+        ScoreGraph::Tract(g) => sampler::denoise(&model, &g, &mut x, &y, &s, &mut |_| {})?,
+        ScoreGraph::Ort(g) => sampler::denoise(&model, &g, &mut x, &y, &s, &mut |_| {})?,
+    }
+    let mut out = Npz::new(&a.output);
+    out.insert("x", Array::f32(&shape, x));
+    out.write()?;
+    eprintln!("wrote {}", a.output.display());
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
+    let npz = Npz::read(&a.input)?;
+    let (shape, x, y) = read_images(&npz, &model)?;
+    let b = shape[0];
+    let rank = npz.require("t", "the noise level of each image, float32 (B,)")?.shape.len().clamp(1, 2);
+    let (_, t) = npz.f32("t", rank, "(B,)", "")?;
+    if t.len() != b || t.iter().any(|&v| v.is_nan() || v <= 0.0) {
+        bail!("array 't' in {} must hold {b} noise levels > 0", a.input.display());
+    }
+    let (sc, lp) = match score_graph(&model, &a.common)? {
+        ScoreGraph::Tract(g) => sampler::score(&model, &g, &x, &t, &y, a.common.batch_size)?,
+        ScoreGraph::Ort(g) => sampler::score(&model, &g, &x, &t, &y, a.common.batch_size)?,
+    };
+    let mut out = Npz::new(&a.output);
+    out.insert("score", Array::f32(&shape, sc));
+    out.insert("logp", Array::f32(&[b], lp));
+    out.write()?;
+    eprintln!("wrote {}", a.output.display());
+    Ok(())
+}
+
 fn main() {
     let result = match Cli::parse().command {
         Command::Sample(a) => sample(a),
+        Command::Denoise(a) => denoise(a),
+        Command::Score(a) => score(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
