@@ -179,3 +179,50 @@ fn altered_or_missing_files_are_rejected_by_name() {
     let e = itarflow_base::manifest::Manifest::read(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("manifest.json"), "{e}");
 }
+
+#[test]
+fn chained_layer_vjps_give_the_reference_score() {
+    // Forward through the per-layer graphs, then back through the per-layer VJP graphs:
+    // g_z = -z, g_logdet = D at the top; the result is the score (patch 2: unpatchify at the end).
+    let v = vectors();
+    let model = tiny(false);
+    let w = weights(&model);
+    let ws = Weights::new(&model.config, &w);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, t) = array(&v, "t");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let (xs, x0) = array(&v, "x_patchified");
+    let common = [Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())];
+    let mut inputs = vec![x0];
+    for l in 0..4 {
+        let run = load(&graphs::forward(&ws, l).unwrap(), dir.path());
+        let mut feeds = vec![Feed::F32(xs.clone(), inputs[l].clone())];
+        feeds.extend(common.iter().cloned());
+        inputs.push(run.run(&feeds).unwrap().remove(0).into_f32());
+    }
+    let mut g: Vec<f32> = inputs[4].iter().map(|z| -z).collect();
+    for l in (0..4).rev() {
+        let run = load(&graphs::layer_vjp(&ws, l).unwrap(), dir.path());
+        let mut feeds = vec![Feed::F32(xs.clone(), inputs[l].clone())];
+        feeds.extend(common.iter().cloned());
+        feeds.push(Feed::F32(xs.clone(), g));
+        feeds.push(Feed::F32(vec![4], vec![256.0; 4]));
+        g = run.run(&feeds).unwrap().remove(0).into_f32();
+    }
+    // (B, T, c) tokens of 2x2 patches back to (B, 1, 16, 16) images.
+    let mut score = vec![0f32; g.len()];
+    for b in 0..4 {
+        for gi in 0..8 {
+            for gj in 0..8 {
+                for pi in 0..2 {
+                    for pj in 0..2 {
+                        score[b * 256 + (gi * 2 + pi) * 16 + gj * 2 + pj] = g[(b * 64 + gi * 8 + gj) * 4 + pi * 2 + pj];
+                    }
+                }
+            }
+        }
+    }
+    let e = rel_err(&score, &array(&v, "score").1);
+    println!("chained layer VJPs (tract) vs reference score: {e:.2e}");
+    assert!(e < 1e-4, "{e:.2e}");
+}

@@ -153,3 +153,26 @@ pub fn score(w: &Weights) -> Result<Graph, ExportError> {
     g.output(logp, "logp");
     Ok(finish(g))
 }
+
+/// `layer{l}_vjp`: the vector-Jacobian product of one layer, recomputing its forward inside:
+/// (x (N,T,c), t, y, g_z (N,T,c), g_logdet (N,)) -> g_x (N,T,c), the gradient of
+/// <g_z, z> + <g_logdet, logdet> with respect to the layer input x. Chaining these from the last
+/// layer down (seeded with g_z = -z and g_logdet = D) gives the score with the activations of one
+/// layer alive at a time, so its peak memory does not grow with depth.
+pub fn layer_vjp(w: &Weights, l: usize) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new(&format!("layer{l}_vjp"));
+    let shape = vec![n(), Dim::N(c.tokens(l)), Dim::N(c.token_dim(l))];
+    let x = g.input("x", DType::F32, shape.clone());
+    let t = g.input("t", DType::F32, vec![n()]);
+    let y = labels_input(&mut g, c);
+    let gz = g.input("g_z", DType::F32, shape);
+    let gld = g.input("g_logdet", DType::F32, vec![n()]);
+    let layer = Layer::load(w, &mut g, l)?;
+    let cond = layer.cond(&mut g, t, y);
+    let (z, logdet) = layer.forward(&mut g, x, cond);
+    let grad = g.scoped("grad", |g| gradients(g, &[(z, gz), (logdet, gld)], &[x]));
+    let gx = grad[0].expect("the layer output depends on its input");
+    g.output(gx, "g_x");
+    Ok(finish(g))
+}
