@@ -38,12 +38,22 @@ struct Common {
     /// Model package directory (default: the demo Fashion-MNIST package in models/).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
+    /// (the best that works here, saying why the others were skipped).
     #[arg(long, default_value = "tract", value_parser = ["tract", "cpu", "cuda", "tensorrt", "auto"])]
     provider: String,
+    /// Graph precision.
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
     precision: String,
+    /// libonnxruntime to load (default: ORT_DYLIB_PATH, else the onnxruntime Python package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: engine and timing cache directory (engines are built once, then reused).
+    #[arg(long, default_value = ".itarflow-trt-cache")]
+    trt_cache: PathBuf,
     /// Images per score evaluation.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -79,25 +89,8 @@ struct ScoreArgs {
 
 #[derive(clap::Args)]
 struct SampleArgs {
-    /// Model package directory (default: the demo Fashion-MNIST package in models/).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
-    /// (the best that works here, saying why the others were skipped).
-    #[arg(long, default_value = "tract", value_parser = ["tract", "cpu", "cuda", "tensorrt", "auto"])]
-    provider: String,
-    /// libonnxruntime to load (default: ORT_DYLIB_PATH, else the onnxruntime Python package).
-    #[arg(long)]
-    ort_lib: Option<PathBuf>,
-    /// TensorRT: build fp16 engines.
-    #[arg(long)]
-    trt_fp16: bool,
-    /// TensorRT: engine and timing cache directory (engines are built once, then reused).
-    #[arg(long, default_value = ".itarflow-trt-cache")]
-    trt_cache: PathBuf,
-    /// Graph precision.
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
-    precision: String,
+    #[command(flatten)]
+    common: Common,
     /// npz with prior noise `z` (B,T,c) and optional labels `y` (B,).
     #[arg(long)]
     noise: Option<PathBuf>,
@@ -143,7 +136,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.output.is_none() && a.out.is_none() {
         bail!("nothing to write: pass --output OUT.npz and/or --out grid.png");
     }
-    let dir = a.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
     let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
     let c = model.manifest.model.clone();
     let last = model.manifest.layers.last().expect("validated").clone();
@@ -200,11 +193,12 @@ fn sample(a: SampleArgs) -> Result<()> {
     s.t_min = a.t_min.unwrap_or(s.t_min);
     s.denoise_steps = a.denoise_steps.unwrap_or(s.denoise_steps);
     s.clip = a.clip;
+    s.denoise_batch = a.common.batch_size;
     if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max) {
         bail!("need 0 < t-min <= t-max, got t-min {} and t-max {}", s.t_min, s.t_max);
     }
     let start = Instant::now();
-    let (graphs, provider) = load_graphs(&model, &a)?;
+    let (graphs, provider) = load_graphs(&model, &a.common)?;
     let load_s = start.elapsed().as_secs_f64();
     let bar = ProgressBar::new((model.manifest.layers.len() + s.denoise_steps) as u64);
     bar.set_style(ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
@@ -237,7 +231,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"images": b, "labels": labels, "provider": provider, "precision": a.precision,
+            serde_json::json!({"images": b, "labels": labels, "provider": provider, "precision": a.common.precision,
                 "load_seconds": load_s, "sample_seconds": secs, "images_per_second": b as f64 / secs,
                 "output": a.output, "grid": a.out})
         );
@@ -253,7 +247,7 @@ enum Loaded {
     Ort(Graphs<OrtGraph>),
 }
 
-fn ort_device(name: &str, a: &SampleArgs) -> OrtDevice {
+fn ort_device(name: &str, a: &Common) -> OrtDevice {
     match name {
         "cuda" => OrtDevice::Cuda,
         "tensorrt" => OrtDevice::TensorRt { fp16: a.trt_fp16, cache_dir: a.trt_cache.clone() },
@@ -261,7 +255,7 @@ fn ort_device(name: &str, a: &SampleArgs) -> OrtDevice {
     }
 }
 
-fn load_on(model: &Model, name: &str, a: &SampleArgs) -> Result<Loaded, itarflow_rt::RtError> {
+fn load_on(model: &Model, name: &str, a: &Common) -> Result<Loaded, itarflow_rt::RtError> {
     if name == "tract" {
         return model.tract_graphs(&a.precision).map(Loaded::Tract);
     }
@@ -273,7 +267,7 @@ fn load_on(model: &Model, name: &str, a: &SampleArgs) -> Result<Loaded, itarflow
 
 /// Loads the graphs on the requested provider; `auto` tries TensorRT, CUDA, ONNX Runtime CPU,
 /// then tract, and reports its choice and why the others were skipped.
-fn load_graphs(model: &Model, a: &SampleArgs) -> Result<(Loaded, String)> {
+fn load_graphs(model: &Model, a: &Common) -> Result<(Loaded, String)> {
     if a.provider != "auto" {
         let loaded = load_on(model, &a.provider, a).with_context(|| format!("provider {} cannot run here", a.provider))?;
         return Ok((loaded, a.provider.clone()));
@@ -307,7 +301,7 @@ fn score_graph(model: &Model, c: &Common) -> Result<ScoreGraph> {
         p => {
             let device = match p {
                 "cuda" => OrtDevice::Cuda,
-                "tensorrt" => OrtDevice::TensorRt { fp16: false, cache_dir: ".itarflow-trt-cache".into() },
+                "tensorrt" => OrtDevice::TensorRt { fp16: c.trt_fp16, cache_dir: c.trt_cache.clone() },
                 _ => OrtDevice::Cpu,
             };
             ScoreGraph::Ort(OrtGraph::load(&path, &device, c.ort_lib.as_deref()).with_context(|| format!("provider {p}"))?)
