@@ -3,19 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use burn::prelude::*;
 use common::*;
-use itarflow::checkpoint::names::to_named;
+use itarflow::deploy::weights;
 use itarflow_export::model::{Weights, graphs};
 use itarflow_export::onnx;
 use itarflow_rt::HostTensor as Feed;
 use itarflow_rt::provider::tract::TractGraph;
-
-fn weights(model: &itarflow::ITarFlow) -> BTreeMap<String, itarflow_base::RawTensor> {
-    to_named(model).into_iter().collect()
-}
 
 fn load(g: &itarflow_export::ir::Graph, dir: &std::path::Path) -> TractGraph {
     let path = dir.join(format!("{}.onnx", g.name));
@@ -36,7 +30,7 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
     let ws = Weights::new(&model.config, &w);
     let dir = tempfile::tempdir().unwrap();
     let (_, t) = array(&v, "t");
-    let (_, y) = (vec![4], v.i64("y", 1, "", "").unwrap().1);
+    let y = v.i64("y", 1, "", "").unwrap().1;
     let (_, outs) = array(&v, "block_outputs");
     let (_, lds) = array(&v, "block_logdets");
     let (xs, x0) = array(&v, "x_patchified");

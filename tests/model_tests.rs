@@ -6,7 +6,7 @@ use burn::prelude::*;
 use common::*;
 use itarflow::Labels;
 use itarflow::model::patchify;
-use itarflow::sample::{CfgStyle, DenoiseOptions, Guidance, denoise, noise_levels, reverse, tweedie};
+use itarflow::sample::{CfgStyle, Guidance, SampleOptions, denoise, noise_levels, reverse, tweedie};
 
 const TOL: f64 = 1e-4;
 
@@ -109,6 +109,13 @@ fn iterative_denoising_matches_reference() {
         estimates.push(tweedie(&model, xi, t, &y, false, 0));
     }
     check(&v, "itd_x0", Tensor::stack::<5>(estimates, 0), TOL);
-    let opts = DenoiseOptions { t_max: 0.3, t_min: 0.01, steps: 10, clip: false, batch_size: 3 };
+    let opts = SampleOptions {
+        guidance: Guidance::default(),
+        t_max: 0.3,
+        t_min: 0.01,
+        denoise_steps: 10,
+        clip: false,
+        denoise_batch: 3,
+    };
     check(&v, "itd_x_final", denoise(&model, x0, &y, &opts, &mut |_| {}), TOL);
 }

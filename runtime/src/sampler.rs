@@ -116,8 +116,8 @@ pub fn invert<E: Engine>(
             }
             cond_in.push(cond_g.upload(&HostTensor::I64(vec![rows], y))?);
         }
+        // Both graphs run on the same provider: the cond output feeds the steps as it is.
         let cond = cond_g.run_values(cond_in.iter().collect())?.remove(0);
-        let cond = step_g.upload(&cond_g.download(&cond)?)?;
         let mut inv_temp = vec![1.0f32; b];
         if guided {
             inv_temp.extend(std::iter::repeat_n((1.0 / s.guidance.uncond_temperature) as f32, b));

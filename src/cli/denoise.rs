@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use itarflow::sample::{DenoiseOptions, denoise};
+use itarflow::sample::{Guidance, SampleOptions, denoise};
 use itarflow_base::Npz;
 
 use super::ckpt::CkptArgs;
@@ -49,20 +49,21 @@ pub fn run(args: DenoiseArgs) -> Result<()> {
     let x = inputs::images(&npz, "x", &model.config)?;
     let b = x.dims()[0];
     let y = inputs::labels(&npz, b, &model)?;
-    let opts = DenoiseOptions {
+    let opts = SampleOptions {
+        guidance: Guidance::default(),
         t_max: inputs::positive("--t-max", args.t_max.unwrap_or(model.config.t_max))?,
         t_min: inputs::positive("--t-min", args.t_min.unwrap_or(model.config.t_min))?,
-        steps: args.steps,
+        denoise_steps: args.steps,
         clip: args.clip,
-        batch_size: args.batch_size,
+        denoise_batch: args.batch_size,
     };
-    if opts.steps == 0 {
+    if opts.denoise_steps == 0 {
         bail!("--steps must be at least 1");
     }
     if opts.t_min > opts.t_max {
         bail!("--t-min {} is above --t-max {}", opts.t_min, opts.t_max);
     }
-    let bar = progress::bar(opts.steps as u64, "denoise");
+    let bar = progress::bar(opts.denoise_steps as u64, "denoise");
     let x = denoise(&model, x, &y, &opts, &mut |p| progress::report(&bar, p));
     bar.finish_and_clear();
     let dims = x.dims();

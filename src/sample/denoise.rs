@@ -8,19 +8,9 @@
 use burn::prelude::*;
 
 use super::Progress;
-use crate::model::{ITarFlow, Labels};
+use itarflow_base::sampling::SampleSettings;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DenoiseOptions {
-    pub t_max: f64,
-    pub t_min: f64,
-    /// K, the number of score evaluations.
-    pub steps: usize,
-    /// Clip the Tweedie estimate to [-1, 1] at each step.
-    pub clip: bool,
-    /// Images per score evaluation (bounds memory); 0 = the whole batch at once.
-    pub batch_size: usize,
-}
+use crate::model::{ITarFlow, Labels};
 
 pub use itarflow_base::sampling::noise_levels;
 
@@ -47,22 +37,23 @@ pub fn tweedie(model: &ITarFlow, x: Tensor<4>, t: f64, labels: &Labels, clip: bo
     Tensor::cat(parts, 0)
 }
 
-/// Runs the Euler denoiser from `x` at `t_max` down to `t_min`.
+/// Runs the Euler denoiser from `x` at `t_max` down to `t_min` with `denoise_steps` score
+/// evaluations of `denoise_batch` images (guidance settings are not used here).
 pub fn denoise(
     model: &ITarFlow,
     mut x: Tensor<4>,
     labels: &Labels,
-    opts: &DenoiseOptions,
+    opts: &SampleSettings,
     progress: &mut dyn FnMut(Progress),
 ) -> Tensor<4> {
-    let mut ts = noise_levels(opts.t_max, opts.t_min, opts.steps);
+    let mut ts = noise_levels(opts.t_max, opts.t_min, opts.denoise_steps);
     ts.push(0.0);
-    for i in 0..opts.steps {
+    for i in 0..opts.denoise_steps {
         let (t, next) = (ts[i], ts[i + 1]);
-        let x0 = tweedie(model, x.clone(), t, labels, opts.clip, opts.batch_size);
+        let x0 = tweedie(model, x.clone(), t, labels, opts.clip, opts.denoise_batch);
         let v = (x.clone() - x0).div_scalar(t);
         x = x - v.mul_scalar(t - next);
-        progress(Progress::Denoise { step: i + 1, steps: opts.steps });
+        progress(Progress::Denoise { step: i + 1, steps: opts.denoise_steps });
     }
     x
 }

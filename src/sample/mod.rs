@@ -7,7 +7,7 @@ pub mod guidance;
 pub mod pipeline;
 pub mod reverse;
 
-pub use denoise::{DenoiseOptions, denoise, noise_levels, tweedie};
+pub use denoise::{denoise, noise_levels, tweedie};
 pub use guidance::{CfgStyle, Guidance};
 pub use pipeline::{SampleOptions, options_for, class_grid, sample, seeded_noise, total_steps};
 pub use reverse::reverse;

@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 
-use super::{DenoiseOptions, Guidance, Progress, denoise, reverse};
+use super::{Guidance, Progress, denoise, reverse};
 use crate::model::{ITarFlow, Labels};
 
 /// Settings of a two-phase sampling run (shared with the runtime).
@@ -47,14 +47,7 @@ pub fn sample(
     if opts.denoise_steps == 0 {
         return x;
     }
-    let d = DenoiseOptions {
-        t_max: opts.t_max,
-        t_min: opts.t_min,
-        steps: opts.denoise_steps,
-        clip: opts.clip,
-        batch_size: opts.denoise_batch,
-    };
-    denoise(model, x, labels, &d, progress)
+    denoise(model, x, labels, opts, progress)
 }
 
 /// A grid of `per_class` samples of every class (one row per class; one row of unconditional
