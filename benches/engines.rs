@@ -1,95 +1,109 @@
-//! Criterion benchmarks of the engines on the demo model (models/fmnist): one phase-1 step, one
-//! phase-2 score evaluation and end-to-end sampling, on tract, ONNX Runtime CPU and Burn; and the
-//! export of the reference tiny checkpoint. `cargo bench --bench engines`.
+//! Criterion benchmarks on the demo model (models/fmnist): every graph kind (cond, forward, step
+//! with the growing and the fixed cache, layer VJP, whole-model score), the layer-wise score and
+//! log p chains, and end-to-end sampling, on tract, ONNX Runtime CPU and Burn; and the export of
+//! the reference tiny checkpoint. `cargo bench --bench engines`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use itarflow::checkpoint::{self, ImportOptions};
 use itarflow::sample::{Guidance as BurnGuidance, options_for, sample as burn_sample, seeded_noise};
 use itarflow_base::manifest::GraphKind;
-use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
-use itarflow_rt::provider::tract::TractGraph;
 use itarflow_rt::provider::{Engine, HostTensor};
-use itarflow_rt::{Model, sampler};
+use itarflow_rt::sampler::{self, ScoreForm};
+use itarflow_rt::{GraphSet, Loaded, Model, Precision, Provider, ProviderOptions, Sampler, with_graphs};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+const BATCH: usize = 16;
+
 /// The inputs of one step of the last layer (first in sampling order) at position `pos`.
-fn step_inputs(model: &Model, batch: usize, pos: usize) -> Vec<HostTensor> {
+fn step_inputs(model: &Model, pos: usize, fixed: bool) -> Vec<HostTensor> {
     let info = model.manifest.layers.last().unwrap();
+    let b = BATCH;
     let mut v = vec![
-        HostTensor::F32(vec![batch, info.token_dim], vec![0.1; batch * info.token_dim]),
+        HostTensor::F32(vec![b, info.token_dim], vec![0.1; b * info.token_dim]),
         HostTensor::I64(vec![], vec![pos as i64]),
-        HostTensor::F32(vec![batch, info.width], vec![0.01; batch * info.width]),
-        HostTensor::F32(vec![batch], vec![1.0; batch]),
+        HostTensor::F32(vec![b, info.width], vec![0.01; b * info.width]),
+        HostTensor::F32(vec![b], vec![1.0; b]),
     ];
+    let len = if fixed { info.tokens } else { pos };
     for _ in 0..2 * info.blocks {
-        let n = batch * info.heads * pos * info.head_dim;
-        v.push(HostTensor::F32(vec![batch, info.heads, pos, info.head_dim], vec![0.05; n]));
+        v.push(HostTensor::F32(vec![b, info.heads, len, info.head_dim], vec![0.05; b * info.heads * len * info.head_dim]));
     }
     v
 }
 
-fn bench_graph<E: Engine>(c: &mut Criterion, name: &str, graph: &E, inputs: &[HostTensor]) {
+fn run<E: Engine>(c: &mut Criterion, name: &str, graph: &E, inputs: &[HostTensor]) {
     let values: Vec<E::Value> = inputs.iter().map(|t| graph.upload(t).unwrap()).collect();
     c.bench_function(name, |b| b.iter(|| black_box(graph.run_values(values.iter().collect()).unwrap())));
 }
 
-fn engines(c: &mut Criterion) {
-    let model = Model::load(root().join("models/fmnist/package")).unwrap();
-    let last = model.manifest.layers.len() - 1;
-    let step_path = model.graph_path(GraphKind::Step, Some(last), "fp32").unwrap();
-    let score_path = model.graph_path(GraphKind::Score, None, "fp32").unwrap();
-    let (batch, pos) = (16, 24);
-    let cfg = &model.manifest.model;
-    let images = HostTensor::F32(vec![batch, 1, cfg.img_size, cfg.img_size], vec![-0.5; batch * cfg.img_size * cfg.img_size]);
-    let score_in = vec![images, HostTensor::F32(vec![batch], vec![0.1; batch]), HostTensor::I64(vec![batch], vec![3; batch])];
+fn graphs<E: Engine>(c: &mut Criterion, engine: &str, gs: &GraphSet<E>) {
+    let model = gs.model();
+    let m = &model.manifest;
+    let l = m.layers.len() - 1;
+    let info = &m.layers[l];
+    let cfg = &m.model;
+    let (t, y) = (HostTensor::F32(vec![BATCH], vec![0.1; BATCH]), HostTensor::I64(vec![BATCH], vec![3; BATCH]));
+    let tokens = HostTensor::F32(vec![BATCH, info.tokens, info.token_dim], vec![0.2; BATCH * info.tokens * info.token_dim]);
+    run(c, &format!("cond_b16/{engine}"), &gs.get(GraphKind::Cond).unwrap()[l], &[t.clone(), y.clone()]);
+    run(c, &format!("forward_b16/{engine}"), &gs.get(GraphKind::Forward).unwrap()[l], &[tokens.clone(), t.clone(), y.clone()]);
+    let pos = info.tokens / 2;
+    run(c, &format!("step_b16_p24/{engine}"), &gs.get(GraphKind::Step).unwrap()[l], &step_inputs(model, pos, false));
+    run(c, &format!("step_fixed_b16_p24/{engine}"), &gs.get(GraphKind::StepFixed).unwrap()[l], &step_inputs(model, pos, true));
+    let gld = HostTensor::F32(vec![BATCH], vec![784.0; BATCH]);
+    run(c, &format!("layer_vjp_b16/{engine}"), &gs.get(GraphKind::LayerVjp).unwrap()[l], &[tokens.clone(), t.clone(), y.clone(), tokens, gld]);
+    let images = vec![-0.5; BATCH * cfg.in_channels * cfg.img_size * cfg.img_size];
+    let shape = vec![BATCH, cfg.in_channels, cfg.img_size, cfg.img_size];
+    run(c, &format!("score_b16/{engine}"), gs.score().unwrap(), &[HostTensor::F32(shape, images.clone()), t, y]);
+    let (ts, ys) = (vec![0.1f32; BATCH], vec![3i64; BATCH]);
+    c.bench_function(&format!("layerwise_score_b16/{engine}"), |b| {
+        b.iter(|| black_box(sampler::score(gs, ScoreForm::Layerwise, &images, &ts, &ys, 0).unwrap()))
+    });
+    c.bench_function(&format!("log_prob_b16/{engine}"), |b| b.iter(|| black_box(sampler::log_prob(gs, &images, &ts, &ys, 0).unwrap())));
+}
 
-    let tract_step = TractGraph::load(&step_path).unwrap();
-    bench_graph(c, "step_b16_p24/tract", &tract_step, &step_inputs(&model, batch, pos));
-    let tract_score = TractGraph::load(&score_path).unwrap();
-    bench_graph(c, "score_b16/tract", &tract_score, &score_in);
+fn engines(c: &mut Criterion) {
+    let model = Arc::new(Model::load(root().join("models/fmnist/package")).unwrap());
+    let opts = ProviderOptions::default();
     let ort_available = itarflow_rt::provider::ort::environment(None).is_ok();
+    let mut providers = vec![Provider::Tract];
     if ort_available {
-        let ort_step = OrtGraph::load(&step_path, &OrtDevice::Cpu, None).unwrap();
-        bench_graph(c, "step_b16_p24/ort-cpu", &ort_step, &step_inputs(&model, batch, pos));
-        let ort_score = OrtGraph::load(&score_path, &OrtDevice::Cpu, None).unwrap();
-        bench_graph(c, "score_b16/ort-cpu", &ort_score, &score_in);
+        providers.push(Provider::Cpu);
+    }
+    for &p in &providers {
+        let loaded = Loaded::open(model.clone(), p, Precision::Fp32, &opts).unwrap();
+        with_graphs!(&loaded, g => graphs(c, p.name(), g));
     }
 
     // End to end: 4 images, guidance 2, 10 denoising steps.
     let labels = vec![0i64, 3, 7, 9];
-    let info = model.manifest.layers.last().unwrap();
-    let z = itarflow_base::prior_noise(0, labels.len() * info.tokens * info.token_dim);
-    let mut settings = sampler::defaults(&model);
-    settings.guidance.scale = 2.0;
     let mut group = c.benchmark_group("sample_4_images");
     group.sample_size(10);
-    let tract = model.tract_graphs("fp32").unwrap();
-    group.bench_function("tract", |b| b.iter(|| sampler::sample(&model, &tract, &z, &labels, &settings, &mut |_| {}).unwrap()));
-    if ort_available {
-        let ort = model.ort_graphs("fp32", &OrtDevice::Cpu, None).unwrap();
-        group.bench_function("ort-cpu", |b| b.iter(|| sampler::sample(&model, &ort, &z, &labels, &settings, &mut |_| {}).unwrap()));
+    for &p in &providers {
+        let s = Sampler::builder(model.clone()).provider(p).cfg(2.0).classes(labels.clone()).build().unwrap();
+        group.bench_function(p.name(), |b| b.iter(|| black_box(s.sample(&mut |_| {}).unwrap())));
     }
     let burn = checkpoint::load(&root().join("models/fmnist/model.safetensors"), &ImportOptions::default(), &itarflow::default_device())
         .unwrap()
         .model;
-    let mut opts = options_for(&burn);
-    opts.guidance = BurnGuidance { scale: 2.0, ..BurnGuidance::default() };
+    let mut bopts = options_for(&burn);
+    bopts.guidance = BurnGuidance { scale: 2.0, ..BurnGuidance::default() };
     let y = itarflow::Labels::Classes(labels.clone());
     group.bench_function("burn", |b| {
         b.iter(|| {
-            let x = burn_sample(&burn, seeded_noise(&burn, 4, 0), &y, &opts, &mut |_| {});
+            let x = burn_sample(&burn, seeded_noise(&burn, 4, 0), &y, &bopts, &mut |_| {});
             black_box(x.dims())
         })
     });
     group.finish();
 
-    // Export of the reference tiny checkpoint (fp32, 13 graphs).
+    // Export of the reference tiny checkpoint (fp32, every graph kind).
     let tiny = checkpoint::load(
         &root().join("tests/fixtures/tiny16_c1.pth"),
         &ImportOptions { in_channels: Some(1), ..Default::default() },
@@ -98,10 +112,10 @@ fn engines(c: &mut Criterion) {
     .unwrap()
     .model;
     let weights = itarflow::deploy::weights(&tiny);
-    let opts = itarflow_export::package::ExportOptions::for_model(&tiny.config);
+    let eopts = itarflow_export::package::ExportOptions::for_model(&tiny.config);
     let dir = tempfile::tempdir().unwrap();
     c.bench_function("export_tiny_fp32", |b| {
-        b.iter(|| itarflow_export::package::export(&tiny.config, &weights, &dir.path().join("pkg"), &opts, &mut |_| {}).unwrap())
+        b.iter(|| itarflow_export::package::export(&tiny.config, &weights, &dir.path().join("pkg"), &eopts, &mut |_| {}).unwrap())
     });
 }
 

@@ -31,6 +31,8 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Print a checkpoint's config and size.
     Info(cli::info::InfoArgs),
+    /// Write a randomly initialised (untrained) checkpoint of a preset or config.
+    Init(cli::init::InitArgs),
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::denoise::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Init(a) => cli::init::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::BenchTrain(a) => cli::bench_train::run(a),
         Command::Convert(a) => cli::convert::run(a),

@@ -87,34 +87,41 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
         let cond = cond_run.run(&[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
         let e = rel_err(cond.f32(), &values(conds[l].clone()));
         assert!(e < 1e-5, "cond graph {e:.2e}");
-        let step = load(&graphs::step(&ws, l).unwrap(), dir.path());
         let (heads, hd) = (1, 64);
-        let mut past: Vec<Feed> = vec![Feed::F32(vec![b, heads, 0, hd], vec![]); 4];
         let uv = values(u.clone());
         let (av, bv) = (values(a_full), values(b_full));
-        let mut worst = 0.0f64;
-        for n in 0..tokens {
-            let token: Vec<f32> = (0..b).flat_map(|r| uv[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect();
-            let mut feeds = vec![
-                Feed::F32(vec![b, c], token),
-                Feed::I64(vec![], vec![n as i64]),
-                cond.clone(),
-                Feed::F32(vec![b], vec![1.0; b]),
-            ];
-            feeds.extend(past.iter().cloned());
-            let out = step.run(&feeds).unwrap();
-            let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
-            worst = worst.max(rel_err(out[0].f32(), &want(&av))).max(rel_err(out[1].f32(), &want(&bv)));
-            past = out[2..].to_vec();
+        for fixed in [false, true] {
+            let step = load(&graphs::step(&ws, l, fixed).unwrap(), dir.path());
+            // Growing cache: empty past; fixed: T zeroed slots (what is after pos is masked).
+            let cache = if fixed { tokens } else { 0 };
+            let mut past: Vec<Feed> = vec![Feed::F32(vec![b, heads, cache, hd], vec![0.0; b * heads * cache * hd]); 4];
+            let mut worst = 0.0f64;
+            for n in 0..tokens {
+                let token: Vec<f32> = (0..b).flat_map(|r| uv[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect();
+                let mut feeds = vec![
+                    Feed::F32(vec![b, c], token),
+                    Feed::I64(vec![], vec![n as i64]),
+                    cond.clone(),
+                    Feed::F32(vec![b], vec![1.0; b]),
+                ];
+                feeds.extend(past.iter().cloned());
+                let out = step.run(&feeds).unwrap();
+                let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
+                worst = worst.max(rel_err(out[0].f32(), &want(&av))).max(rel_err(out[1].f32(), &want(&bv)));
+                assert_eq!(out[2].shape()[2], if fixed { tokens } else { n + 1 });
+                past = out[2..].to_vec();
+            }
+            let kind = if fixed { "step_fixed" } else { "step" };
+            println!("layer{l}_{kind} x{tokens} (tract) vs full sequence: {worst:.2e}");
+            assert!(worst < 1e-4, "layer {l} {kind}: {worst:.2e}");
         }
-        println!("layer{l}_step x{tokens} (tract) vs full sequence: {worst:.2e}");
-        assert!(worst < 1e-4, "layer {l}: {worst:.2e}");
     }
 }
 
 fn export_tiny(dir: &std::path::Path, opts: impl FnOnce(&mut itarflow_export::package::ExportOptions)) -> itarflow_base::manifest::Manifest {
     let model = tiny(false);
     let mut o = itarflow_export::package::ExportOptions::for_model(&model.config);
+    o.reference = itarflow::deploy::reference(&model, 3, 0.15, 1);
     opts(&mut o);
     itarflow_export::package::export(&model.config, &weights(&model), dir, &o, &mut |_| {}).unwrap()
 }
@@ -124,18 +131,29 @@ fn every_graph_of_both_precisions_passes_the_check() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     let m = export_tiny(&dir, |o| o.precisions = itarflow_export::package::Precisions::Both);
-    assert_eq!(m.graphs.len(), 2 * (3 * 4 + 1));
-    let (rows, ort) = itarflow::deploy::check_package(&tiny(false), &dir, 3, 0.15, 1).unwrap();
-    assert!(ort.is_none(), "ONNX Runtime is installed by scripts/setup.sh: {ort:?}");
-    assert!(rows.iter().any(|r| r.engine == "ort-cpu") && rows.iter().any(|r| r.engine == "tract"));
-    for r in &rows {
-        println!("{:<16} {} {:<7} {:<7} rel {:.2e}", r.graph, r.precision, r.engine, r.output, r.rel);
-        assert!(r.pass, "{} {} {}: {:.2e} > {:.0e}", r.graph, r.precision, r.output, r.rel, r.tolerance);
+    // Per layer: forward, cond, step, step_fixed, layer_vjp; plus the score graph.
+    assert_eq!(m.graphs.len(), 2 * (5 * 4 + 1));
+    let report = itarflow::deploy::check_package(&dir).unwrap();
+    assert!(report.skipped.is_empty(), "ONNX Runtime is installed by scripts/setup.sh: {:?}", report.skipped);
+    let rows = &report.rows;
+    for engine in ["tract", "cpu"] {
+        for precision in ["fp32", "fp16"] {
+            for graph in ["layer3_cond", "layer3_forward", "layer3_step", "layer3_step_fixed", "score", "layerwise_score", "forward_chain"] {
+                assert!(
+                    rows.iter().any(|r| r.engine == engine && r.precision == precision && r.graph == graph),
+                    "{graph} {precision} not checked on {engine}"
+                );
+            }
+        }
+    }
+    print!("{}", itarflow_base::check::table(rows));
+    for r in rows {
+        assert!(r.pass, "{} {} {} {}: {:.2e} > {:.0e}", r.graph, r.precision, r.engine, r.output, r.rel, r.tolerance);
     }
 }
 
 #[test]
-fn external_data_path_runs_in_tract() {
+fn external_data_path_runs_in_tract_and_onnx_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     let m = export_tiny(&dir, |o| o.external_min_bytes = Some(4096));
@@ -144,9 +162,9 @@ fn external_data_path_runs_in_tract() {
     assert!(dir.join(ext).metadata().unwrap().len() > 100_000);
     let (graph_bytes, data_bytes) = (dir.join(&fwd.file).metadata().unwrap().len(), dir.join(ext).metadata().unwrap().len());
     assert!(graph_bytes * 5 < data_bytes, "the graph file ({graph_bytes} B) should hold only small tensors ({data_bytes} B outside)");
-    let (rows, _) = itarflow::deploy::check_package(&tiny(false), &dir, 2, 0.1, 3).unwrap();
-    assert!(rows.iter().any(|r| r.engine == "ort-cpu"), "external data through ONNX Runtime");
-    assert!(rows.iter().all(|r| r.pass));
+    let report = itarflow::deploy::check_package(&dir).unwrap();
+    assert!(report.rows.iter().any(|r| r.engine == "cpu"), "external data through ONNX Runtime");
+    assert_eq!(report.failures(), 0, "{}", itarflow_base::check::table(&report.rows));
 }
 
 #[test]

@@ -1,62 +1,118 @@
 //! The Burn-free runtime on an exported package of the reference checkpoint: phase 1 with and
-//! without guidance and the 10-step denoiser reproduce the reference through tract.
+//! without guidance (both KV caches) and the 10-step denoiser (both score forms) reproduce the
+//! reference through tract and ONNX Runtime; seeded samples match the Burn sampler; NaN samples
+//! are reported or retried; and the `itarflow-rt` subcommands, `check` and `bench` included.
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
-use itarflow_rt::Model;
-use itarflow_rt::sampler::{self, CfgStyle, Guidance, SampleSettings};
+use itarflow_rt::sampler::{CfgStyle, Guidance};
+use itarflow_rt::{Model, OnNonFinite, Provider, RtError, Sampler, ScoreForm, StepCache};
 
-fn package(dir: &std::path::Path) -> Model {
+fn package(dir: &std::path::Path) -> Arc<Model> {
     let m = tiny(false);
-    let opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    opts.reference = itarflow::deploy::reference(&m, 3, 0.15, 1);
     itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), dir, &opts, &mut |_| {}).unwrap();
-    Model::load(dir).unwrap()
+    Arc::new(Model::load(dir).unwrap())
 }
 
-fn settings(guidance: Guidance) -> SampleSettings {
-    SampleSettings { guidance, t_max: 0.3, t_min: 0.01, denoise_steps: 10, clip: false, denoise_batch: 3 }
+/// A sampler with the reference's settings: t 0.3 -> 0.01, 10 steps, score batches of 3.
+fn sampler(model: &Arc<Model>, provider: Provider, g: Guidance, cache: StepCache, form: ScoreForm) -> Sampler {
+    Sampler::builder(model.clone())
+        .provider(provider)
+        .cfg(g.scale)
+        .cfg_style(g.style)
+        .guide_layers(g.layers)
+        .annealed(g.annealed)
+        .t_max(0.3)
+        .t_min(0.01)
+        .denoise_steps(10)
+        .score_batch(3)
+        .step_cache(cache)
+        .score_form(form)
+        .build()
+        .unwrap_or_else(|e| panic!("{provider}: {e} (ONNX Runtime comes from scripts/setup.sh)"))
 }
 
-#[test]
-fn runtime_reproduces_reference_reverse_and_denoising_on_tract() {
+fn images(v: &itarflow_base::Npz, name: &str) -> ndarray::Array4<f32> {
+    let (shape, x) = array(v, name);
+    ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), x).unwrap()
+}
+
+/// Phase 1 (denoise_steps 0) against rev_*, then phase 2 against itd_x_final.
+fn reproduces_reference(provider: Provider) {
     let v = vectors();
     let tmp = tempfile::tempdir().unwrap();
     let model = package(&tmp.path().join("pkg"));
-    let graphs = model.tract_graphs("fp32").unwrap();
     let (_, z) = array(&v, "rev_z");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
-    for (name, g) in [
-        ("rev_g0", Guidance::default()),
-        ("rev_g2", all),
-        ("rev_g2_anneal", Guidance { annealed: true, ..all }),
-        ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all }),
-    ] {
-        let x = sampler::invert(&model, &graphs, &z, &y, &settings(g), &mut |_| {}).unwrap();
-        let e = rel_err(&x, &array(&v, name).1);
-        println!("runtime (tract) {name:<18} {e:.2e}");
-        assert!(e < 1e-4, "{name}: {e:.2e}");
+    for cache in [StepCache::Growing, StepCache::Fixed] {
+        for (name, g) in [
+            ("rev_g0", Guidance::default()),
+            ("rev_g2", all),
+            ("rev_g2_anneal", Guidance { annealed: true, ..all }),
+            ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all }),
+        ] {
+            let s = Sampler::builder(model.clone())
+                .provider(provider)
+                .cfg(g.scale)
+                .guide_layers(g.layers)
+                .annealed(g.annealed)
+                .t_max(0.3)
+                .denoise_steps(0)
+                .step_cache(cache)
+                .build()
+                .unwrap();
+            let x = s.sample_from(&z, &y, &mut |_| {}).unwrap().images;
+            let e = rel_err(x.as_slice().unwrap(), &array(&v, name).1);
+            println!("runtime ({provider}, {cache:?} cache) {name:<18} {e:.2e}");
+            assert!(e < 1e-4, "{provider} {cache:?} {name}: {e:.2e}");
+        }
     }
-    let (_, mut x) = array(&v, "itd_x_init");
-    sampler::denoise(&model, &graphs.score, &mut x, &y, &settings(Guidance::default()), &mut |_| {}).unwrap();
-    let e = rel_err(&x, &array(&v, "itd_x_final").1);
-    println!("runtime (tract) itd_x_final        {e:.2e}");
-    assert!(e < 1e-4, "{e:.2e}");
+    for form in [ScoreForm::Whole, ScoreForm::Layerwise] {
+        let s = sampler(&model, provider, Guidance::default(), StepCache::Growing, form);
+        let x = s.denoise(images(&v, "itd_x_init").view(), &y, &mut |_| {}).unwrap();
+        let e = rel_err(x.as_slice().unwrap(), &array(&v, "itd_x_final").1);
+        println!("runtime ({provider}, {form:?} score) itd_x_final {e:.2e}");
+        assert!(e < 1e-4, "{provider} {form:?}: {e:.2e}");
+        let (score, logp) = s.score(images(&v, "x").view(), &array(&v, "t").1, &y).unwrap();
+        assert!(rel_err(score.as_slice().unwrap(), &array(&v, "score").1) < 1e-4, "{form:?} score");
+        assert!(rel_err(logp.as_slice().unwrap(), &array(&v, "logp").1) < 1e-4, "{form:?} logp");
+    }
+    let s = sampler(&model, provider, Guidance::default(), StepCache::Growing, ScoreForm::Whole);
+    let logp = s.log_prob(images(&v, "x").view(), &array(&v, "t").1, &y).unwrap();
+    let e = rel_err(logp.as_slice().unwrap(), &array(&v, "logp").1);
+    println!("runtime ({provider}) log_prob through the forward graphs {e:.2e}");
+    assert!(e < 1e-4, "log_prob {e:.2e}");
+}
+
+#[test]
+fn runtime_reproduces_reference_on_tract() {
+    reproduces_reference(Provider::Tract);
+}
+
+#[test]
+fn runtime_reproduces_reference_on_onnx_runtime_cpu() {
+    reproduces_reference(Provider::Cpu);
 }
 
 #[test]
 fn seeded_runtime_samples_match_the_burn_sampler() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = package(&tmp.path().join("pkg"));
-    let graphs = rt.tract_graphs("fp32").unwrap();
-    let burn_model = tiny(false);
     let labels = vec![1i64, 7, 3];
-    let z = itarflow_base::prior_noise(42, 3 * 64 * 4);
     let g = Guidance { scale: 1.5, ..Guidance::default() };
-    let ours = sampler::sample(&rt, &graphs, &z, &labels, &settings(g), &mut |_| {}).unwrap();
+    // Phase 1 in batches of 2 (two runs) gives the same images as one batch.
+    let s = Sampler::builder(rt.clone()).cfg(1.5).t_max(0.3).t_min(0.01).denoise_steps(10).seed(42).classes(labels.clone()).batch(2).build().unwrap();
+    let ours = s.sample(&mut |_| {}).unwrap();
+    assert_eq!(ours.labels, labels);
+    let burn_model = tiny(false);
     let opts = itarflow::sample::SampleOptions {
-        guidance: itarflow::sample::Guidance { scale: 1.5, ..Default::default() },
+        guidance: itarflow::sample::Guidance { scale: g.scale, ..Default::default() },
         t_max: 0.3,
         t_min: 0.01,
         denoise_steps: 10,
@@ -65,32 +121,45 @@ fn seeded_runtime_samples_match_the_burn_sampler() {
     };
     let zt = itarflow::sample::seeded_noise(&burn_model, 3, 42);
     let burn = itarflow::sample::sample(&burn_model, zt, &itarflow::Labels::Classes(labels), &opts, &mut |_| {});
-    let e = rel_err(&ours, &values::<4>(burn));
+    let e = rel_err(ours.images.as_slice().unwrap(), &values::<4>(burn));
     println!("runtime vs Burn sampler, seeded, cfg 1.5: {e:.2e}");
     assert!(e < 1e-4, "{e:.2e}");
 }
 
 #[test]
-fn runtime_reproduces_reference_on_onnx_runtime_cpu() {
-    use itarflow_rt::provider::ort::OrtDevice;
-    let v = vectors();
+fn non_finite_samples_fail_or_are_sampled_again_from_new_noise() {
     let tmp = tempfile::tempdir().unwrap();
     let model = package(&tmp.path().join("pkg"));
-    let graphs = model.ort_graphs("fp32", &OrtDevice::Cpu, None).expect("ONNX Runtime (pip install onnxruntime==1.31.1, as scripts/setup.sh does)");
-    let (_, z) = array(&v, "rev_z");
-    let y = v.i64("y", 1, "", "").unwrap().1;
-    let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
-    for (name, g) in [("rev_g0", Guidance::default()), ("rev_g2", all), ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all })] {
-        let x = sampler::invert(&model, &graphs, &z, &y, &settings(g), &mut |_| {}).unwrap();
-        let e = rel_err(&x, &array(&v, name).1);
-        println!("runtime (ort cpu) {name:<18} {e:.2e}");
-        assert!(e < 1e-4, "{name}: {e:.2e}");
+    let labels = vec![2i64, 5, 8];
+    let per = model.noise_len();
+    let mut z = itarflow_base::prior_noise(3, 3 * per);
+    // Image 1's noise is NaN: whatever the model, that sample cannot come out finite.
+    z[per + 10] = f32::NAN;
+    let build = |policy| Sampler::builder(model.clone()).t_max(0.3).denoise_steps(2).on_non_finite(policy).build().unwrap();
+    match build(OnNonFinite::Fail).sample_from(&z, &labels, &mut |_| {}) {
+        Err(RtError::NonFinite { index, attempts }) => assert_eq!((index, attempts), (1, 1)),
+        other => panic!("expected a NonFinite error, got {:?}", other.map(|s| s.retried)),
     }
-    let (_, mut x) = array(&v, "itd_x_init");
-    sampler::denoise(&model, &graphs.score, &mut x, &y, &settings(Guidance::default()), &mut |_| {}).unwrap();
-    let e = rel_err(&x, &array(&v, "itd_x_final").1);
-    println!("runtime (ort cpu) itd_x_final        {e:.2e}");
-    assert!(e < 1e-4, "{e:.2e}");
+    let mut retries = Vec::new();
+    let got = build(OnNonFinite::Retry(2))
+        .sample_from(&z, &labels, &mut |p| {
+            if let itarflow_rt::Progress::Retry { images, attempt } = p {
+                retries.push((images, attempt));
+            }
+        })
+        .unwrap();
+    assert_eq!(got.retried, vec![(1, 1)]);
+    assert_eq!(retries, vec![(1, 1)]);
+    assert!(got.images.iter().all(|v| v.is_finite()));
+    // The other images are those of a run without the bad one (up to the batch size's rounding).
+    let clean = build(OnNonFinite::Fail)
+        .sample_from(&[&z[..per], &z[2 * per..]].concat(), &[2, 8], &mut |_| {})
+        .unwrap();
+    let n = model.image_len();
+    let ours = got.images.as_slice().unwrap();
+    let theirs = clean.images.as_slice().unwrap();
+    assert!(rel_err(&ours[..n], &theirs[..n]) < 1e-5);
+    assert!(rel_err(&ours[2 * n..], &theirs[n..]) < 1e-5);
 }
 
 /// The `itarflow-rt` binary beside this test's (built by `cargo test --workspace`).
@@ -168,4 +237,71 @@ fn score_and_denoise_subcommands_reproduce_the_reference() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let e = rel_err(&array(&itarflow_base::Npz::read(&out).unwrap(), "x").1, &array(&v, "itd_x_final").1);
     assert!(e < 1e-4, "denoise: {e:.2e}");
+}
+
+#[test]
+fn check_subcommand_passes_and_fails_past_tolerance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    package(&dir);
+    let out = std::process::Command::new(rt_binary())
+        .args(["check", "--model", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    for engine in ["tract", "cpu"] {
+        assert!(rows.iter().any(|r| r["engine"] == engine && r["graph"] == "layer0_step_fixed"), "{engine}");
+        assert!(rows.iter().any(|r| r["engine"] == engine && r["graph"] == "layerwise_score"), "{engine}");
+    }
+    // The second provider is compared with the first as well as with the reference.
+    assert!(rows.iter().any(|r| r["engine"] == "cpu" && r["rel_vs_first"].as_f64().is_some_and(|e| e < 1e-4)));
+    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
+    assert_eq!(skipped, ["cuda", "tensorrt"]);
+    // A reference whose log p is off by 1% fails the check.
+    let mut npz = itarflow_base::Npz::read(dir.join("reference.npz")).unwrap();
+    let (shape, lp) = npz.f32("score.logp", 1, "", "").unwrap();
+    npz.insert("score.logp", itarflow_base::Array::f32(&shape, lp.iter().map(|v| v * 1.01).collect()));
+    let bad = tmp.path().join("bad.npz");
+    let mut copy = itarflow_base::Npz::new(&bad);
+    for name in npz.names() {
+        copy.insert(name, npz.get(name).unwrap().clone());
+    }
+    copy.write().unwrap();
+    let out = std::process::Command::new(rt_binary())
+        .args(["check", "--model", dir.to_str().unwrap(), "--providers", "tract", "--reference"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.lines().any(|l| l.starts_with("score ") && l.contains("logp") && l.ends_with("FAIL")), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("past tolerance"));
+}
+
+#[test]
+fn bench_subcommand_reports_every_figure_per_provider() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    package(&dir);
+    let out = std::process::Command::new(rt_binary())
+        .args(["bench", "--model", dir.to_str().unwrap(), "--providers", "tract,cpu", "--batch", "2", "--repeats", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|r| r["provider"].as_str().unwrap()).collect::<Vec<_>>(), ["tract", "cpu"]);
+    for r in &lines {
+        for field in ["step_ms", "score_ms", "sample_seconds", "images_per_second", "peak_rss_mib"] {
+            assert!(r[field].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{field} in {r}");
+        }
+    }
+    // An explicitly requested provider that cannot run fails the command.
+    let out = std::process::Command::new(rt_binary())
+        .args(["bench", "--model", dir.to_str().unwrap(), "--providers", "cuda", "--batch", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not enabled in this build"));
 }

@@ -6,11 +6,14 @@
 //! `--seed` gives the same images whichever engine runs the model.
 
 pub mod atomic;
+pub mod check;
 pub mod config;
 pub mod grid;
+pub mod inputs;
 pub mod manifest;
 pub mod noise;
 pub mod npz;
+pub mod reference;
 pub mod sampling;
 pub mod weights;
 

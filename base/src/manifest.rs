@@ -15,7 +15,8 @@ use crate::config::ModelConfig;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "itarflow-package";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2 added the fixed-cache step graphs, the per-layer VJP graphs and the reference outputs.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -46,8 +47,14 @@ pub enum GraphKind {
     Forward,
     /// Conditioning of one layer: (t, y) -> cond.
     Cond,
-    /// One KV-cached inversion step of one layer, growing cache.
+    /// One KV-cached inversion step of one layer, growing cache: past (N, H, P, d).
     Step,
+    /// One inversion step with a fixed-length cache (N, H, T, d) written at `pos` (static shapes
+    /// but the batch, for TensorRT).
+    StepFixed,
+    /// Vector-Jacobian product of one layer, its forward recomputed inside:
+    /// (x, t, y, g_z, g_logdet) -> g_x.
+    LayerVjp,
     /// The whole model's score and log p: (x, t, y) -> (score, logp).
     Score,
 }
@@ -107,6 +114,10 @@ pub struct Manifest {
     pub opset: i64,
     /// File of the prior variance `var` (T, c) of the last layer's tokens (npz).
     pub prior_file: String,
+    /// npz of inputs and outputs computed by the exporting framework (Burn) for every graph
+    /// kind, which `itarflow-rt check` compares each provider against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_file: Option<String>,
     pub graphs: Vec<GraphEntry>,
     /// sha256 (hex) of every file in the package but the manifest, by relative path.
     pub files: BTreeMap<String, String>,

@@ -60,6 +60,10 @@ impl<'a> Lowering<'a> {
         Msg::new().string(1, name).float(2, v).int(20, 1)
     }
 
+    pub fn attr_string(name: &str, v: &str) -> Msg {
+        Msg::new().string(1, name).string(4, v).int(20, 3)
+    }
+
     pub fn attr_ints(name: &str, v: &[i64]) -> Msg {
         Msg::new().string(1, name).ints(8, v).int(20, 7)
     }

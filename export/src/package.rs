@@ -31,6 +31,9 @@ pub struct ExportOptions {
     /// graphs whose weights approach protobuf's 2 GB limit use them.
     pub external_min_bytes: Option<usize>,
     pub sampler: SamplerDefaults,
+    /// Inputs and outputs of every graph kind computed by the exporting framework, written to
+    /// `reference.npz` for `itarflow-rt check` (names as in [`reference_names`]).
+    pub reference: Vec<(String, Array)>,
 }
 
 impl ExportOptions {
@@ -50,6 +53,7 @@ impl ExportOptions {
                 annealed: false,
                 denoise_steps: 10,
             },
+            reference: Vec::new(),
         }
     }
 }
@@ -116,6 +120,8 @@ pub fn export(
             builders.push((GraphKind::Forward, Some(l)));
             builders.push((GraphKind::Cond, Some(l)));
             builders.push((GraphKind::Step, Some(l)));
+            builders.push((GraphKind::StepFixed, Some(l)));
+            builders.push((GraphKind::LayerVjp, Some(l)));
         }
         builders.push((GraphKind::Score, None));
         for &precision in precisions {
@@ -124,7 +130,9 @@ pub fn export(
                 let mut g = match (kind, layer) {
                     (GraphKind::Forward, Some(l)) => graphs::forward(&w, l)?,
                     (GraphKind::Cond, Some(l)) => graphs::cond(&w, l)?,
-                    (GraphKind::Step, Some(l)) => graphs::step(&w, l)?,
+                    (GraphKind::Step, Some(l)) => graphs::step(&w, l, false)?,
+                    (GraphKind::StepFixed, Some(l)) => graphs::step(&w, l, true)?,
+                    (GraphKind::LayerVjp, Some(l)) => graphs::layer_vjp(&w, l)?,
                     _ => graphs::score(&w)?,
                 };
                 if precision == "fp16" {
@@ -159,10 +167,19 @@ pub fn export(
         prior.insert("var", Array::f32(&[config.tokens(last), config.token_dim(last)], var.to_vec()));
         prior.write().map_err(|e| ExportError::Write { path: tmp.join(&prior_file), reason: e.to_string() })?;
 
+        let reference_file = (!opts.reference.is_empty()).then(|| "reference.npz".to_string());
+        if let Some(f) = &reference_file {
+            let mut npz = Npz::new(tmp.join(f));
+            for (name, array) in &opts.reference {
+                npz.insert(name, array.clone());
+            }
+            npz.write().map_err(|e| ExportError::Write { path: tmp.join(f), reason: e.to_string() })?;
+        }
         let mut files = BTreeMap::new();
         let mut listed: Vec<String> = entries.iter().map(|e| e.file.clone()).collect();
         listed.extend(entries.iter().filter_map(|e| e.external_data.clone()));
         listed.push(prior_file.clone());
+        listed.extend(reference_file.clone());
         for f in listed {
             let sum = sha256_file(&tmp.join(&f)).map_err(|e| werr(&tmp.join(&f), e))?;
             files.insert(f, sum);
@@ -186,6 +203,7 @@ pub fn export(
             sampler: opts.sampler.clone(),
             opset: opts.opset,
             prior_file,
+            reference_file,
             graphs: entries,
             files,
         };

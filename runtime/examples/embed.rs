@@ -1,10 +1,9 @@
 //! A tiny application embedding `itarflow-rt`: loads a model package, samples a few images of one
-//! class with guidance, and writes them as a PNG grid.
+//! class with guidance on the best provider available, and writes them as a PNG grid.
 //!
 //! cargo run --release -p itarflow-rt --example embed -- [PACKAGE_DIR] [CLASS] [OUT.png]
 
-use itarflow_rt::Model;
-use itarflow_rt::sampler;
+use itarflow_rt::{Model, OnNonFinite, Progress, Provider, Sampler};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -14,18 +13,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Validates the manifest and every file's sha256.
     let model = Model::load(&dir)?;
-    let graphs = model.tract_graphs("fp32")?;
-    let c = &model.manifest.model;
-    let last = model.manifest.layers.last().unwrap();
-
     let n = 8;
-    let labels = vec![class; n];
-    let z = itarflow_base::prior_noise(1, n * last.tokens * last.token_dim);
-    let mut settings = sampler::defaults(&model);
-    settings.guidance.scale = settings.guidance.scale.max(1.0);
-    let images = sampler::sample(&model, &graphs, &z, &labels, &settings, &mut |_| {})?;
+    let sampler = Sampler::builder(model)
+        .provider(Provider::Auto)
+        .classes(vec![class; n])
+        .cfg(2.0)
+        .seed(1)
+        .on_non_finite(OnNonFinite::Retry(2))
+        .build()?;
+    eprintln!("sampling on {}", sampler.provider());
+    let samples = sampler.sample(&mut |p| {
+        if let Progress::Denoise { step, steps } = p {
+            eprint!("\rdenoising {step}/{steps}");
+        }
+    })?;
+    eprintln!();
 
-    itarflow_base::save_grid(std::path::Path::new(&out), &images, [n, c.in_channels, c.img_size, c.img_size], n)?;
+    let dims = samples.images.shape().to_vec();
+    let values: Vec<f32> = samples.images.iter().copied().collect();
+    itarflow_base::save_grid(std::path::Path::new(&out), &values, [dims[0], dims[1], dims[2], dims[3]], n)?;
     println!("wrote {n} samples of class {class} to {out}");
     Ok(())
 }

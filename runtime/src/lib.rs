@@ -2,27 +2,34 @@
 //!
 //! Runs exported iTARFlow model packages with no Burn, no Python and no network: loads a package
 //! made by `itarflow export` (manifest and sha256 checked), and runs the two-phase sampler, the
-//! score and log p on an execution provider.
+//! score and log p on tract or ONNX Runtime (CPU, CUDA, TensorRT).
 //!
 //! ```no_run
-//! use itarflow_rt::{Model, sampler};
+//! use itarflow_rt::{Model, Provider, Sampler};
 //! let model = Model::load("models/fmnist/package")?;
-//! let graphs = model.tract_graphs("fp32")?;
-//! let settings = sampler::defaults(&model);
-//! let labels = vec![0, 1, 2, 3];
-//! let z = itarflow_base::prior_noise(0, 4 * 49 * 16);
-//! let images = sampler::sample(&model, &graphs, &z, &labels, &settings, &mut |_| {})?;
+//! let sampler = Sampler::builder(model).provider(Provider::Auto).cfg(2.0).num_images(4).build()?;
+//! eprintln!("running on {}", sampler.provider());
+//! let samples = sampler.sample(&mut |_| {})?;
+//! println!("{:?} {:?}", samples.images.shape(), samples.labels);
 //! # Ok::<(), itarflow_rt::RtError>(())
 //! ```
 
+pub mod bench;
+pub mod builder;
+pub mod check;
+pub mod graphs;
+pub mod memory;
 pub mod model;
 pub mod provider;
 pub mod sampler;
 
 use thiserror::Error;
 
-pub use model::{Graphs, Model};
-pub use provider::HostTensor;
+pub use builder::{Classes, OnNonFinite, Sampler, SamplerBuilder, Samples};
+pub use graphs::{GraphSet, Loaded};
+pub use model::Model;
+pub use provider::{HostTensor, Precision, Provider, ProviderOptions};
+pub use sampler::{Progress, ScoreForm, StepCache};
 
 #[derive(Debug, Error)]
 pub enum RtError {
@@ -32,8 +39,11 @@ pub enum RtError {
     Npz(#[from] itarflow_base::NpzError),
     #[error("provider {provider}: {reason}")]
     Provider { provider: String, reason: String },
+    /// A graph family failed to load (the message carries the provider's reason).
+    #[error("{0}")]
+    Load(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("sample {index} is not finite (NaN or Inf): the model diverged on this noise; retry with another seed")]
-    NonFinite { index: usize },
+    #[error("sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise; retry with another seed or allow retries (--retries N)")]
+    NonFinite { index: usize, attempts: usize },
 }

@@ -1,22 +1,23 @@
-//! `itarflow-rt`: sample from an exported iTARFlow model package.
+//! `itarflow-rt`: sample from, score, check and benchmark exported iTARFlow model packages.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use itarflow_base::{Array, Npz, prior_noise, random_labels, save_grid};
-use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
-use itarflow_rt::provider::tract::TractGraph;
-use itarflow_rt::{Graphs, Model};
-use itarflow_rt::sampler::{self, CfgStyle, Progress};
+use itarflow_base::inputs;
+use itarflow_base::{Array, Npz, save_grid};
+use itarflow_rt::bench::{BenchOptions, bench};
+use itarflow_rt::sampler::CfgStyle;
+use itarflow_rt::{Model, OnNonFinite, Precision, Progress, Provider, ProviderOptions, Sampler, SamplerBuilder, ScoreForm, StepCache};
 
 /// The demo package shipped in the repository.
 const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
 
 #[derive(Parser)]
-#[command(name = "itarflow-rt", version, about = "Sample from exported iTARFlow model packages (no Burn, no Python)")]
+#[command(name = "itarflow-rt", version, about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,22 +27,55 @@ struct Cli {
 enum Command {
     /// Generate images: guided autoregressive inversion, then iterative denoising.
     Sample(SampleArgs),
-    /// Denoise images `x` (and labels `y`) from an npz with the package's score graph.
+    /// Denoise images `x` (and labels `y`) from an npz with the package's score.
     Denoise(DenoiseArgs),
     /// Score and log p of images `x` at noise levels `t` (and labels `y`) from an npz.
     Score(ScoreArgs),
+    /// Run every graph on every provider available here against the reference outputs.
+    Check(CheckArgs),
+    /// Measure step and score latency, images/s and peak memory per provider.
+    Bench(BenchArgs),
 }
 
-/// Package and provider flags shared by the subcommands that run one graph family.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    Tract,
+    Cpu,
+    Cuda,
+    Tensorrt,
+    Auto,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Self {
+        match p {
+            ProviderArg::Tract => Provider::Tract,
+            ProviderArg::Cpu => Provider::Cpu,
+            ProviderArg::Cuda => Provider::Cuda,
+            ProviderArg::Tensorrt => Provider::TensorRt,
+            ProviderArg::Auto => Provider::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormArg {
+    Whole,
+    Layerwise,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CacheArg {
+    Growing,
+    Fixed,
+}
+
+/// Package and provider flags shared by every subcommand.
 #[derive(clap::Args)]
 struct Common {
     /// Model package directory (default: the demo Fashion-MNIST package in models/).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
-    /// (the best that works here, saying why the others were skipped).
-    #[arg(long, default_value = "tract", value_parser = ["tract", "cpu", "cuda", "tensorrt", "auto"])]
-    provider: String,
     /// Graph precision.
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
     precision: String,
@@ -54,43 +88,83 @@ struct Common {
     /// TensorRT: engine and timing cache directory (engines are built once, then reused).
     #[arg(long, default_value = ".itarflow-trt-cache")]
     trt_cache: PathBuf,
-    /// Images per score evaluation.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// TensorRT: largest batch (rows, twice the images on guided layers) the engines' profiles cover.
+    #[arg(long, default_value_t = 128)]
+    trt_max_batch: usize,
 }
 
-#[derive(clap::Args)]
-struct DenoiseArgs {
-    #[command(flatten)]
-    common: Common,
-    #[arg(long)]
-    input: PathBuf,
-    #[arg(long)]
-    output: PathBuf,
-    #[arg(long)]
-    t_max: Option<f64>,
-    #[arg(long)]
-    t_min: Option<f64>,
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    #[arg(long)]
-    clip: bool,
+impl Common {
+    fn load(&self) -> Result<Arc<Model>> {
+        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+        Ok(Arc::new(Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?))
+    }
+
+    fn options(&self) -> ProviderOptions {
+        ProviderOptions {
+            ort_lib: self.ort_lib.clone(),
+            trt_fp16: self.trt_fp16,
+            trt_cache: self.trt_cache.clone(),
+            trt_max_batch: self.trt_max_batch,
+        }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision.parse().expect("clap checked it")
+    }
 }
 
+/// Flags of the commands that run on one provider.
 #[derive(clap::Args)]
-struct ScoreArgs {
+struct Run {
     #[command(flatten)]
     common: Common,
+    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
+    /// (the best that works here, saying why the others were skipped).
+    #[arg(long, value_enum, default_value = "tract")]
+    provider: ProviderArg,
+    /// Images per score evaluation (default: as many as fit --memory-budget-mib).
     #[arg(long)]
-    input: PathBuf,
-    #[arg(long)]
-    output: PathBuf,
+    batch_size: Option<usize>,
+    /// Memory for the score evaluations, in MiB; sizes phase 2's batches.
+    #[arg(long, default_value_t = 1024)]
+    memory_budget_mib: usize,
+    /// Score computed by the whole-model graph, or layer by layer with the VJP graphs
+    /// (memory that does not grow with depth).
+    #[arg(long, value_enum, default_value = "whole")]
+    score_form: FormArg,
+}
+
+impl Run {
+    fn builder(&self, model: Arc<Model>) -> SamplerBuilder {
+        let b = Sampler::builder(model)
+            .provider(self.provider.into())
+            .provider_options(self.common.options())
+            .precision(self.common.precision())
+            .memory_budget(self.memory_budget_mib << 20)
+            .score_form(match self.score_form {
+                FormArg::Whole => ScoreForm::Whole,
+                FormArg::Layerwise => ScoreForm::Layerwise,
+            });
+        match self.batch_size {
+            Some(n) => b.score_batch(n),
+            None => b,
+        }
+    }
+}
+
+fn report_choice(s: &Sampler, requested: ProviderArg) {
+    if matches!(requested, ProviderArg::Auto) {
+        eprintln!("auto: using {}", s.provider());
+        for (p, why) in s.skipped() {
+            eprintln!("auto: skipped {p}: {why}");
+        }
+    }
 }
 
 #[derive(clap::Args)]
 struct SampleArgs {
     #[command(flatten)]
-    common: Common,
+    run: Run,
     /// npz with prior noise `z` (B,T,c) and optional labels `y` (B,).
     #[arg(long)]
     noise: Option<PathBuf>,
@@ -122,12 +196,23 @@ struct SampleArgs {
     denoise_steps: Option<usize>,
     #[arg(long)]
     clip: bool,
+    /// Images per phase-1 batch (default: all at once).
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// Phase 1's KV cache (default: fixed on TensorRT, growing elsewhere).
+    #[arg(long, value_enum)]
+    step_cache: Option<CacheArg>,
+    /// Sample an image again from new noise when it comes out NaN/Inf, up to N times (default:
+    /// fail at once).
+    #[arg(long, default_value_t = 0)]
+    retries: usize,
     /// npz to write with the images `x` and labels `y`.
     #[arg(long)]
     output: Option<PathBuf>,
     /// PNG grid of the images.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -136,243 +221,326 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.output.is_none() && a.out.is_none() {
         bail!("nothing to write: pass --output OUT.npz and/or --out grid.png");
     }
-    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
-    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
+    let model = a.run.common.load()?;
     let c = model.manifest.model.clone();
     let last = model.manifest.layers.last().expect("validated").clone();
-    let per = last.tokens * last.token_dim;
-    let check_label = |k: i64| -> Result<i64> {
-        if c.num_classes == 0 || k < -1 || k >= c.num_classes as i64 {
-            bail!("label {k} is out of range: this model has {} classes (and -1 for unconditional)", c.num_classes);
-        }
-        Ok(k)
-    };
     let (z, labels) = match &a.noise {
         Some(path) => {
             let npz = Npz::read(path)?;
-            let expected = format!("(B, {}, {})", last.tokens, last.token_dim);
-            let (shape, z) = npz.f32("z", 3, &expected, "the prior noise, float32 (B, T, c)")?;
-            if shape[1..] != [last.tokens, last.token_dim] {
-                bail!("array 'z' in {} has shape {shape:?}; this model's prior noise is {expected}", path.display());
-            }
-            let b = shape[0];
-            let labels = if npz.get("y").is_some() {
-                let (_, y) = npz.i64("y", 1, "(B,)", "")?;
-                y.into_iter().map(check_label).collect::<Result<Vec<_>>>()?
-            } else if let Some(k) = a.class {
-                vec![check_label(k)?; b]
-            } else if c.num_classes > 0 {
-                random_labels(a.seed, b, c.num_classes)
-            } else {
-                vec![-1; b]
-            };
-            (z, labels)
+            let (b, z) = inputs::prior_noise(&npz, last.tokens, last.token_dim)?;
+            let y = inputs::labels(&npz, b, &c)?;
+            (z, inputs::choose_labels(y, a.class, b, a.seed, c.num_classes)?)
         }
         None => {
-            let labels = match a.class {
-                Some(k) => vec![check_label(k)?; a.num],
-                None if c.num_classes > 0 => random_labels(a.seed, a.num, c.num_classes),
-                None => vec![-1; a.num],
-            };
-            (prior_noise(a.seed, a.num * per), labels)
+            if a.num == 0 {
+                bail!("--num must be at least 1");
+            }
+            let labels = inputs::choose_labels(None, a.class, a.num, a.seed, c.num_classes)?;
+            (itarflow_base::prior_noise(a.seed, a.num * model.noise_len()), labels)
         }
     };
-    let mut s = sampler::defaults(&model);
+    let mut b = a.run.builder(model.clone()).seed(a.seed).batch(a.batch).uncond_temperature(inputs::positive("--uncond-temp", a.uncond_temp)?);
     if let Some(w) = a.cfg {
-        s.guidance.scale = w;
+        b = b.cfg(w);
     }
     if let Some(style) = a.cfg_style {
-        s.guidance.style = style;
+        b = b.cfg_style(style);
     }
     if let Some(gl) = &a.guide_layers {
-        s.guidance.layers = if gl == "all" { usize::MAX } else { gl.parse().context("--guide-layers takes a number or 'all'")? };
+        b = b.guide_layers(if gl == "all" { usize::MAX } else { gl.parse().context("--guide-layers takes a number or 'all'")? });
     }
-    s.guidance.annealed |= a.anneal;
-    s.guidance.uncond_temperature = a.uncond_temp;
-    s.t_max = a.t_max.unwrap_or(s.t_max);
-    s.t_min = a.t_min.unwrap_or(s.t_min);
-    s.denoise_steps = a.denoise_steps.unwrap_or(s.denoise_steps);
-    s.clip = a.clip;
-    s.denoise_batch = a.common.batch_size;
-    if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max) {
-        bail!("need 0 < t-min <= t-max, got t-min {} and t-max {}", s.t_min, s.t_max);
+    if a.anneal {
+        b = b.annealed(true);
     }
+    if let Some(t) = a.t_max {
+        b = b.t_max(inputs::positive("--t-max", t)?);
+    }
+    if let Some(t) = a.t_min {
+        b = b.t_min(inputs::positive("--t-min", t)?);
+    }
+    if let Some(k) = a.denoise_steps {
+        b = b.denoise_steps(k);
+    }
+    if let Some(cache) = a.step_cache {
+        b = b.step_cache(match cache {
+            CacheArg::Growing => StepCache::Growing,
+            CacheArg::Fixed => StepCache::Fixed,
+        });
+    }
+    b = b.clip(a.clip).on_non_finite(if a.retries > 0 { OnNonFinite::Retry(a.retries) } else { OnNonFinite::Fail });
     let start = Instant::now();
-    let (graphs, provider) = load_graphs(&model, &a.common)?;
+    let sampler = b.build().with_context(|| format!("provider {} cannot run here", Provider::from(a.run.provider)))?;
+    report_choice(&sampler, a.run.provider);
+    sampler.warm_up()?;
     let load_s = start.elapsed().as_secs_f64();
+    let s = *sampler.settings();
     let bar = ProgressBar::new((model.manifest.layers.len() + s.denoise_steps) as u64);
     bar.set_style(ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
     bar.set_prefix("sample");
     let run_start = Instant::now();
-    let mut report = |p| {
-        match p {
-            Progress::Invert { layer, layers } => bar.set_message(format!("inverted {layer}/{layers} layers")),
-            Progress::Denoise { step, steps } => bar.set_message(format!("denoise {step}/{steps}")),
+    let mut report = |p| match p {
+        Progress::Invert { layer, layers, batch, batches } => {
+            bar.set_length((layers * batches + s.denoise_steps) as u64);
+            bar.set_message(format!("batch {batch}/{batches}: inverted {layer}/{layers} layers"));
+            bar.inc(1);
         }
-        bar.inc(1);
+        Progress::Denoise { step, steps } => {
+            bar.set_message(format!("denoise {step}/{steps}"));
+            bar.inc(1);
+        }
+        Progress::Retry { images, attempt } => bar.println(format!("{images} image(s) not finite: sampling again (attempt {attempt})")),
     };
-    let x = match &graphs {
-        Loaded::Tract(g) => sampler::sample(&model, g, &z, &labels, &s, &mut report)?,
-        Loaded::Ort(g) => sampler::sample(&model, g, &z, &labels, &s, &mut report)?,
-    };
+    let samples = sampler.sample_from(&z, &labels, &mut report)?;
     bar.finish_and_clear();
     let secs = run_start.elapsed().as_secs_f64();
-    let b = labels.len();
-    let dims = [b, c.in_channels, c.img_size, c.img_size];
+    let n = labels.len();
+    let dims = [n, c.in_channels, c.img_size, c.img_size];
+    let x: Vec<f32> = samples.images.iter().copied().collect();
     if let Some(path) = &a.output {
         let mut npz = Npz::new(path);
         npz.insert("x", Array::f32(&dims, x.clone()));
-        npz.insert("y", Array::i64(&[b], labels.clone()));
+        npz.insert("y", Array::i64(&[n], labels.clone()));
         npz.write()?;
     }
     if let Some(path) = &a.out {
-        save_grid(path, &x, dims, (b as f64).sqrt().ceil() as usize)?;
+        save_grid(path, &x, dims, (n as f64).sqrt().ceil() as usize)?;
     }
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"images": b, "labels": labels, "provider": provider, "precision": a.common.precision,
-                "load_seconds": load_s, "sample_seconds": secs, "images_per_second": b as f64 / secs,
+            serde_json::json!({"images": n, "labels": labels, "provider": sampler.provider().name(),
+                "precision": a.run.common.precision, "step_cache": format!("{:?}", sampler.step_cache()).to_lowercase(),
+                "score_batch": s.denoise_batch, "retried": samples.retried,
+                "load_seconds": load_s, "sample_seconds": secs, "images_per_second": n as f64 / secs,
                 "output": a.output, "grid": a.out})
         );
     } else {
-        eprintln!("{b} images in {secs:.2} s on {provider} ({:.2} images/s); graphs loaded in {load_s:.2} s", b as f64 / secs);
+        eprintln!("{n} images in {secs:.2} s on {} ({:.2} images/s); graphs loaded in {load_s:.2} s", sampler.provider(), n as f64 / secs);
     }
     Ok(())
 }
 
-/// The sampler's graphs on one provider.
-enum Loaded {
-    Tract(Graphs<TractGraph>),
-    Ort(Graphs<OrtGraph>),
-}
-
-fn ort_device(name: &str, a: &Common) -> OrtDevice {
-    match name {
-        "cuda" => OrtDevice::Cuda,
-        "tensorrt" => OrtDevice::TensorRt { fp16: a.trt_fp16, cache_dir: a.trt_cache.clone() },
-        _ => OrtDevice::Cpu,
-    }
-}
-
-fn load_on(model: &Model, name: &str, a: &Common) -> Result<Loaded, itarflow_rt::RtError> {
-    if name == "tract" {
-        return model.tract_graphs(&a.precision).map(Loaded::Tract);
-    }
-    if name == "tensorrt" {
-        std::fs::create_dir_all(&a.trt_cache).map_err(|e| itarflow_rt::RtError::Invalid(format!("{}: {e}", a.trt_cache.display())))?;
-    }
-    model.ort_graphs(&a.precision, &ort_device(name, a), a.ort_lib.as_deref()).map(Loaded::Ort)
-}
-
-/// Loads the graphs on the requested provider; `auto` tries TensorRT, CUDA, ONNX Runtime CPU,
-/// then tract, and reports its choice and why the others were skipped.
-fn load_graphs(model: &Model, a: &Common) -> Result<(Loaded, String)> {
-    if a.provider != "auto" {
-        let loaded = load_on(model, &a.provider, a).with_context(|| format!("provider {} cannot run here", a.provider))?;
-        return Ok((loaded, a.provider.clone()));
-    }
-    let mut skipped = Vec::new();
-    for name in ["tensorrt", "cuda", "cpu", "tract"] {
-        match load_on(model, name, a) {
-            Ok(loaded) => {
-                eprintln!("auto: using {name}");
-                for (n, why) in &skipped {
-                    eprintln!("auto: skipped {n}: {why}");
-                }
-                return Ok((loaded, name.to_string()));
-            }
-            Err(e) => skipped.push((name, e.to_string())),
-        }
-    }
-    bail!("no provider could run: {skipped:?}")
-}
-
-/// The package's score graph on the requested provider (tract or ONNX Runtime; `auto` = cpu).
-enum ScoreGraph {
-    Tract(TractGraph),
-    Ort(OrtGraph),
-}
-
-fn score_graph(model: &Model, c: &Common) -> Result<ScoreGraph> {
-    let path = model.graph_path(itarflow_base::manifest::GraphKind::Score, None, &c.precision)?;
-    Ok(match c.provider.as_str() {
-        "tract" => ScoreGraph::Tract(TractGraph::load(&path)?),
-        p => {
-            let device = match p {
-                "cuda" => OrtDevice::Cuda,
-                "tensorrt" => OrtDevice::TensorRt { fp16: c.trt_fp16, cache_dir: c.trt_cache.clone() },
-                _ => OrtDevice::Cpu,
-            };
-            ScoreGraph::Ort(OrtGraph::load(&path, &device, c.ort_lib.as_deref()).with_context(|| format!("provider {p}"))?)
-        }
-    })
-}
-
-/// Images `x` (B,C,H,W) and labels `y` (B,) (default -1) from an npz, checked against the model.
-fn read_images(npz: &Npz, model: &Model) -> Result<(Vec<usize>, Vec<f32>, Vec<i64>)> {
-    let c = &model.manifest.model;
-    let expected = format!("(B, {}, {}, {})", c.in_channels, c.img_size, c.img_size);
-    let (shape, x) = npz.f32("x", 4, &expected, "the images, float32 (B, C, H, W)")?;
-    if shape[1..] != [c.in_channels, c.img_size, c.img_size] {
-        bail!("array 'x' in {} has shape {shape:?}; this model takes {expected}", npz.path().display());
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        bail!("array 'x' in {} has a non-finite value at flat index {i}", npz.path().display());
-    }
-    let b = shape[0];
-    let y = if npz.get("y").is_some() { npz.i64("y", 1, "(B,)", "")?.1 } else { vec![-1; b] };
-    if y.len() != b || y.iter().any(|&k| k < -1 || k >= c.num_classes.max(1) as i64 || (c.num_classes == 0 && k >= 0)) {
-        bail!("array 'y' in {} must hold {b} labels in -1..{}", npz.path().display(), c.num_classes);
-    }
-    Ok((shape, x, y))
+#[derive(clap::Args)]
+struct DenoiseArgs {
+    #[command(flatten)]
+    run: Run,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    t_max: Option<f64>,
+    #[arg(long)]
+    t_min: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long)]
+    clip: bool,
 }
 
 fn denoise(a: DenoiseArgs) -> Result<()> {
-    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
-    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
+    let model = a.run.common.load()?;
     let npz = Npz::read(&a.input)?;
-    let (shape, mut x, y) = read_images(&npz, &model)?;
-    let mut s = sampler::defaults(&model);
-    s.t_max = a.t_max.unwrap_or(s.t_max);
-    s.t_min = a.t_min.unwrap_or(s.t_min);
-    s.denoise_steps = a.steps;
-    s.clip = a.clip;
-    s.denoise_batch = a.common.batch_size;
-    if s.t_min.is_nan() || s.t_min <= 0.0 || s.t_min > s.t_max || s.denoise_steps == 0 {
-        bail!("need 0 < t-min <= t-max and at least one step");
+    let (shape, x) = inputs::images(&npz, "x", &model.manifest.model)?;
+    let y = inputs::labels(&npz, shape[0], &model.manifest.model)?.unwrap_or_else(|| vec![-1; shape[0]]);
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
     }
-    match score_graph(&model, &a.common)? {
-        ScoreGraph::Tract(g) => sampler::denoise(&model, &g, &mut x, &y, &s, &mut |_| {})?,
-        ScoreGraph::Ort(g) => sampler::denoise(&model, &g, &mut x, &y, &s, &mut |_| {})?,
+    let mut b = a.run.builder(model.clone()).denoise_steps(a.steps).clip(a.clip).classes(y.clone());
+    if let Some(t) = a.t_max {
+        b = b.t_max(inputs::positive("--t-max", t)?);
     }
+    if let Some(t) = a.t_min {
+        b = b.t_min(inputs::positive("--t-min", t)?);
+    }
+    let sampler = b.build().with_context(|| format!("provider {} cannot run here", Provider::from(a.run.provider)))?;
+    report_choice(&sampler, a.run.provider);
+    let x = ndarray::Array4::from_shape_vec(shape, x)?;
+    let out = sampler.denoise(x.view(), &y, &mut |_| {})?;
+    let mut npz = Npz::new(&a.output);
+    npz.insert("x", Array::f32(&shape, out.iter().copied().collect()));
+    npz.write()?;
+    eprintln!("wrote {}", a.output.display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    run: Run,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let model = a.run.common.load()?;
+    let npz = Npz::read(&a.input)?;
+    let (shape, x) = inputs::images(&npz, "x", &model.manifest.model)?;
+    let b = shape[0];
+    let t = inputs::noise_levels(&npz, b)?;
+    let y = inputs::labels(&npz, b, &model.manifest.model)?.unwrap_or_else(|| vec![-1; b]);
+    let sampler = a.run.builder(model.clone()).classes(y.clone()).build()?;
+    report_choice(&sampler, a.run.provider);
+    let x = ndarray::Array4::from_shape_vec(shape, x)?;
+    let (sc, lp) = sampler.score(x.view(), &t, &y)?;
     let mut out = Npz::new(&a.output);
-    out.insert("x", Array::f32(&shape, x));
+    out.insert("score", Array::f32(&shape, sc.iter().copied().collect()));
+    out.insert("logp", Array::f32(&[b], lp.to_vec()));
     out.write()?;
     eprintln!("wrote {}", a.output.display());
     Ok(())
 }
 
-fn score(a: ScoreArgs) -> Result<()> {
-    let dir = a.common.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
-    let model = Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?;
-    let npz = Npz::read(&a.input)?;
-    let (shape, x, y) = read_images(&npz, &model)?;
-    let b = shape[0];
-    let rank = npz.require("t", "the noise level of each image, float32 (B,)")?.shape.len().clamp(1, 2);
-    let (_, t) = npz.f32("t", rank, "(B,)", "")?;
-    if t.len() != b || t.iter().any(|&v| v.is_nan() || v <= 0.0) {
-        bail!("array 't' in {} must hold {b} noise levels > 0", a.input.display());
-    }
-    let (sc, lp) = match score_graph(&model, &a.common)? {
-        ScoreGraph::Tract(g) => sampler::score(&model, &g, &x, &t, &y, a.common.batch_size)?,
-        ScoreGraph::Ort(g) => sampler::score(&model, &g, &x, &t, &y, a.common.batch_size)?,
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Reference inputs and outputs (default: the package's reference.npz, made by Burn at export).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Providers to check (default: all; those that cannot run here are listed as skipped).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    providers: Vec<ProviderArg>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    let model = a.common.load()?;
+    let reference = match &a.reference {
+        Some(p) => Npz::read(p)?,
+        None => itarflow_rt::check::package_reference(&model)?,
     };
-    let mut out = Npz::new(&a.output);
-    out.insert("score", Array::f32(&shape, sc));
-    out.insert("logp", Array::f32(&[b], lp));
-    out.write()?;
-    eprintln!("wrote {}", a.output.display());
+    let providers: Vec<Provider> = if a.providers.is_empty() {
+        vec![Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt]
+    } else {
+        a.providers.iter().map(|&p| p.into()).filter(|&p| p != Provider::Auto).collect()
+    };
+    let report = itarflow_rt::check::check(model, &reference, &providers, &a.common.options())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", itarflow_base::check::table(&report.rows));
+        for (p, why) in &report.skipped {
+            eprintln!("skipped {p}: {why}");
+        }
+    }
+    let failed = report.failures();
+    if failed > 0 {
+        bail!("{failed} output(s) past tolerance");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Providers to measure, each in a process of its own so that peak memory is per provider
+    /// (default: tract and ONNX Runtime CPU, then CUDA and TensorRT when they load).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    providers: Vec<ProviderArg>,
+    /// Images per run.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Timed repetitions of the step and score latencies.
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
+    #[arg(long, value_enum, default_value = "whole")]
+    score_form: FormArg,
+    #[arg(long, value_enum)]
+    step_cache: Option<CacheArg>,
+    /// Measure in this process (used for the per-provider child processes).
+    #[arg(long, hide = true)]
+    in_process: bool,
+    /// Print JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let providers: Vec<Provider> = if a.providers.is_empty() {
+        vec![Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt]
+    } else {
+        a.providers.iter().map(|&p| p.into()).collect()
+    };
+    let explicit = !a.providers.is_empty();
+    if a.in_process {
+        let model = a.common.load()?;
+        let opts = BenchOptions {
+            batch: a.batch,
+            repeats: a.repeats,
+            score_form: match a.score_form {
+                FormArg::Whole => ScoreForm::Whole,
+                FormArg::Layerwise => ScoreForm::Layerwise,
+            },
+            step_cache: a.step_cache.map(|c| match c {
+                CacheArg::Growing => StepCache::Growing,
+                CacheArg::Fixed => StepCache::Fixed,
+            }),
+        };
+        let r = bench(model, providers[0], a.common.precision(), &a.common.options(), &opts)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    // This command's flags, less --providers (each child gets one).
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(2);
+    while let Some(arg) = args.next() {
+        if arg == "--providers" {
+            args.next();
+        } else if !arg.starts_with("--providers=") {
+            forwarded.push(arg);
+        }
+    }
+    let mut rows = Vec::new();
+    for p in providers {
+        let out = std::process::Command::new(&exe)
+            .arg("bench")
+            .args(&forwarded)
+            .args(["--in-process", "--providers", p.name()])
+            .output()?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if explicit {
+                bail!("bench on {p} failed: {why}");
+            }
+            eprintln!("skipped {p}: {why}");
+            continue;
+        }
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let r: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("bench output of {p}: {line}"))?;
+        if a.json {
+            println!("{line}");
+        }
+        rows.push(r);
+    }
+    if !a.json {
+        println!(
+            "{:<9} {:<5} {:>6} {:>10} {:>10} {:>10} {:>12} {:>10}",
+            "provider", "prec", "batch", "step ms", "score ms", "sample s", "images/s", "peak MiB"
+        );
+        for r in &rows {
+            println!(
+                "{:<9} {:<5} {:>6} {:>10.3} {:>10.1} {:>10.2} {:>12.2} {:>10.0}",
+                r["provider"].as_str().unwrap_or(""),
+                r["precision"].as_str().unwrap_or(""),
+                r["batch"],
+                r["step_ms"].as_f64().unwrap_or(f64::NAN),
+                r["score_ms"].as_f64().unwrap_or(f64::NAN),
+                r["sample_seconds"].as_f64().unwrap_or(f64::NAN),
+                r["images_per_second"].as_f64().unwrap_or(f64::NAN),
+                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if rows.is_empty() {
+        bail!("no provider could be measured");
+    }
     Ok(())
 }
 
@@ -381,6 +549,8 @@ fn main() {
         Command::Sample(a) => sample(a),
         Command::Denoise(a) => denoise(a),
         Command::Score(a) => score(a),
+        Command::Check(a) => check(a),
+        Command::Bench(a) => bench_cmd(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,11 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use itarflow_base::Npz;
-use itarflow_base::manifest::{GraphKind, Manifest};
+use itarflow_base::manifest::{GraphEntry, GraphKind, Manifest};
 
 use crate::RtError;
-use crate::provider::ort::{OrtDevice, OrtGraph};
-use crate::provider::tract::TractGraph;
 
 /// A model package on disk, validated.
 #[derive(Debug, Clone)]
@@ -39,46 +37,35 @@ impl Model {
         Ok(Self { dir, manifest, var })
     }
 
-    /// The file of a graph, or an error naming what the package lacks.
-    pub fn graph_path(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Result<PathBuf, RtError> {
-        let entry = self.manifest.graph(kind, layer, precision).ok_or_else(|| {
+    /// The manifest entry of a graph, or an error naming what the package lacks.
+    pub fn entry(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Result<&GraphEntry, RtError> {
+        self.manifest.graph(kind, layer, precision).ok_or_else(|| {
             RtError::Invalid(format!(
-                "{} has no {precision} {kind:?} graph{}; re-export with --precision {precision} (or both)",
+                "{} has no {precision} {kind:?} graph{}; re-export it with this version of `itarflow export` (--precision {precision} or both)",
                 self.dir.display(),
                 layer.map(|l| format!(" for layer {l}")).unwrap_or_default()
             ))
-        })?;
-        Ok(self.dir.join(&entry.file))
-    }
-
-    fn graphs<G>(&self, precision: &str, load: impl Fn(&Path) -> Result<G, RtError>) -> Result<Graphs<G>, RtError> {
-        let layers = self.manifest.layers.len();
-        let get = |kind, layer| load(&self.graph_path(kind, layer, precision)?);
-        Ok(Graphs {
-            cond: (0..layers).map(|l| get(GraphKind::Cond, Some(l))).collect::<Result<_, _>>()?,
-            step: (0..layers).map(|l| get(GraphKind::Step, Some(l))).collect::<Result<_, _>>()?,
-            score: get(GraphKind::Score, None)?,
         })
     }
 
-    /// Loads every graph the sampler needs on tract.
-    pub fn tract_graphs(&self, precision: &str) -> Result<Graphs<TractGraph>, RtError> {
-        self.graphs(precision, TractGraph::load)
-    }
-
-    /// Loads every graph the sampler needs on ONNX Runtime (`library`: libonnxruntime, else found).
-    pub fn ort_graphs(&self, precision: &str, device: &OrtDevice, library: Option<&Path>) -> Result<Graphs<OrtGraph>, RtError> {
-        self.graphs(precision, |p| OrtGraph::load(p, device, library))
+    /// The file of a graph, or an error naming what the package lacks.
+    pub fn graph_path(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Result<PathBuf, RtError> {
+        Ok(self.dir.join(&self.entry(kind, layer, precision)?.file))
     }
 
     pub fn num_classes(&self) -> usize {
         self.manifest.model.num_classes
     }
-}
 
-/// The graphs the two-phase sampler runs.
-pub struct Graphs<G> {
-    pub cond: Vec<G>,
-    pub step: Vec<G>,
-    pub score: G,
+    /// Values of one image (C H W).
+    pub fn image_len(&self) -> usize {
+        let c = &self.manifest.model;
+        c.in_channels * c.img_size * c.img_size
+    }
+
+    /// Values of one image's prior noise (T c of the last layer).
+    pub fn noise_len(&self) -> usize {
+        let last = self.manifest.layers.last().expect("validated");
+        last.tokens * last.token_dim
+    }
 }

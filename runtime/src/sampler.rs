@@ -1,14 +1,17 @@
-//! The two-phase sampler on exported graphs.
+//! The two-phase sampler, the score and log p on exported graphs (the functions the
+//! [`crate::Sampler`] type drives; usable directly with a [`GraphSet`]).
 //!
-//! Phase 1 inverts the layers from last to first, one token per step with the growing KV cache
-//! (present K/V values fed back as the next step's past, never copied to the host); guided
-//! layers run the conditional and unconditional rows as one batch of 2B. Phase 2 runs the score
-//! graph K times: x0 = x + t^2 score, x -= (x - x0) / t (t - t_next).
+//! Phase 1 inverts the layers from last to first, one token per step with a KV cache (present
+//! K/V values fed back as the next step's past, never copied to the host); guided layers run the
+//! conditional and unconditional rows as one batch of 2B. Phase 2 runs the score K times:
+//! x0 = x + t^2 score, x -= (x - x0) / t (t - t_next).
 
 use itarflow_base::ModelConfig;
+use itarflow_base::manifest::GraphKind;
 
 use crate::RtError;
-use crate::model::{Graphs, Model};
+use crate::graphs::GraphSet;
+use crate::model::Model;
 use crate::provider::{Engine, HostTensor};
 
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
@@ -32,11 +35,37 @@ pub fn defaults(model: &Model) -> SampleSettings {
     }
 }
 
+/// Which KV cache phase 1 uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepCache {
+    /// Past K/V grow by one token per step (Concat): the least work; the default.
+    #[default]
+    Growing,
+    /// Fixed-length K/V written in place (ScatterElements) with masked attention: static shapes
+    /// but the batch, for TensorRT engines.
+    Fixed,
+}
+
+/// How the score (grad_x log p) is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreForm {
+    /// The whole-model score graph: fastest; its memory grows with depth.
+    #[default]
+    Whole,
+    /// Forward graphs, then each layer's VJP graph from the top (forward recomputed inside):
+    /// the activations of one layer alive at a time.
+    Layerwise,
+}
+
 /// Progress of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    Invert { layer: usize, layers: usize },
+    /// A layer of a phase-1 batch was inverted.
+    Invert { layer: usize, layers: usize, batch: usize, batches: usize },
+    /// A denoising step finished (all images).
     Denoise { step: usize, steps: usize },
+    /// Images with NaN/Inf are being sampled again from new noise.
+    Retry { images: usize, attempt: usize },
 }
 
 /// Moves values between tokens (B, T, c) of patch p and images (B, C, S, S):
@@ -75,15 +104,22 @@ fn patchify(img: &[f32], b: usize, c: &ModelConfig, p: usize) -> Vec<f32> {
     repack(img, b, c, p, false)
 }
 
+/// Tokens of patch `from` as tokens of patch `to` (the same pixels; a permutation whose
+/// inverse is the swap of `from` and `to`).
+fn repatch(x: &[f32], b: usize, c: &ModelConfig, from: usize, to: usize) -> Vec<f32> {
+    if from == to { x.to_vec() } else { patchify(&unpatchify(x, b, c, from), b, c, to) }
+}
+
 /// Phase 1: images (B, C, H, W) at noise level t_max from prior noise `z` (B, T, c), row-major.
 pub fn invert<E: Engine>(
-    model: &Model,
-    graphs: &Graphs<E>,
+    graphs: &GraphSet<E>,
     z: &[f32],
     labels: &[i64],
     s: &SampleSettings,
+    cache: StepCache,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, RtError> {
+    let model = graphs.model();
     let m = &model.manifest;
     let c = &m.model;
     let b = labels.len();
@@ -97,17 +133,20 @@ pub fn invert<E: Engine>(
             last.token_dim
         )));
     }
+    let fixed = cache == StepCache::Fixed;
+    let conds = graphs.get(GraphKind::Cond)?;
+    let steps_g = graphs.get(if fixed { GraphKind::StepFixed } else { GraphKind::Step })?;
     let std: Vec<f32> = model.var.iter().map(|v| v.sqrt()).collect();
     let mut x: Vec<f32> = z.iter().enumerate().map(|(i, v)| v * std[i % std.len()]).collect();
     for (i, l) in (0..layers).rev().enumerate() {
-        if i > 0 && c.patch_size(l) != c.patch_size(l + 1) {
-            x = patchify(&unpatchify(&x, b, c, c.patch_size(l + 1)), b, c, c.patch_size(l));
+        if i > 0 {
+            x = repatch(&x, b, c, c.patch_size(l + 1), c.patch_size(l));
         }
         let info = &m.layers[l];
         let (tokens, width) = (info.tokens, info.token_dim);
-        let guided = s.guidance.scale > 0.0 && i < s.guidance.layers && c.num_classes > 0;
+        let guided = s.guidance.guides(i) && c.num_classes > 0;
         let rows = if guided { 2 * b } else { b };
-        let (cond_g, step_g) = (&graphs.cond[l], &graphs.step[l]);
+        let (cond_g, step_g) = (&conds[l], &steps_g[l]);
         let mut cond_in = vec![cond_g.upload(&HostTensor::F32(vec![rows], vec![s.t_max as f32; rows]))?];
         if c.num_classes > 0 {
             let mut y = labels.to_vec();
@@ -123,7 +162,11 @@ pub fn invert<E: Engine>(
             inv_temp.extend(std::iter::repeat_n((1.0 / s.guidance.uncond_temperature) as f32, b));
         }
         let inv_temp = step_g.upload(&HostTensor::F32(vec![rows], inv_temp))?;
-        let empty = HostTensor::F32(vec![rows, info.heads, 0, info.head_dim], vec![]);
+        let empty = if fixed {
+            HostTensor::F32(vec![rows, info.heads, tokens, info.head_dim], vec![0.0; rows * info.heads * tokens * info.head_dim])
+        } else {
+            HostTensor::F32(vec![rows, info.heads, 0, info.head_dim], vec![])
+        };
         let mut past: Vec<E::Value> = (0..2 * info.blocks).map(|_| step_g.upload(&empty)).collect::<Result<_, _>>()?;
         // Tokens in the layer's permuted order, one Vec per position.
         let perm = |n: usize| if info.flip { tokens - 1 - n } else { n };
@@ -149,8 +192,7 @@ pub fn invert<E: Engine>(
             let mut shift = sh[..half].to_vec();
             if guided {
                 let su: Vec<f32> = a[half..].iter().map(|v| v.exp()).collect();
-                let w = if s.guidance.annealed { (n + 1) as f64 / steps as f64 * s.guidance.scale } else { s.guidance.scale };
-                s.guidance.combine_slices(w, &mut scale, &mut shift, &su, &sh[half..]);
+                s.guidance.combine_slices(s.guidance.weight(n, steps), &mut scale, &mut shift, &su, &sh[half..]);
             }
             for ((v, sc), bb) in seq[n + 1].iter_mut().zip(&scale).zip(&shift) {
                 *v = *v * sc + bb;
@@ -162,7 +204,7 @@ pub fn invert<E: Engine>(
                 x[dst..dst + width].copy_from_slice(&tok[r * width..(r + 1) * width]);
             }
         }
-        progress(Progress::Invert { layer: i + 1, layers });
+        progress(Progress::Invert { layer: i + 1, layers, batch: 1, batches: 1 });
     }
     let mut img = unpatchify(&x, b, c, c.patch_size(0));
     if c.input_scale != 1.0 {
@@ -171,41 +213,154 @@ pub fn invert<E: Engine>(
     Ok(img)
 }
 
+/// Uploads the conditioning inputs (t and, for a conditional model, y) of `n` rows.
+fn cond_feeds<E: Engine>(g: &E, c: &ModelConfig, t: &[f32], labels: &[i64]) -> Result<Vec<E::Value>, RtError> {
+    let mut v = vec![g.upload(&HostTensor::F32(vec![t.len()], t.to_vec()))?];
+    if c.num_classes > 0 {
+        v.push(g.upload(&HostTensor::I64(vec![labels.len()], labels.to_vec()))?);
+    }
+    Ok(v)
+}
+
+fn check_batch(model: &Model, x: &[f32], t: &[f32], labels: &[i64]) -> Result<(), RtError> {
+    let b = t.len();
+    if x.len() != b * model.image_len() || labels.len() != b {
+        return Err(RtError::Invalid(format!(
+            "{} image values, {} noise levels and {} labels do not describe one batch of images of {} values",
+            x.len(),
+            b,
+            labels.len(),
+            model.image_len()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f` on consecutive chunks of at most `batch` images (0 = all at once).
+fn chunked(b: usize, batch: usize, mut f: impl FnMut(usize, usize) -> Result<(), RtError>) -> Result<(), RtError> {
+    let chunk = if batch == 0 { b.max(1) } else { batch.min(b).max(1) };
+    for start in (0..b).step_by(chunk) {
+        f(start, chunk.min(b - start))?;
+    }
+    Ok(())
+}
+
+/// The forward pass of a batch through the per-layer forward graphs: each layer's input tokens,
+/// the final z and log p.
+fn forward_pass<E: Engine>(
+    graphs: &GraphSet<E>,
+    x: &[f32],
+    t: &[f32],
+    labels: &[i64],
+) -> Result<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>), RtError> {
+    let model = graphs.model();
+    let c = &model.manifest.model;
+    let fwd = graphs.get(GraphKind::Forward)?;
+    let n = t.len();
+    let mut h = patchify(x, n, c, c.patch_size(0));
+    if c.input_scale != 1.0 {
+        h.iter_mut().for_each(|v| *v *= c.input_scale as f32);
+    }
+    let mut inputs = Vec::with_capacity(c.num_layers);
+    let mut logdet = vec![0.0f64; n];
+    for (l, g) in fwd.iter().enumerate() {
+        if l > 0 {
+            h = repatch(&h, n, c, c.patch_size(l - 1), c.patch_size(l));
+        }
+        let info = &model.manifest.layers[l];
+        let mut feeds = vec![g.upload(&HostTensor::F32(vec![n, info.tokens, info.token_dim], h.clone()))?];
+        feeds.extend(cond_feeds(g, c, t, labels)?);
+        let out = g.run_values(feeds.iter().collect())?;
+        inputs.push(std::mem::replace(&mut h, g.download(&out[0])?.into_f32()));
+        for (acc, v) in logdet.iter_mut().zip(g.download(&out[1])?.f32()) {
+            *acc += *v as f64;
+        }
+    }
+    let d = c.data_dim() as f64;
+    let per = h.len() / n.max(1);
+    let logp = (0..n)
+        .map(|r| {
+            let sq: f64 = h[r * per..(r + 1) * per].iter().map(|v| (*v as f64).powi(2)).sum();
+            (-0.5 * sq + d * (logdet[r] + c.input_scale.ln()) - 0.5 * d * (2.0 * std::f64::consts::PI).ln()) as f32
+        })
+        .collect();
+    Ok((inputs, h, logp))
+}
+
+/// log p(x | t, y) of images (B, C, H, W) through the per-layer forward graphs, in batches.
+pub fn log_prob<E: Engine>(graphs: &GraphSet<E>, x: &[f32], t: &[f32], labels: &[i64], batch: usize) -> Result<Vec<f32>, RtError> {
+    let model = graphs.model();
+    check_batch(model, x, t, labels)?;
+    let per = model.image_len();
+    let mut logp = Vec::with_capacity(t.len());
+    chunked(t.len(), batch, |s, n| {
+        logp.extend(forward_pass(graphs, &x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n])?.2);
+        Ok(())
+    })?;
+    Ok(logp)
+}
+
 /// Score and log p of images (B, C, H, W) at per-image noise levels, in batches of `batch`.
 pub fn score<E: Engine>(
-    model: &Model,
-    graph: &E,
+    graphs: &GraphSet<E>,
+    form: ScoreForm,
     x: &[f32],
     t: &[f32],
     labels: &[i64],
     batch: usize,
 ) -> Result<(Vec<f32>, Vec<f32>), RtError> {
+    let model = graphs.model();
+    check_batch(model, x, t, labels)?;
     let c = &model.manifest.model;
-    let per = c.in_channels * c.img_size * c.img_size;
-    let b = t.len();
-    let chunk = if batch == 0 { b } else { batch.min(b).max(1) };
-    let (mut scores, mut logps) = (Vec::with_capacity(x.len()), Vec::with_capacity(b));
-    for start in (0..b).step_by(chunk) {
-        let n = chunk.min(b - start);
-        let shape = vec![n, c.in_channels, c.img_size, c.img_size];
-        let mut feeds = vec![
-            graph.upload(&HostTensor::F32(shape, x[start * per..(start + n) * per].to_vec()))?,
-            graph.upload(&HostTensor::F32(vec![n], t[start..start + n].to_vec()))?,
-        ];
-        if c.num_classes > 0 {
-            feeds.push(graph.upload(&HostTensor::I64(vec![n], labels[start..start + n].to_vec()))?);
+    let per = model.image_len();
+    let (mut scores, mut logps) = (Vec::with_capacity(x.len()), Vec::with_capacity(t.len()));
+    chunked(t.len(), batch, |s, n| {
+        let (xs, ts, ys) = (&x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n]);
+        match form {
+            ScoreForm::Whole => {
+                let g = graphs.score()?;
+                let mut feeds = vec![g.upload(&HostTensor::F32(vec![n, c.in_channels, c.img_size, c.img_size], xs.to_vec()))?];
+                feeds.extend(cond_feeds(g, c, ts, ys)?);
+                let out = g.run_values(feeds.iter().collect())?;
+                scores.extend(g.download(&out[0])?.into_f32());
+                logps.extend(g.download(&out[1])?.into_f32());
+            }
+            ScoreForm::Layerwise => {
+                let (inputs, z, lp) = forward_pass(graphs, xs, ts, ys)?;
+                let vjp = graphs.get(GraphKind::LayerVjp)?;
+                let d = c.data_dim() as f32;
+                // d log p / d z = -z; d log p / d logdet_l = D for every layer.
+                let mut gz: Vec<f32> = z.iter().map(|v| -v).collect();
+                for l in (0..c.num_layers).rev() {
+                    let (g, info) = (&vjp[l], &model.manifest.layers[l]);
+                    let shape = vec![n, info.tokens, info.token_dim];
+                    let mut feeds = vec![g.upload(&HostTensor::F32(shape.clone(), inputs[l].clone()))?];
+                    feeds.extend(cond_feeds(g, c, ts, ys)?);
+                    feeds.push(g.upload(&HostTensor::F32(shape, gz))?);
+                    feeds.push(g.upload(&HostTensor::F32(vec![n], vec![d; n]))?);
+                    let out = g.run_values(feeds.iter().collect())?;
+                    gz = g.download(&out[0])?.into_f32();
+                    if l > 0 {
+                        gz = repatch(&gz, n, c, c.patch_size(l), c.patch_size(l - 1));
+                    }
+                }
+                let mut gx = unpatchify(&gz, n, c, c.patch_size(0));
+                if c.input_scale != 1.0 {
+                    gx.iter_mut().for_each(|v| *v *= c.input_scale as f32);
+                }
+                scores.extend(gx);
+                logps.extend(lp);
+            }
         }
-        let out = graph.run_values(feeds.iter().collect())?;
-        scores.extend(graph.download(&out[0])?.into_f32());
-        logps.extend(graph.download(&out[1])?.into_f32());
-    }
+        Ok(())
+    })?;
     Ok((scores, logps))
 }
 
-/// Phase 2: the Euler denoiser from t_max to t_min, in place.
+/// Phase 2: the Euler denoiser from t_max to t_min, in place, scoring `batch` images at a time.
 pub fn denoise<E: Engine>(
-    model: &Model,
-    graph: &E,
+    graphs: &GraphSet<E>,
+    form: ScoreForm,
     x: &mut [f32],
     labels: &[i64],
     s: &SampleSettings,
@@ -216,7 +371,7 @@ pub fn denoise<E: Engine>(
     ts.push(0.0);
     for i in 0..s.denoise_steps {
         let (t, next) = (ts[i], ts[i + 1]);
-        let (sc, _) = score(model, graph, x, &vec![t as f32; b], labels, s.denoise_batch)?;
+        let (sc, _) = score(graphs, form, x, &vec![t as f32; b], labels, s.denoise_batch)?;
         let (t32, tt) = (t as f32, (t * t) as f32);
         let step = (t - next) as f32;
         for (v, g) in x.iter_mut().zip(&sc) {
@@ -232,19 +387,7 @@ pub fn denoise<E: Engine>(
     Ok(())
 }
 
-/// Both phases: images (B, C, H, W) from prior noise `z`.
-pub fn sample<E: Engine>(
-    model: &Model,
-    graphs: &Graphs<E>,
-    z: &[f32],
-    labels: &[i64],
-    s: &SampleSettings,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<f32>, RtError> {
-    let mut x = invert(model, graphs, z, labels, s, progress)?;
-    denoise(model, &graphs.score, &mut x, labels, s, progress)?;
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(RtError::NonFinite { index: i / (x.len() / labels.len().max(1)) });
-    }
-    Ok(x)
+/// Indices of the images (of `per` values each) holding a NaN or Inf.
+pub fn non_finite(x: &[f32], per: usize) -> Vec<usize> {
+    x.chunks(per.max(1)).enumerate().filter(|(_, img)| img.iter().any(|v| !v.is_finite())).map(|(i, _)| i).collect()
 }

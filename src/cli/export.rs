@@ -43,7 +43,8 @@ pub struct ExportArgs {
     /// Default denoising steps recorded for samplers.
     #[arg(long, default_value_t = 10)]
     pub denoise_steps: usize,
-    /// Run every graph with tract against the Burn model and fail past the tolerances.
+    /// Run every graph with tract and ONNX Runtime CPU against the Burn model's outputs and fail
+    /// past the tolerances.
     #[arg(long)]
     pub check: bool,
     /// Print the check table as JSON.
@@ -67,27 +68,22 @@ pub fn run(args: ExportArgs) -> Result<()> {
     opts.sampler.cfg = args.cfg;
     opts.sampler.guide_layers = args.guide_layers;
     opts.sampler.denoise_steps = args.denoise_steps;
+    opts.reference = deploy::reference(&model, 3, model.config.t_max * 0.5, 7);
     let start = Instant::now();
     let manifest = export(&model.config, &deploy::weights(&model), &args.out, &opts, &mut |name| eprintln!("  {name}"))
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     eprintln!("wrote {} graphs to {} in {:.2} s", manifest.graphs.len(), args.out.display(), start.elapsed().as_secs_f64());
     if args.check {
-        let (rows, ort_skipped) = deploy::check_package(&model, &args.out, 3, model.config.t_max * 0.5, 7)?;
-        if let Some(why) = &ort_skipped {
-            eprintln!("note: ONNX Runtime not checked: {why}");
+        let report = deploy::check_package(&args.out)?;
+        for (p, why) in &report.skipped {
+            eprintln!("note: {p} not checked: {why}");
         }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            println!("{:<22} {:<5} {:<7} {:<7} {:>10} {:>10} {:>8}  ", "graph", "prec", "engine", "output", "max abs", "rel", "tol");
-            for r in &rows {
-                println!(
-                    "{:<22} {:<5} {:<7} {:<7} {:>10.2e} {:>10.2e} {:>8.0e}  {}",
-                    r.graph, r.precision, r.engine, r.output, r.max_abs, r.rel, r.tolerance, if r.pass { "ok" } else { "FAIL" }
-                );
-            }
+            print!("{}", itarflow_base::check::table(&report.rows));
         }
-        let failed = rows.iter().filter(|r| !r.pass).count();
+        let failed = report.failures();
         if failed > 0 {
             bail!("{failed} output(s) past tolerance");
         }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod eval_nll;
 pub mod export;
 pub mod info;
+pub mod init;
 pub mod inputs;
 pub mod progress;
 pub mod sample;

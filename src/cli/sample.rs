@@ -9,7 +9,7 @@ use burn::prelude::*;
 use clap::Args;
 use itarflow::Labels;
 use itarflow::sample::{CfgStyle, Guidance, SampleOptions, sample, seeded_noise, total_steps};
-use itarflow_base::{Array, Npz, random_labels, save_grid};
+use itarflow_base::{Array, Npz, save_grid};
 
 use super::ckpt::CkptArgs;
 use super::{inputs, progress};
@@ -116,19 +116,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let (z, y) = match &args.noise {
         Some(path) => {
             let npz = Npz::read(path)?;
-            let expected = format!("(B, {tokens}, {width})");
-            let (shape, data) = npz.f32("z", 3, &expected, "the prior noise, float32 (B, T, c)")?;
-            if shape[1..] != [tokens, width] || shape[0] == 0 {
-                bail!("array 'z' in {} has shape {shape:?}; this model's prior noise is {expected}", path.display());
-            }
-            let b = shape[0];
-            let y = match (npz.get("y"), args.class) {
-                (Some(_), _) => inputs::labels(&npz, b, &model)?,
-                (None, Some(k)) => inputs::class_labels(vec![k; b], b, c.num_classes, "--class")?,
-                (None, None) if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
-                (None, None) => Labels::None,
-            };
-            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &model.device()), y)
+            let (b, data) = itarflow_base::inputs::prior_noise(&npz, tokens, width)?;
+            let given = itarflow_base::inputs::labels(&npz, b, &c)?;
+            let y = itarflow_base::inputs::choose_labels(given, args.class, b, args.seed, c.num_classes)?;
+            (Tensor::<3>::from_data(TensorData::new(data, [b, tokens, width]), &model.device()), inputs::as_labels(y, c.num_classes))
         }
         None if args.per_class.is_some() => {
             let n = args.per_class.unwrap_or(1);
@@ -143,11 +134,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 bail!("--num must be at least 1");
             }
             let b = args.num;
-            let y = match args.class {
-                Some(k) => inputs::class_labels(vec![k; b], b, c.num_classes, "--class")?,
-                None if c.num_classes > 0 => Labels::Classes(random_labels(args.seed, b, c.num_classes)),
-                None => Labels::None,
-            };
+            let y = itarflow_base::inputs::choose_labels(None, args.class, b, args.seed, c.num_classes)?;
+            let y = inputs::as_labels(y, c.num_classes);
             (seeded_noise(&model, b, args.seed), y)
         }
     };

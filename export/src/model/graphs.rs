@@ -51,26 +51,29 @@ pub fn cond(w: &Weights, l: usize) -> Result<Graph, ExportError> {
     Ok(finish(g))
 }
 
-/// `layer{l}_step`: one token with a growing KV cache.
+/// `layer{l}_step` (growing cache) and `layer{l}_step_fixed` (fixed-length cache): one token.
 /// Inputs: token (N, c) at permuted position pos (int64 scalar), cond (N, C), inv_temp (N,),
-/// past_k{b}, past_v{b} (N, H, P, d) per block. Outputs: a, b (N, c) for the next token and
-/// present_k{b}, present_v{b} (N, H, P+1, d).
-pub fn step(w: &Weights, l: usize) -> Result<Graph, ExportError> {
+/// past_k{b}, past_v{b} per block. Outputs: a, b (N, c) for the next token and present_k{b},
+/// present_v{b}. Growing: past (N, H, P, d), presents (N, H, P+1, d). Fixed: past and presents
+/// (N, H, T, d), the token's key and value written at pos.
+pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
     let c = w.config;
-    let mut g = Graph::new(&format!("layer{l}_step"));
+    let name = if fixed { format!("layer{l}_step_fixed") } else { format!("layer{l}_step") };
+    let mut g = Graph::new(&name);
     let token = g.input("token", DType::F32, vec![n(), Dim::N(c.token_dim(l))]);
     let pos = g.input("pos", DType::I64, vec![]);
     let cond = g.input("cond", DType::F32, vec![n(), Dim::N(c.width(l))]);
     let inv_temp = g.input("inv_temp", DType::F32, vec![n()]);
     let layer = Layer::load(w, &mut g, l)?;
+    let cache = if fixed { Dim::N(c.tokens(l)) } else { Dim::sym("P") };
     let past: Vec<(V, V)> = (0..layer.depth())
         .map(|b| {
-            let k = g.input(&format!("past_k{b}"), DType::F32, layer.cache_shape(Dim::sym("P")));
-            let v = g.input(&format!("past_v{b}"), DType::F32, layer.cache_shape(Dim::sym("P")));
+            let k = g.input(&format!("past_k{b}"), DType::F32, layer.cache_shape(cache.clone()));
+            let v = g.input(&format!("past_v{b}"), DType::F32, layer.cache_shape(cache.clone()));
             (k, v)
         })
         .collect();
-    let (a, b, presents) = layer.step(&mut g, token, pos, cond, inv_temp, &past);
+    let (a, b, presents) = layer.step(&mut g, token, pos, cond, inv_temp, &past, fixed);
     g.output(a, "a");
     g.output(b, "b");
     for (i, (k, v)) in presents.into_iter().enumerate() {

@@ -5,7 +5,7 @@
 use crate::ExportError;
 use crate::ir::{ConstData, DType, Dim, Graph, V};
 use crate::model::weights::Weights;
-use crate::ops::Un;
+use crate::ops::{Op, Un};
 
 /// Weights of one transformer block as graph constants.
 struct Block {
@@ -38,6 +38,8 @@ pub struct Layer {
 }
 
 const LN_EPS: f32 = 1e-5;
+/// Score of the masked slots of a fixed KV cache: finite in fp16, and exp(-30000) = 0 in fp32.
+const MASKED_SCORE: f32 = -30000.0;
 
 fn block(w: &Weights, g: &mut Graph, name: &str, width: usize) -> Result<Block, ExportError> {
     let e = width * w.config.expansion;
@@ -136,8 +138,8 @@ impl Layer {
                 if let (Some((table, k)), Some(y)) = (self.classes, y) {
                     let zero = g.constant(None, ConstData::I64(vec![0]), &[]);
                     let uncond = g.constant(None, ConstData::I64(vec![k as i64]), &[]);
-                    let neg = g.add(crate::ops::Op::Less, &[y, zero]);
-                    let idx = g.add(crate::ops::Op::Where, &[neg, uncond, y]);
+                    let neg = g.add(Op::Less, &[y, zero]);
+                    let idx = g.add(Op::Where, &[neg, uncond, y]);
                     let emb = g.gather(table, idx, 0);
                     cond = g.plus(cond, emb);
                 }
@@ -197,7 +199,7 @@ impl Layer {
             (g.slice(o, axis, 0, c), g.slice(o, axis, c, 2 * c))
         } else {
             let zero = g.scalar(0.0);
-            (g.add(crate::ops::Op::Expand, &[zero, o]), o)
+            (g.add(Op::Expand, &[zero, o]), o)
         }
     }
 
@@ -241,10 +243,14 @@ impl Layer {
     }
 
     /// One inversion step: the token at permuted position `pos` (int64 scalar), `token` (N, c),
-    /// with per-block past keys/values (N, H, P, d) and per-row inverse attention temperature
-    /// `inv_temp` (N,). Returns (a, b) of the next token, each (N, c), and the presents
-    /// (N, H, P + 1, d).
-    pub fn step(&self, g: &mut Graph, token: V, pos: V, cond: V, inv_temp: V, past: &[(V, V)]) -> (V, V, Vec<(V, V)>) {
+    /// with per-block past keys/values and per-row inverse attention temperature `inv_temp`
+    /// (N,). Returns (a, b) of the next token, each (N, c), and the per-block presents.
+    ///
+    /// Growing cache (`fixed` false): past (N, H, P, d) with P = pos, presents (N, H, P + 1, d)
+    /// by Concat. Fixed cache (`fixed` true): past and presents (N, H, T, d); the new key and value
+    /// are written at `pos` by ScatterElements and attention masks the slots after `pos`, so
+    /// every shape but the batch is static (what TensorRT engines want).
+    pub fn step(&self, g: &mut Graph, token: V, pos: V, cond: V, inv_temp: V, past: &[(V, V)], fixed: bool) -> (V, V, Vec<(V, V)>) {
         g.scoped(&self.scope(), |g| {
             let x = g.reshape(token, &[0, 1, self.token_dim as i64]);
             let (w, b) = self.proj_in;
@@ -254,6 +260,14 @@ impl Layer {
             let c = g.reshape(cond, &[0, 1, self.width as i64]);
             let mut h = g.plus(h, c);
             let it = g.reshape(inv_temp, &[-1, 1, 1, 1]);
+            // Fixed cache: slots after pos get a large negative score (exp underflows to 0).
+            let later_mask = fixed.then(|| {
+                let slots = g.ints((0..self.tokens as i64).collect());
+                let later = g.add(Op::Less, &[pos, slots]);
+                let big = g.scalar(MASKED_SCORE);
+                let zero = g.scalar(0.0);
+                g.add(Op::Where, &[later, big, zero])
+            });
             let mut presents = Vec::new();
             for (k, blk) in self.blocks.iter().enumerate() {
                 let (pk, pv) = past[k];
@@ -262,11 +276,19 @@ impl Layer {
                     let xn = g.layer_norm(h, scale, bias, LN_EPS);
                     let (q, kk, vv) = self.qkv(g, xn, blk);
                     let q = g.times(q, it);
-                    let keys = g.concat(&[pk, kk], 2);
-                    let vals = g.concat(&[pv, vv], 2);
+                    let (keys, vals) = if fixed {
+                        let p4 = g.reshape(pos, &[1, 1, 1, 1]);
+                        let idx = g.add(Op::Expand, &[p4, kk]);
+                        (g.scatter_elements(pk, idx, kk, 2), g.scatter_elements(pv, idx, vv, 2))
+                    } else {
+                        (g.concat(&[pk, kk], 2), g.concat(&[pv, vv], 2))
+                    };
                     presents.push((keys, vals));
                     let kt = g.transpose_last(keys);
-                    let scores = g.matmul(q, kt);
+                    let mut scores = g.matmul(q, kt);
+                    if let Some(m) = later_mask {
+                        scores = g.plus(scores, m);
+                    }
                     let attn = g.softmax(scores, 3);
                     let out = g.matmul(attn, vals);
                     let a = self.merge(g, out, blk);

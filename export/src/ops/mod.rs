@@ -5,6 +5,7 @@ pub mod elementwise;
 pub mod layernorm;
 pub mod matmul;
 pub mod reduce;
+pub mod scatter;
 pub mod shape;
 pub mod softmax;
 
@@ -45,6 +46,10 @@ pub enum Op {
     Softmax(usize),
     /// LayerNormalization over the last axis; inputs x, scale, bias.
     LayerNorm(f32),
+    /// (data, indices, updates): data with updates written (or added) at indices along `axis`.
+    ScatterElements { axis: usize, add: bool },
+    /// (data, indices): data read at indices along `axis`.
+    GatherElements { axis: usize },
 }
 
 impl Op {
@@ -69,6 +74,8 @@ impl Op {
             Op::Reduce { kind, .. } => kind.onnx(),
             Op::Softmax(_) => "Softmax",
             Op::LayerNorm(_) => "LayerNormalization",
+            Op::ScatterElements { .. } => "ScatterElements",
+            Op::GatherElements { .. } => "GatherElements",
         }
     }
 
@@ -81,6 +88,7 @@ impl Op {
             Op::Reduce { axes, .. } => reduce::infer(g, inputs, axes),
             Op::Softmax(_) => softmax::infer(g, inputs),
             Op::LayerNorm(_) => layernorm::infer(g, inputs),
+            Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::infer(self, g, inputs),
             _ => shape::infer(self, g, inputs),
         }
     }
@@ -94,6 +102,7 @@ impl Op {
             Op::Reduce { .. } => reduce::lower(self, node, lw),
             Op::Softmax(axis) => softmax::lower(*axis, node, lw),
             Op::LayerNorm(eps) => layernorm::lower(*eps, node, lw),
+            Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::lower(self, node, lw),
             _ => shape::lower(self, node, lw),
         }
     }
@@ -108,6 +117,7 @@ impl Op {
             Op::Reduce { .. } => reduce::vjp(self, g, node, gy),
             Op::Softmax(axis) => softmax::vjp(*axis, g, node, gy),
             Op::LayerNorm(eps) => layernorm::vjp(*eps, g, node, gy, wants),
+            Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::vjp(self, g, node, gy, wants),
             _ => shape::vjp(self, g, node, gy, wants),
         }
     }

@@ -5,7 +5,105 @@
 pub mod ort;
 pub mod tract;
 
+use std::path::PathBuf;
+
 use crate::RtError;
+
+/// Where graphs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// tract: pure Rust, CPU, nothing to install.
+    Tract,
+    /// ONNX Runtime on the CPU.
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider.
+    Cuda,
+    /// ONNX Runtime's TensorRT execution provider.
+    TensorRt,
+    /// The first of TensorRT, CUDA, ONNX Runtime CPU and tract that loads here.
+    Auto,
+}
+
+impl Provider {
+    /// The order `Auto` tries.
+    pub const PREFERENCE: [Provider; 4] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Tract => "tract",
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = RtError;
+    fn from_str(s: &str) -> Result<Self, RtError> {
+        Ok(match s {
+            "tract" => Provider::Tract,
+            "cpu" => Provider::Cpu,
+            "cuda" => Provider::Cuda,
+            "tensorrt" => Provider::TensorRt,
+            "auto" => Provider::Auto,
+            other => return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, cpu, cuda, tensorrt or auto"))),
+        })
+    }
+}
+
+/// Graph precision of a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = RtError;
+    fn from_str(s: &str) -> Result<Self, RtError> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(RtError::Invalid(format!("unknown precision '{other}': use fp32 or fp16"))),
+        }
+    }
+}
+
+/// Settings of the ONNX Runtime providers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderOptions {
+    /// libonnxruntime to load (default: `ORT_DYLIB_PATH`, else the onnxruntime Python package).
+    pub ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    pub trt_fp16: bool,
+    /// TensorRT: engine and timing cache directory.
+    pub trt_cache: PathBuf,
+    /// TensorRT: largest batch (rows) the optimisation profiles cover.
+    pub trt_max_batch: usize,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self { ort_lib: None, trt_fp16: false, trt_cache: PathBuf::from(".itarflow-trt-cache"), trt_max_batch: 128 }
+    }
+}
 
 /// A tensor in host memory.
 #[derive(Debug, Clone, PartialEq)]

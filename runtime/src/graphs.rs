@@ -1,0 +1,149 @@
+//! The graphs of a package on one provider, each family loaded (and optimised) on first use:
+//! sampling needs the cond, step and score graphs, likelihood the forward graphs, the
+//! layer-wise score the forward and VJP graphs.
+
+use std::sync::{Arc, OnceLock};
+
+use itarflow_base::manifest::{GraphEntry, GraphKind};
+
+use crate::RtError;
+use crate::model::Model;
+use crate::provider::ort::{OrtDevice, OrtGraph, trt_profiles};
+use crate::provider::tract::TractGraph;
+use crate::provider::{Precision, Provider, ProviderOptions};
+
+const KINDS: [GraphKind; 6] =
+    [GraphKind::Cond, GraphKind::Step, GraphKind::StepFixed, GraphKind::Forward, GraphKind::LayerVjp, GraphKind::Score];
+
+fn slot(kind: GraphKind) -> usize {
+    KINDS.iter().position(|&k| k == kind).expect("every kind has a slot")
+}
+
+type Loader<G> = Box<dyn Fn(&Model, &GraphEntry) -> Result<G, RtError> + Send + Sync>;
+
+/// A package's graphs on one provider and precision, loaded family by family.
+pub struct GraphSet<G> {
+    model: Arc<Model>,
+    precision: Precision,
+    loader: Loader<G>,
+    families: [OnceLock<Result<Vec<G>, String>>; 6],
+}
+
+impl<G> GraphSet<G> {
+    pub fn new(model: Arc<Model>, precision: Precision, loader: Loader<G>) -> Self {
+        Self { model, precision, loader, families: Default::default() }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The graphs of `kind`: one per layer, or the single whole-model graph for `Score`.
+    pub fn get(&self, kind: GraphKind) -> Result<&[G], RtError> {
+        let family = self.families[slot(kind)].get_or_init(|| {
+            let layers: Vec<Option<usize>> =
+                if kind == GraphKind::Score { vec![None] } else { (0..self.model.manifest.layers.len()).map(Some).collect() };
+            layers
+                .into_iter()
+                .map(|l| {
+                    let entry = self.model.entry(kind, l, self.precision.name())?;
+                    (self.loader)(&self.model, entry)
+                })
+                .collect::<Result<Vec<G>, RtError>>()
+                .map_err(|e| e.to_string())
+        });
+        family.as_deref().map_err(|e| RtError::Load(e.clone()))
+    }
+
+    /// The whole-model score graph.
+    pub fn score(&self) -> Result<&G, RtError> {
+        Ok(&self.get(GraphKind::Score)?[0])
+    }
+}
+
+/// The ONNX Runtime device of a provider (with TensorRT profiles for `entry`'s inputs).
+pub fn ort_device(provider: Provider, opts: &ProviderOptions, model: &Model, entry: &GraphEntry) -> OrtDevice {
+    match provider {
+        Provider::Cuda => OrtDevice::Cuda,
+        Provider::TensorRt => {
+            let tokens = entry.layer.map(|l| model.manifest.layers[l].tokens).unwrap_or(1);
+            OrtDevice::TensorRt {
+                fp16: opts.trt_fp16,
+                cache_dir: opts.trt_cache.clone(),
+                profiles: trt_profiles(&entry.inputs, tokens, opts.trt_max_batch),
+            }
+        }
+        _ => OrtDevice::Cpu,
+    }
+}
+
+/// A package's graphs on a concrete provider.
+pub enum Loaded {
+    Tract(GraphSet<TractGraph>),
+    Ort(GraphSet<OrtGraph>),
+}
+
+/// Runs `$body` with `$g` bound to the `GraphSet` of whichever engine `$loaded` holds.
+#[macro_export]
+macro_rules! with_graphs {
+    ($loaded:expr, $g:ident => $body:expr) => {
+        match $loaded {
+            $crate::graphs::Loaded::Tract($g) => $body,
+            $crate::graphs::Loaded::Ort($g) => $body,
+        }
+    };
+}
+
+impl Loaded {
+    /// The graphs of `model` on `provider` (not `Auto`), checked by loading the first layer's
+    /// cond graph, so that a provider that cannot run fails here with its reason.
+    pub fn open(model: Arc<Model>, provider: Provider, precision: Precision, opts: &ProviderOptions) -> Result<Self, RtError> {
+        let loaded = match provider {
+            Provider::Tract => Loaded::Tract(GraphSet::new(model, precision, Box::new(|m, e| TractGraph::load(&m.dir.join(&e.file))))),
+            Provider::Auto => return Err(RtError::Invalid("resolve `auto` with Loaded::open_auto".into())),
+            p => {
+                if p == Provider::TensorRt {
+                    std::fs::create_dir_all(&opts.trt_cache)
+                        .map_err(|e| RtError::Invalid(format!("TensorRT cache directory {}: {e}", opts.trt_cache.display())))?;
+                }
+                let opts = opts.clone();
+                Loaded::Ort(GraphSet::new(
+                    model,
+                    precision,
+                    Box::new(move |m, e| OrtGraph::load(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref())),
+                ))
+            }
+        };
+        with_graphs!(&loaded, g => g.get(GraphKind::Cond).map(|_| ()))?;
+        Ok(loaded)
+    }
+
+    /// `provider`, or for `Auto` the first of [`Provider::PREFERENCE`] that loads; returns the
+    /// provider used and, for `Auto`, why each skipped one could not run.
+    pub fn open_auto(
+        model: Arc<Model>,
+        provider: Provider,
+        precision: Precision,
+        opts: &ProviderOptions,
+    ) -> Result<(Self, Provider, Vec<(Provider, String)>), RtError> {
+        if provider != Provider::Auto {
+            return Ok((Self::open(model, provider, precision, opts)?, provider, vec![]));
+        }
+        let mut skipped = Vec::new();
+        for p in Provider::PREFERENCE {
+            match Self::open(model.clone(), p, precision, opts) {
+                Ok(l) => return Ok((l, p, skipped)),
+                Err(e) => skipped.push((p, e.to_string())),
+            }
+        }
+        Err(RtError::Invalid(format!("no provider could run: {skipped:?}")))
+    }
+
+    pub fn model(&self) -> &Model {
+        with_graphs!(self, g => g.model())
+    }
+}
