@@ -1,5 +1,5 @@
-//! Exported graphs of the reference checkpoint, run by tract, against the reference vectors and
-//! the Burn model.
+//! Exported graphs of the reference checkpoint, run by tract and ONNX Runtime, against the
+//! reference vectors and the Burn model.
 
 mod common;
 
@@ -9,6 +9,8 @@ use itarflow::deploy::weights;
 use itarflow_export::model::{Weights, graphs};
 use itarflow_export::onnx;
 use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::ort::{OrtDevice, OrtGraph};
+use itarflow_rt::provider::run_host;
 use itarflow_rt::provider::tract::TractGraph;
 
 fn load(g: &itarflow_export::ir::Graph, dir: &std::path::Path) -> TractGraph {
@@ -37,15 +39,17 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
     let per = 4 * 64 * 4;
     for l in 0..4 {
         let g = graphs::forward(&ws, l).unwrap();
-        let run = load(&g, dir.path());
+        let tract = load(&g, dir.path());
+        let ort = OrtGraph::load(&dir.path().join(format!("{}.onnx", g.name)), &OrtDevice::Cpu, None)
+            .expect("ONNX Runtime (pip install onnxruntime==1.31.1, as scripts/setup.sh does)");
         let input = if l == 0 { x0.clone() } else { outs[(l - 1) * per..l * per].to_vec() };
-        let res = run
-            .run(&[Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())])
-            .unwrap();
-        let ez = rel_err(res[0].f32(), &outs[l * per..(l + 1) * per]);
-        let el = rel_err(res[1].f32(), &lds[l * 4..(l + 1) * 4]);
-        println!("layer{l}_forward (tract): z {ez:.2e}, logdet {el:.2e}");
-        assert!(ez < 1e-4 && el < 1e-4, "layer {l}: {ez:.2e} {el:.2e}");
+        let feeds = [Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())];
+        for (engine, res) in [("tract", tract.run(&feeds).unwrap()), ("ort cpu", run_host(&ort, &feeds).unwrap())] {
+            let ez = rel_err(res[0].f32(), &outs[l * per..(l + 1) * per]);
+            let el = rel_err(res[1].f32(), &lds[l * 4..(l + 1) * 4]);
+            println!("layer{l}_forward ({engine}): z {ez:.2e}, logdet {el:.2e}");
+            assert!(ez < 1e-4 && el < 1e-4, "layer {l} on {engine}: {ez:.2e} {el:.2e}");
+        }
     }
 }
 
@@ -153,17 +157,51 @@ fn every_graph_of_both_precisions_passes_the_check() {
 }
 
 #[test]
-fn external_data_path_runs_in_tract_and_onnx_runtime() {
+fn per_graph_external_data_runs_in_tract_and_onnx_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
-    let m = export_tiny(&dir, |o| o.external_min_bytes = Some(4096));
+    let m = export_tiny(&dir, |o| {
+        o.shared_weights = false;
+        o.external_min_bytes = Some(4096);
+    });
     let fwd = m.graph(itarflow_base::manifest::GraphKind::Forward, Some(2), "fp32").unwrap();
-    let ext = fwd.external_data.as_ref().expect("weights moved out");
-    assert!(dir.join(ext).metadata().unwrap().len() > 100_000);
+    assert_eq!(fwd.external_data, ["fp32/layer2_forward.weights"]);
+    let ext = &fwd.external_data[0];
     let (graph_bytes, data_bytes) = (dir.join(&fwd.file).metadata().unwrap().len(), dir.join(ext).metadata().unwrap().len());
     assert!(graph_bytes * 5 < data_bytes, "the graph file ({graph_bytes} B) should hold only small tensors ({data_bytes} B outside)");
     let report = itarflow::deploy::check_package(&dir).unwrap();
     assert!(report.rows.iter().any(|r| r.engine == "cpu"), "external data through ONNX Runtime");
+    assert_eq!(report.failures(), 0, "{}", itarflow_base::check::table(&report.rows));
+}
+
+#[test]
+fn shared_weight_files_hold_each_weight_once_and_run_on_both_engines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, inline) = (tmp.path().join("shared"), tmp.path().join("inline"));
+    let m = export_tiny(&shared, |_| {});
+    export_tiny(&inline, |o| o.shared_weights = false);
+    // Every graph of layer 2 (forward, cond, step, fixed step, VJP) and the score graph read
+    // layer 2's weights from one file.
+    for g in m.graphs.iter().filter(|g| g.layer == Some(2) || g.layer.is_none()) {
+        assert!(g.external_data.contains(&"fp32/layer2.weights".to_string()), "{}: {:?}", g.name, g.external_data);
+    }
+    let size = |dir: &std::path::Path, ext: &str| -> u64 {
+        std::fs::read_dir(dir.join("fp32"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    let weights = size(&shared, "weights");
+    let params = 4 * tiny(false).config.num_params() as u64;
+    println!("shared package: {} B of weight files for {params} B of parameters; inline package: {} B of graphs", weights, size(&inline, "onnx"));
+    // Stored once: the parameters (less the small ones kept inline and the prior's variance) plus
+    // derived constants (class-embedding mean, causal masks), within 10%.
+    assert!(weights > params - params / 10 && weights < params + params / 10, "{weights} B for {params} B of parameters");
+    assert!(size(&shared, "onnx") + weights < size(&inline, "onnx") / 3);
+    let report = itarflow::deploy::check_package(&shared).unwrap();
+    assert!(report.rows.iter().any(|r| r.engine == "cpu") && report.rows.iter().any(|r| r.engine == "tract"));
     assert_eq!(report.failures(), 0, "{}", itarflow_base::check::table(&report.rows));
 }
 

@@ -15,7 +15,8 @@ use crate::config::ModelConfig;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "itarflow-package";
-/// 2 added the fixed-cache step graphs, the per-layer VJP graphs and the reference outputs.
+/// 2 added the fixed-cache step graphs, the per-layer VJP graphs, the reference outputs and
+/// weight files shared between graphs.
 pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
@@ -69,11 +70,26 @@ pub struct GraphEntry {
     /// "fp32" or "fp16".
     pub precision: String,
     pub file: String,
-    /// External weight file beside the graph, when the weights did not fit in it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_data: Option<String>,
+    /// Weight data files the graph refers to (ONNX external data), relative to the package.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub external_data: Vec<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+}
+
+/// A file name or a list of them (format 1 recorded one optional file per graph).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 /// Sampling defaults the package ships with.

@@ -17,6 +17,7 @@ pub mod onnx;
 pub mod ops;
 pub mod package;
 pub mod proto;
+pub mod store;
 
 use thiserror::Error;
 

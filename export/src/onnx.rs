@@ -82,7 +82,7 @@ fn value_info(name: &str, dtype: DType, shape: &[Dim]) -> Msg {
     Msg::new().string(1, name).msg(2, &Msg::new().msg(1, &tensor))
 }
 
-/// Where large weights go.
+/// Where large weights go: a data file of the graph's own beside it.
 #[derive(Debug, Clone)]
 pub struct ExternalData {
     /// File name of the data file, relative to the model file.
@@ -91,11 +91,9 @@ pub struct ExternalData {
     pub min_bytes: usize,
 }
 
-/// An encoded model: the protobuf bytes and, when external data was used, the data file's bytes.
-pub struct Encoded {
-    pub model: Vec<u8>,
-    pub external: Option<Vec<u8>>,
-}
+/// Decides where each initializer's bytes go: None keeps them inside the model, Some((location,
+/// offset)) points at external data.
+pub type Placer<'a> = dyn FnMut(&str, &[u8]) -> std::io::Result<Option<(String, u64)>> + 'a;
 
 fn const_bytes(data: &ConstData) -> (DType, Vec<u8>) {
     match data {
@@ -106,8 +104,8 @@ fn const_bytes(data: &ConstData) -> (DType, Vec<u8>) {
     }
 }
 
-/// Encodes `g` as an ONNX model.
-pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], external: Option<&ExternalData>) -> Encoded {
+/// Encodes `g` as an ONNX model (the protobuf bytes), placing initializers with `place`.
+pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], place: &mut Placer) -> std::io::Result<Vec<u8>> {
     let mut lw = Lowering { g, nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
     for node in &g.nodes {
         match &node.op {
@@ -124,23 +122,17 @@ pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], e
         graph = graph.msg(1, n);
     }
     graph = graph.string(2, &g.name);
-    let mut data_file: Option<Vec<u8>> = None;
     for (name, dtype, shape, bytes) in &lw.initializers {
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let mut t = Msg::new().ints(1, &dims).int(2, dtype.onnx()).string(8, name);
-        match external {
-            Some(ext) if bytes.len() >= ext.min_bytes => {
-                let file = data_file.get_or_insert_with(Vec::new);
-                // Page-aligned offsets let runtimes map the weights.
-                file.resize(file.len().div_ceil(4096) * 4096, 0);
-                let offset = file.len();
-                file.extend_from_slice(bytes);
-                for (k, v) in [("location", ext.location.clone()), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
+        match place(name, bytes)? {
+            Some((location, offset)) => {
+                for (k, v) in [("location", location), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
                     t = t.msg(13, &Msg::new().string(1, k).string(2, &v));
                 }
                 t = t.int(14, 1);
             }
-            _ => t = t.bytes(9, bytes),
+            None => t = t.bytes(9, bytes),
         }
         graph = graph.msg(5, &t);
     }
@@ -162,16 +154,37 @@ pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], e
     for (k, v) in metadata {
         model = model.msg(14, &Msg::new().string(1, k).string(2, v));
     }
-    Encoded { model: model.into_bytes(), external: data_file }
+    Ok(model.into_bytes())
 }
 
-/// Encodes `g` and writes it to `path` (atomically), with external data beside it when given.
+/// Encodes `g` and writes it to `path` (atomically), with large weights in a data file of its
+/// own beside it when `external` is given.
 pub fn save(g: &Graph, path: &std::path::Path, opset: i64, external: Option<&ExternalData>) -> Result<(), crate::ExportError> {
-    let enc = encode(g, opset, "", &[], external);
     let werr = |p: &std::path::Path, e: std::io::Error| crate::ExportError::Write { path: p.into(), reason: e.to_string() };
-    if let (Some(ext), Some(data)) = (external, &enc.external) {
+    let mut data: Vec<u8> = Vec::new();
+    let mut place = |_: &str, bytes: &[u8]| -> std::io::Result<Option<(String, u64)>> {
+        match external {
+            Some(ext) if bytes.len() >= ext.min_bytes => {
+                // Page-aligned offsets let runtimes map the weights.
+                data.resize(data.len().div_ceil(4096) * 4096, 0);
+                let offset = data.len() as u64;
+                data.extend_from_slice(bytes);
+                Ok(Some((ext.location.clone(), offset)))
+            }
+            _ => Ok(None),
+        }
+    };
+    let model = encode(g, opset, "", &[], &mut place).map_err(|e| werr(path, e))?;
+    if let Some(ext) = external.filter(|_| !data.is_empty()) {
         let data_path = path.with_file_name(&ext.location);
-        itarflow_base::write_atomic(&data_path, |w| std::io::Write::write_all(w, data)).map_err(|e| werr(&data_path, e))?;
+        itarflow_base::write_atomic(&data_path, |w| std::io::Write::write_all(w, &data)).map_err(|e| werr(&data_path, e))?;
     }
-    itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &enc.model)).map_err(|e| werr(path, e))
+    itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e))
+}
+
+/// Encodes `g` and writes it to `path` (atomically), its large weights placed in `store`.
+pub fn save_shared(g: &Graph, path: &std::path::Path, opset: i64, store: &mut crate::store::WeightStore) -> Result<(), crate::ExportError> {
+    let werr = |p: &std::path::Path, e: std::io::Error| crate::ExportError::Write { path: p.into(), reason: e.to_string() };
+    let model = encode(g, opset, "", &[], &mut |name, bytes| store.place(name, bytes)).map_err(|e| werr(path, e))?;
+    itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e))
 }

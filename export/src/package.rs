@@ -14,6 +14,7 @@ use crate::ExportError;
 use crate::ir::{Dim, Graph};
 use crate::model::{Weights, graphs};
 use crate::onnx::{self, ExternalData};
+use crate::store::WeightStore;
 
 /// Graph precisions to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,13 @@ pub enum Precisions {
 pub struct ExportOptions {
     pub precisions: Precisions,
     pub opset: i64,
-    /// Initializers of at least this many bytes go to external data files; by default only
-    /// graphs whose weights approach protobuf's 2 GB limit use them.
+    /// Weights stored once in shared data files (`layer{l}.weights`, `model.weights`) that
+    /// every graph refers to (the default), or inside each graph (`false`: self-contained files,
+    /// several times larger in all; graphs whose weights approach protobuf's 2 GB limit still
+    /// move them to a data file of their own).
+    pub shared_weights: bool,
+    /// Initializers of at least this many bytes go to data files (default: 1 KiB when shared,
+    /// else only past the 2 GB limit).
     pub external_min_bytes: Option<usize>,
     pub sampler: SamplerDefaults,
     /// Inputs and outputs of every graph kind computed by the exporting framework, written to
@@ -43,6 +49,7 @@ impl ExportOptions {
         Self {
             precisions: Precisions::Fp32,
             opset: onnx::DEFAULT_OPSET,
+            shared_weights: true,
             external_min_bytes: None,
             sampler: SamplerDefaults {
                 t_max: c.t_max,
@@ -60,6 +67,8 @@ impl ExportOptions {
 
 /// Graphs above this many bytes of weights move them to external data (protobuf's limit is 2 GiB).
 const AUTO_EXTERNAL_BYTES: usize = 1 << 30;
+/// Smallest initializer written to a shared data file (smaller ones stay in the graph).
+const SHARED_MIN_BYTES: usize = 1024;
 
 fn spec(g: &Graph, v: crate::ir::V) -> TensorSpec {
     let val = g.value(v);
@@ -125,7 +134,11 @@ pub fn export(
         }
         builders.push((GraphKind::Score, None));
         for &precision in precisions {
-            std::fs::create_dir_all(tmp.join(precision)).map_err(|e| werr(&tmp, e))?;
+            let pdir = tmp.join(precision);
+            std::fs::create_dir_all(&pdir).map_err(|e| werr(&tmp, e))?;
+            let mut store = opts
+                .shared_weights
+                .then(|| WeightStore::new(&pdir, opts.external_min_bytes.unwrap_or(SHARED_MIN_BYTES)));
             for &(kind, layer) in &builders {
                 let mut g = match (kind, layer) {
                     (GraphKind::Forward, Some(l)) => graphs::forward(&w, l)?,
@@ -140,24 +153,33 @@ pub fn export(
                 }
                 progress(&g.name);
                 let file = format!("{precision}/{}.onnx", g.name);
-                let min_bytes = opts
-                    .external_min_bytes
-                    .or_else(|| (weight_bytes(&g) > AUTO_EXTERNAL_BYTES).then_some(1024));
-                let external = min_bytes.map(|m| ExternalData { location: format!("{}.weights", g.name), min_bytes: m });
-                onnx::save(&g, &tmp.join(&file), opts.opset, external.as_ref())?;
-                let ext_file = external
-                    .map(|e| format!("{precision}/{}", e.location))
-                    .filter(|f| tmp.join(f).exists());
+                let external_data = match &mut store {
+                    Some(store) => {
+                        onnx::save_shared(&g, &tmp.join(&file), opts.opset, store)?;
+                        store.take_used().into_iter().map(|f| format!("{precision}/{f}")).collect()
+                    }
+                    None => {
+                        let min_bytes = opts
+                            .external_min_bytes
+                            .or_else(|| (weight_bytes(&g) > AUTO_EXTERNAL_BYTES).then_some(SHARED_MIN_BYTES));
+                        let external = min_bytes.map(|m| ExternalData { location: format!("{}.weights", g.name), min_bytes: m });
+                        onnx::save(&g, &tmp.join(&file), opts.opset, external.as_ref())?;
+                        external.map(|e| format!("{precision}/{}", e.location)).filter(|f| tmp.join(f).exists()).into_iter().collect()
+                    }
+                };
                 entries.push(GraphEntry {
                     name: g.name.clone(),
                     kind,
                     layer,
                     precision: precision.to_string(),
                     file,
-                    external_data: ext_file,
+                    external_data,
                     inputs: g.inputs.iter().map(|&v| spec(&g, v)).collect(),
                     outputs: g.outputs.iter().map(|&v| spec(&g, v)).collect(),
                 });
+            }
+            if let Some(store) = store {
+                store.finish().map_err(|e| werr(&pdir, e))?;
             }
         }
         let last = config.num_layers - 1;
@@ -177,7 +199,8 @@ pub fn export(
         }
         let mut files = BTreeMap::new();
         let mut listed: Vec<String> = entries.iter().map(|e| e.file.clone()).collect();
-        listed.extend(entries.iter().filter_map(|e| e.external_data.clone()));
+        let data_files: std::collections::BTreeSet<String> = entries.iter().flat_map(|e| e.external_data.iter().cloned()).collect();
+        listed.extend(data_files);
         listed.push(prior_file.clone());
         listed.extend(reference_file.clone());
         for f in listed {

@@ -164,3 +164,25 @@ fn where_and_cast() {
     let gx = gradients(&mut g, &[(s, seed)], &[x])[0].unwrap();
     assert_eq!(g.shape(gx), &vec![Dim::sym("N"), Dim::N(3)]);
 }
+
+#[test]
+fn scatter_and_gather_elements() {
+    // Indices along axis 1 of a (2, 3, 4) tensor: one row of slots per (batch, column).
+    let slots: Vec<i64> = (0..8).map(|i| (i * 7 % 3) as i64).collect();
+    for add in [false, true] {
+        let name = if add { "scatter_add" } else { "scatter_elements" };
+        check(name, &[2, 3, 4], |v| v, |g, x| {
+            let idx = g.constant(None, ConstData::I64(slots.clone()), &[2, 1, 4]);
+            // The updates depend on x too, so both the data and the updates paths are checked.
+            let upd = g.slice(x, 1, 2, 3);
+            let upd = g.unary(Un::Sin, upd);
+            if add { g.scatter_add(x, idx, upd, 1) } else { g.scatter_elements(x, idx, upd, 1) }
+        });
+    }
+    // Repeated indices: the gradient of a gather accumulates.
+    let repeated: Vec<i64> = (0..2 * 5 * 4).map(|i| (i % 3) as i64).collect();
+    check("gather_elements", &[2, 3, 4], |v| v, |g, x| {
+        let idx = g.constant(None, ConstData::I64(repeated.clone()), &[2, 5, 4]);
+        g.gather_elements(x, idx, 1)
+    });
+}

@@ -5,17 +5,17 @@ use itarflow_base::manifest::Manifest;
 
 use crate::sampler::ScoreForm;
 
-/// Activation bytes of one image through one layer's forward and backward: per block, the
-/// token-wise tensors (LayerNorm outputs, q/k/v, attention output, projections, residuals: about
-/// 10 widths; the MLP's hidden, its GELU terms and their gradients: about 5 hidden widths) and
-/// the attention's score and softmax tensors (3 H T^2), 4 bytes each, as the reverse pass keeps
-/// them alive and writes a gradient beside each.
+/// Activation bytes of one image through one layer's forward and backward, 4 bytes per value:
+/// per block, about 6 widths and 3 MLP hidden widths per token, and 2 H T^2 for the attention's
+/// scores and probabilities. Calibrated on the S-sized benchmark model (benches/configs/s64.json:
+/// 256 tokens, width 512, 20 blocks), where the whole-model score graph's resident memory grew by
+/// 249 MiB per image on ONNX Runtime CPU and 230 MiB on tract; this formula gives 260 MiB.
 fn layer_bytes(m: &Manifest, l: usize) -> usize {
     let info = &m.layers[l];
     let (t, w, h) = (info.tokens, info.width, info.heads);
     let hidden = w * m.model.expansion;
-    let per_block = t * (10 * w + 5 * hidden) + 3 * h * t * t;
-    4 * 2 * per_block * info.blocks
+    let per_block = t * (6 * w + 3 * hidden) + 2 * h * t * t;
+    4 * per_block * info.blocks
 }
 
 /// Estimated bytes one image needs in a score evaluation: every layer at once for the

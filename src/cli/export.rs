@@ -30,8 +30,12 @@ pub struct ExportArgs {
     /// ONNX opset (18 or later: LayerNormalization and ReduceMean with axes inputs).
     #[arg(long, default_value_t = itarflow_export::onnx::DEFAULT_OPSET)]
     pub opset: i64,
-    /// Put initializers of at least this many bytes in external data files (default: only for
-    /// graphs whose weights approach protobuf's 2 GB limit).
+    /// Keep every graph's weights inside its own file (self-contained graphs; the package is
+    /// several times larger) instead of shared weight files that all graphs refer to.
+    #[arg(long)]
+    pub inline_weights: bool,
+    /// Smallest initializer, in bytes, moved to a weight file (default 1024 when shared; with
+    /// --inline-weights, only graphs whose weights approach protobuf's 2 GB limit move them).
     #[arg(long)]
     pub external_data_bytes: Option<usize>,
     /// Default guidance scale recorded for samplers.
@@ -65,6 +69,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     opts.opset = args.opset;
     opts.external_min_bytes = args.external_data_bytes;
+    opts.shared_weights = !args.inline_weights;
     opts.sampler.cfg = args.cfg;
     opts.sampler.guide_layers = args.guide_layers;
     opts.sampler.denoise_steps = args.denoise_steps;

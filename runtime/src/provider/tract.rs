@@ -1,9 +1,11 @@
 //! The tract provider: pure-Rust CPU inference. Each graph is loaded once, decluttered and
 //! optimised with its batch (and past-length) dims left symbolic, and run with a reusable state.
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
+//! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
+//! steps share one state instead of allocating one per step.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
 
@@ -14,6 +16,8 @@ use crate::RtError;
 pub struct TractGraph {
     plan: Arc<TypedRunnableModel>,
     name: String,
+    /// Idle run states (one per concurrent caller at most).
+    states: Mutex<Vec<TypedSimpleState>>,
 }
 
 fn fail(what: &str, e: impl std::fmt::Debug) -> RtError {
@@ -31,13 +35,13 @@ impl TractGraph {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| fail(&format!("optimising {name}"), e))?;
-        Ok(Self { plan, name })
+        Ok(Self { plan, name, states: Mutex::new(Vec::new()) })
     }
 
     /// Runs on host tensors (for checks and one-off calls).
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RtError> {
         let ins = inputs.iter().map(|t| self.upload(t)).collect::<Result<Vec<_>, _>>()?;
-        let outs = self.plan.run(ins.into_iter().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+        let outs = self.run_values(ins.iter().collect())?;
         outs.iter().map(download).collect()
     }
 
@@ -68,8 +72,16 @@ impl Engine for TractGraph {
     }
 
     fn run_values(&self, inputs: Vec<&TValue>) -> Result<Vec<TValue>, RtError> {
+        let pooled = self.states.lock().map_err(|_| fail(&self.name, "state pool lock poisoned"))?.pop();
+        let mut state = match pooled {
+            Some(s) => s,
+            None => self.plan.spawn().map_err(|e| fail(&format!("preparing {}", self.name), e))?,
+        };
         // TValues share their data: these clones copy no tensor.
-        let outs = self.plan.run(inputs.into_iter().cloned().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+        let outs = state.run(inputs.into_iter().cloned().collect()).map_err(|e| fail(&format!("running {}", self.name), e))?;
+        if let Ok(mut pool) = self.states.lock() {
+            pool.push(state);
+        }
         Ok(outs.into_iter().collect())
     }
 }
