@@ -184,7 +184,7 @@ impl SamplerBuilder {
         if s.guidance.scale > 0.0 && c.num_classes == 0 {
             return Err(RtError::Invalid("guidance needs a class-conditional model; this one is unconditional".into()));
         }
-        if !(s.guidance.uncond_temperature > 0.0) {
+        if s.guidance.uncond_temperature.is_nan() || s.guidance.uncond_temperature <= 0.0 {
             return Err(RtError::Invalid(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
         }
         let labels = match &self.classes {

@@ -81,6 +81,9 @@ pub fn ort_device(provider: Provider, opts: &ProviderOptions, model: &Model, ent
     }
 }
 
+/// Providers `auto` could not use, with the reason.
+pub type Skipped = Vec<(Provider, String)>;
+
 /// A package's graphs on a concrete provider.
 pub enum Loaded {
     Tract(GraphSet<TractGraph>),
@@ -129,7 +132,7 @@ impl Loaded {
         provider: Provider,
         precision: Precision,
         opts: &ProviderOptions,
-    ) -> Result<(Self, Provider, Vec<(Provider, String)>), RtError> {
+    ) -> Result<(Self, Provider, Skipped), RtError> {
         if provider != Provider::Auto {
             return Ok((Self::open(model, provider, precision, opts)?, provider, vec![]));
         }

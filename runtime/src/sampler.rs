@@ -245,14 +245,16 @@ fn chunked(b: usize, batch: usize, mut f: impl FnMut(usize, usize) -> Result<(),
     Ok(())
 }
 
-/// The forward pass of a batch through the per-layer forward graphs: each layer's input tokens,
-/// the final z and log p.
-fn forward_pass<E: Engine>(
-    graphs: &GraphSet<E>,
-    x: &[f32],
-    t: &[f32],
-    labels: &[i64],
-) -> Result<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>), RtError> {
+/// A batch's pass through the per-layer forward graphs.
+struct ForwardPass {
+    /// Each layer's input tokens.
+    inputs: Vec<Vec<f32>>,
+    /// The last layer's output.
+    z: Vec<f32>,
+    logp: Vec<f32>,
+}
+
+fn forward_pass<E: Engine>(graphs: &GraphSet<E>, x: &[f32], t: &[f32], labels: &[i64]) -> Result<ForwardPass, RtError> {
     let model = graphs.model();
     let c = &model.manifest.model;
     let fwd = graphs.get(GraphKind::Forward)?;
@@ -284,7 +286,7 @@ fn forward_pass<E: Engine>(
             (-0.5 * sq + d * (logdet[r] + c.input_scale.ln()) - 0.5 * d * (2.0 * std::f64::consts::PI).ln()) as f32
         })
         .collect();
-    Ok((inputs, h, logp))
+    Ok(ForwardPass { inputs, z: h, logp })
 }
 
 /// log p(x | t, y) of images (B, C, H, W) through the per-layer forward graphs, in batches.
@@ -294,7 +296,7 @@ pub fn log_prob<E: Engine>(graphs: &GraphSet<E>, x: &[f32], t: &[f32], labels: &
     let per = model.image_len();
     let mut logp = Vec::with_capacity(t.len());
     chunked(t.len(), batch, |s, n| {
-        logp.extend(forward_pass(graphs, &x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n])?.2);
+        logp.extend(forward_pass(graphs, &x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n])?.logp);
         Ok(())
     })?;
     Ok(logp)
@@ -326,7 +328,7 @@ pub fn score<E: Engine>(
                 logps.extend(g.download(&out[1])?.into_f32());
             }
             ScoreForm::Layerwise => {
-                let (inputs, z, lp) = forward_pass(graphs, xs, ts, ys)?;
+                let ForwardPass { inputs, z, logp: lp } = forward_pass(graphs, xs, ts, ys)?;
                 let vjp = graphs.get(GraphKind::LayerVjp)?;
                 let d = c.data_dim() as f32;
                 // d log p / d z = -z; d log p / d logdet_l = D for every layer.

@@ -2,7 +2,7 @@
 
 use itarflow_base::ModelConfig;
 
-use super::layer::Layer;
+use super::layer::{Layer, StepInputs};
 use super::weights::Weights;
 use crate::ExportError;
 use crate::ir::grad::gradients;
@@ -73,7 +73,8 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
             (k, v)
         })
         .collect();
-    let (a, b, presents) = layer.step(&mut g, token, pos, cond, inv_temp, &past, fixed);
+    let io = StepInputs { token, pos, cond, inv_temp, past: &past };
+    let (a, b, presents) = layer.step(&mut g, &io, fixed);
     g.output(a, "a");
     g.output(b, "b");
     for (i, (k, v)) in presents.into_iter().enumerate() {

@@ -7,6 +7,18 @@ use crate::ir::{ConstData, DType, Dim, Graph, V};
 use crate::model::weights::Weights;
 use crate::ops::{Op, Un};
 
+/// The inputs of one inversion step: the token (N, c) at permuted position `pos` (int64 scalar),
+/// the layer's conditioning (N, C), the per-row inverse attention temperature (N,) and the
+/// per-block past keys and values.
+#[derive(Clone, Copy)]
+pub struct StepInputs<'a> {
+    pub token: V,
+    pub pos: V,
+    pub cond: V,
+    pub inv_temp: V,
+    pub past: &'a [(V, V)],
+}
+
 /// Weights of one transformer block as graph constants.
 struct Block {
     ln1: (V, V),
@@ -242,15 +254,15 @@ impl Layer {
         })
     }
 
-    /// One inversion step: the token at permuted position `pos` (int64 scalar), `token` (N, c),
-    /// with per-block past keys/values and per-row inverse attention temperature `inv_temp`
-    /// (N,). Returns (a, b) of the next token, each (N, c), and the per-block presents.
+    /// One inversion step (see [`StepInputs`]). Returns (a, b) of the next token, each (N, c),
+    /// and the per-block presents.
     ///
     /// Growing cache (`fixed` false): past (N, H, P, d) with P = pos, presents (N, H, P + 1, d)
     /// by Concat. Fixed cache (`fixed` true): past and presents (N, H, T, d); the new key and value
     /// are written at `pos` by ScatterElements and attention masks the slots after `pos`, so
     /// every shape but the batch is static (what TensorRT engines want).
-    pub fn step(&self, g: &mut Graph, token: V, pos: V, cond: V, inv_temp: V, past: &[(V, V)], fixed: bool) -> (V, V, Vec<(V, V)>) {
+    pub fn step(&self, g: &mut Graph, io: &StepInputs, fixed: bool) -> (V, V, Vec<(V, V)>) {
+        let StepInputs { token, pos, cond, inv_temp, past } = *io;
         g.scoped(&self.scope(), |g| {
             let x = g.reshape(token, &[0, 1, self.token_dim as i64]);
             let (w, b) = self.proj_in;

@@ -1,0 +1,169 @@
+//! Flags shared by the subcommands: the package, its precision and the ONNX Runtime and
+//! TensorRT settings (`Common`), and the provider and score settings of those that run graphs
+//! (`Run`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use itarflow_base::Npz;
+use itarflow_base::inputs;
+use itarflow_rt::{Model, Precision, Provider, ProviderOptions, Sampler, SamplerBuilder, ScoreForm, StepCache};
+
+/// The demo package shipped in the repository.
+const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ProviderArg {
+    Tract,
+    Cpu,
+    Cuda,
+    Tensorrt,
+    Auto,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Self {
+        match p {
+            ProviderArg::Tract => Provider::Tract,
+            ProviderArg::Cpu => Provider::Cpu,
+            ProviderArg::Cuda => Provider::Cuda,
+            ProviderArg::Tensorrt => Provider::TensorRt,
+            ProviderArg::Auto => Provider::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormArg {
+    Whole,
+    Layerwise,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CacheArg {
+    Growing,
+    Fixed,
+}
+
+/// Package and provider flags shared by every subcommand.
+#[derive(clap::Args)]
+pub struct Common {
+    /// Model package directory (default: the demo Fashion-MNIST package in models/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Graph precision.
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+    pub precision: String,
+    /// libonnxruntime to load (default: ORT_DYLIB_PATH, else the onnxruntime Python package).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    pub trt_fp16: bool,
+    /// TensorRT: engine and timing cache directory (engines are built once, then reused).
+    #[arg(long, default_value = ".itarflow-trt-cache")]
+    pub trt_cache: PathBuf,
+    /// TensorRT: largest batch (rows, twice the images on guided layers) the engines' profiles cover.
+    #[arg(long, default_value_t = 128)]
+    pub trt_max_batch: usize,
+}
+
+impl Common {
+    pub fn load(&self) -> Result<Arc<Model>> {
+        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+        Ok(Arc::new(Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?))
+    }
+
+    pub fn options(&self) -> ProviderOptions {
+        ProviderOptions {
+            ort_lib: self.ort_lib.clone(),
+            trt_fp16: self.trt_fp16,
+            trt_cache: self.trt_cache.clone(),
+            trt_max_batch: self.trt_max_batch,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision.parse().expect("clap checked it")
+    }
+}
+
+/// Flags of the commands that run on one provider.
+#[derive(clap::Args)]
+pub struct Run {
+    #[command(flatten)]
+    pub common: Common,
+    /// Execution provider: tract (pure Rust), cpu / cuda / tensorrt (ONNX Runtime), or auto
+    /// (the best that works here, saying why the others were skipped).
+    #[arg(long, value_enum, default_value = "tract")]
+    pub provider: ProviderArg,
+    /// Images per score evaluation (default: as many as fit --memory-budget-mib).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Memory for the score evaluations, in MiB; sizes phase 2's batches.
+    #[arg(long, default_value_t = 1024)]
+    pub memory_budget_mib: usize,
+    /// Score computed by the whole-model graph, or layer by layer with the VJP graphs
+    /// (memory that does not grow with depth).
+    #[arg(long, value_enum, default_value = "whole")]
+    pub score_form: FormArg,
+}
+
+impl Run {
+    pub fn builder(&self, model: Arc<Model>) -> SamplerBuilder {
+        let b = Sampler::builder(model)
+            .provider(self.provider.into())
+            .provider_options(self.common.options())
+            .precision(self.common.precision())
+            .memory_budget(self.memory_budget_mib << 20)
+            .score_form(self.score_form.into());
+        match self.batch_size {
+            Some(n) => b.score_batch(n),
+            None => b,
+        }
+    }
+}
+
+
+impl Run {
+    /// Builds the sampler, naming the provider when it cannot run, and reports what `auto` chose.
+    pub fn open(&self, b: SamplerBuilder) -> Result<Sampler> {
+        let sampler = b.build().with_context(|| format!("provider {} cannot run here", Provider::from(self.provider)))?;
+        if matches!(self.provider, ProviderArg::Auto) {
+            eprintln!("auto: using {}", sampler.provider());
+            for (p, why) in sampler.skipped() {
+                eprintln!("auto: skipped {p}: {why}");
+            }
+        }
+        Ok(sampler)
+    }
+}
+
+impl From<FormArg> for ScoreForm {
+    fn from(f: FormArg) -> Self {
+        match f {
+            FormArg::Whole => ScoreForm::Whole,
+            FormArg::Layerwise => ScoreForm::Layerwise,
+        }
+    }
+}
+
+impl From<CacheArg> for StepCache {
+    fn from(c: CacheArg) -> Self {
+        match c {
+            CacheArg::Growing => StepCache::Growing,
+            CacheArg::Fixed => StepCache::Fixed,
+        }
+    }
+}
+
+/// Images `x` (B, C, H, W) and labels `y` (B,) (default: unconditional) of an npz, checked
+/// against the model.
+pub fn images_and_labels(npz: &Npz, model: &Model) -> Result<([usize; 4], ndarray::Array4<f32>, Vec<i64>)> {
+    let c = &model.manifest.model;
+    let (shape, x) = inputs::images(npz, "x", c)?;
+    let y = inputs::labels(npz, shape[0], c)?.unwrap_or_else(|| vec![-1; shape[0]]);
+    Ok((shape, ndarray::Array4::from_shape_vec(shape, x)?, y))
+}

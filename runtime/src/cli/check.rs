@@ -1,0 +1,51 @@
+//! `itarflow-rt check`: every graph on every provider against the reference outputs.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use itarflow_base::Npz;
+use itarflow_rt::Provider;
+
+use super::args::{Common, ProviderArg};
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Reference inputs and outputs (default: the package's reference.npz, made by Burn at export).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Providers to check (default: all; those that cannot run here are listed as skipped).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub providers: Vec<ProviderArg>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CheckArgs) -> Result<()> {
+    let model = a.common.load()?;
+    let reference = match &a.reference {
+        Some(p) => Npz::read(p)?,
+        None => itarflow_rt::check::package_reference(&model)?,
+    };
+    let providers: Vec<Provider> = if a.providers.is_empty() {
+        vec![Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt]
+    } else {
+        a.providers.iter().map(|&p| p.into()).filter(|&p| p != Provider::Auto).collect()
+    };
+    let report = itarflow_rt::check::check(model, &reference, &providers, &a.common.options())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", itarflow_base::check::table(&report.rows));
+        for (p, why) in &report.skipped {
+            eprintln!("skipped {p}: {why}");
+        }
+    }
+    let failed = report.failures();
+    if failed > 0 {
+        bail!("{failed} output(s) past tolerance");
+    }
+    Ok(())
+}
