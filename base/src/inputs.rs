@@ -81,12 +81,12 @@ pub fn check_labels(y: &[i64], batch: usize, num_classes: usize, what: &str) -> 
 }
 
 /// Optional labels `y` (B,), checked; None when the npz has none.
-pub fn labels(npz: &Npz, batch: usize, c: &ModelConfig) -> Result<Option<Vec<i64>>, InputError> {
+pub fn labels(npz: &Npz, batch: usize, num_classes: usize) -> Result<Option<Vec<i64>>, InputError> {
     if npz.get("y").is_none() {
         return Ok(None);
     }
     let (_, y) = npz.i64("y", 1, "(B,)", "")?;
-    check_labels(&y, batch, c.num_classes, &format!("array 'y' in {}", npz.path().display()))?;
+    check_labels(&y, batch, num_classes, &format!("array 'y' in {}", npz.path().display()))?;
     Ok(Some(y))
 }
 

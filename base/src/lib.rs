@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod noise;
 pub mod npz;
 pub mod reference;
+pub mod sample_args;
 pub mod sampling;
 pub mod weights;
 

@@ -103,6 +103,11 @@ impl SamplerBuilder {
         self.classes = Classes::Random(n);
         self
     }
+    /// Every sampling setting at once (guidance, noise levels, steps, clip, score batch).
+    pub fn settings(mut self, s: SampleSettings) -> Self {
+        self.settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..s };
+        self
+    }
     /// Guidance scale w (0 = none).
     pub fn cfg(mut self, w: f64) -> Self {
         self.settings.guidance.scale = w;

@@ -68,6 +68,11 @@ pub fn run(args: DenoiseArgs) -> Result<()> {
     bar.finish_and_clear();
     let dims = x.dims();
     let values = inputs::ensure_finite(&x, "the denoised images")?;
-    super::sample::write_images(&values, dims, &y, args.output.as_deref(), args.out.as_deref(), None)
+    let labels = match &y {
+        itarflow::Labels::Classes(v) => Some(v.as_slice()),
+        itarflow::Labels::None => None,
+    };
+    let cols = (dims[0] as f64).sqrt().ceil() as usize;
+    itarflow_base::sample_args::write_images(&values, dims, labels, args.output.as_deref(), args.out.as_deref(), cols)
         .context("writing the denoised images")
 }

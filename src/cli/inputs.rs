@@ -31,7 +31,7 @@ pub fn as_labels(y: Vec<i64>, num_classes: usize) -> Labels {
 
 /// Optional labels `y` (B,): classes in 0..K, or -1 for unconditional.
 pub fn labels(npz: &Npz, batch: usize, model: &ITarFlow) -> Result<Labels> {
-    Ok(match base::labels(npz, batch, &model.config)? {
+    Ok(match base::labels(npz, batch, model.config.num_classes)? {
         Some(y) => as_labels(y, model.config.num_classes),
         None => Labels::None,
     })

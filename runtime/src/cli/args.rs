@@ -164,6 +164,6 @@ impl From<CacheArg> for StepCache {
 pub fn images_and_labels(npz: &Npz, model: &Model) -> Result<([usize; 4], ndarray::Array4<f32>, Vec<i64>)> {
     let c = &model.manifest.model;
     let (shape, x) = inputs::images(npz, "x", c)?;
-    let y = inputs::labels(npz, shape[0], c)?.unwrap_or_else(|| vec![-1; shape[0]]);
+    let y = inputs::labels(npz, shape[0], c.num_classes)?.unwrap_or_else(|| vec![-1; shape[0]]);
     Ok((shape, ndarray::Array4::from_shape_vec(shape, x)?, y))
 }
