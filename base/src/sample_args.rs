@@ -1,6 +1,6 @@
-//! Command-line flags shared by `itarflow sample` (Burn) and `itarflow-rt sample`: where the prior
-//! noise and labels come from, the sampling settings (every one defaulting to the model's or the
-//! package's), and where the images go.
+//! Command-line flags shared by `itarflow sample` / `denoise` (Burn) and `itarflow-rt sample` /
+//! `denoise`: where the prior noise and labels come from, the sampling and denoising settings
+//! (every one defaulting to the model's or the package's), and where the images go.
 
 use std::path::{Path, PathBuf};
 
@@ -128,6 +128,44 @@ impl SettingsArgs {
         }
         s.denoise_steps = self.denoise_steps.unwrap_or(s.denoise_steps);
         s.clip |= self.clip;
+        Ok(s)
+    }
+}
+
+/// The denoiser's settings (phase 2 alone, on given images).
+#[derive(Args, Debug, Clone)]
+pub struct DenoiseArgs {
+    /// npz with images `x` (B,C,H,W) float32 and optional labels `y` (B,) int64.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Noise level of the input images (default: the model's t_max).
+    #[arg(long)]
+    pub t_max: Option<f64>,
+    /// Noise level of the last step (default: the model's t_min).
+    #[arg(long)]
+    pub t_min: Option<f64>,
+    /// Euler steps (score evaluations); 1 is the single-step Tweedie denoiser at t-max.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Clip each Tweedie estimate to [-1, 1].
+    #[arg(long)]
+    pub clip: bool,
+}
+
+impl DenoiseArgs {
+    /// `defaults` (its noise levels: the model's) with the flags applied and checked; no guidance.
+    pub fn apply(&self, mut s: SampleSettings) -> Result<SampleSettings, InputError> {
+        s.guidance = Default::default();
+        s.t_max = inputs::positive("--t-max", self.t_max.unwrap_or(s.t_max))?;
+        s.t_min = inputs::positive("--t-min", self.t_min.unwrap_or(s.t_min))?;
+        if s.t_min > s.t_max {
+            return Err(InputError::Invalid(format!("--t-min {} is above --t-max {}", s.t_min, s.t_max)));
+        }
+        if self.steps == 0 {
+            return Err(InputError::Invalid("--steps must be at least 1".into()));
+        }
+        s.denoise_steps = self.steps;
+        s.clip = self.clip;
         Ok(s)
     }
 }

@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use itarflow_base::inputs;
+use itarflow_base::sample_args::{DenoiseArgs as DenoiseFlags, OutputArgs};
 use itarflow_base::{Array, Npz};
+use itarflow_rt::sampler;
 
 use super::args::{Run, images_and_labels};
 
@@ -13,40 +15,22 @@ use super::args::{Run, images_and_labels};
 pub struct DenoiseArgs {
     #[command(flatten)]
     pub run: Run,
-    #[arg(long)]
-    pub input: PathBuf,
-    #[arg(long)]
-    pub output: PathBuf,
-    #[arg(long)]
-    pub t_max: Option<f64>,
-    #[arg(long)]
-    pub t_min: Option<f64>,
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    #[arg(long)]
-    pub clip: bool,
+    #[command(flatten)]
+    pub denoise: DenoiseFlags,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub fn denoise(a: DenoiseArgs) -> Result<()> {
+    a.output.require_some()?;
     let model = a.run.common.load()?;
-    let npz = Npz::read(&a.input)?;
+    let npz = Npz::read(&a.denoise.input)?;
     let (shape, x, y) = images_and_labels(&npz, &model)?;
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
-    let mut b = a.run.builder(model.clone()).denoise_steps(a.steps).clip(a.clip).classes(y.clone());
-    if let Some(t) = a.t_max {
-        b = b.t_max(inputs::positive("--t-max", t)?);
-    }
-    if let Some(t) = a.t_min {
-        b = b.t_min(inputs::positive("--t-min", t)?);
-    }
-    let sampler = a.run.open(b)?;
+    let settings = a.denoise.apply(sampler::defaults(&model))?;
+    let sampler = a.run.open(a.run.builder(model.clone()).settings(settings).classes(y.clone()))?;
     let out = sampler.denoise(x.view(), &y, &mut |_| {})?;
-    let mut npz = Npz::new(&a.output);
-    npz.insert("x", Array::f32(&shape, out.iter().copied().collect()));
-    npz.write()?;
-    eprintln!("wrote {}", a.output.display());
+    let labels = (model.num_classes() > 0).then_some(y.as_slice());
+    a.output.write(out.as_slice().expect("standard layout"), shape, labels, (shape[0] as f64).sqrt().ceil() as usize)?;
     Ok(())
 }
 
@@ -54,8 +38,10 @@ pub fn denoise(a: DenoiseArgs) -> Result<()> {
 pub struct ScoreArgs {
     #[command(flatten)]
     pub run: Run,
+    /// npz with images `x` (B,C,H,W), noise levels `t` (B,) and optional labels `y` (B,).
     #[arg(long)]
     pub input: PathBuf,
+    /// npz to write, with `score` (B,C,H,W) and `logp` (B,).
     #[arg(long)]
     pub output: PathBuf,
 }
