@@ -31,4 +31,4 @@ run="${RUN_DIR:-runs/fmnist}"
 "$bin" sample --ckpt models/fmnist/model.safetensors --per-class 10 --cfg 0 --seed 0 --out models/fmnist/samples_cfg0.png
 
 # 5. The package that itarflow-rt samples from by default, checked against Burn.
-"$bin" export --ckpt models/fmnist/model.safetensors --out models/fmnist/package --cfg 2 --check
+"$bin" export --ckpt models/fmnist/model.safetensors --out models/fmnist/package --cfg 2 --precision both --check
