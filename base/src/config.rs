@@ -48,7 +48,7 @@ pub struct ModelConfig {
     pub num_layers: usize,
     /// Transformer width per flow layer (`channels`).
     pub widths: Vec<usize>,
-    /// Transformer blocks per flow layer (`layers_per_block`), e.g. the deep-shallow [2,2,2,12].
+    /// Transformer blocks per flow layer (`layers_per_block`), e.g. the deep-shallow `[2, 2, 2, 12]`.
     pub blocks_per_layer: Vec<usize>,
     /// Channels per attention head (64 in the reference).
     #[serde(default = "default_head_dim")]
@@ -182,7 +182,7 @@ impl ModelConfig {
     /// - `tiny16`: the shape of the reference test checkpoint (16 px grey, 4 layers of width 64).
     /// - `fmnist-s`, `fmnist-m`: class-conditional 32 px grey models sized for CPU training.
     /// - `imagenet64/128/256`: the reference's published ImageNet recipes (width 1280/1600/2176,
-    ///   deep-shallow blocks [4,4,4,24], patch 2/4/8). At 128 and 256 px they have 1.19B and
+    ///   deep-shallow blocks `[4, 4, 4, 24]`, patch 2/4/8). At 128 and 256 px they have 1.19B and
     ///   2.2B parameters, the sizes the paper gives for its L and XL models.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let base = |img_size, in_channels, patch, width, blocks: Vec<usize>, classes, t_max| ModelConfig {

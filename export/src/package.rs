@@ -38,7 +38,7 @@ pub struct ExportOptions {
     pub external_min_bytes: Option<usize>,
     pub sampler: SamplerDefaults,
     /// Inputs and outputs of every graph kind computed by the exporting framework, written to
-    /// `reference.npz` for `itarflow-rt check` (names as in [`reference_names`]).
+    /// `reference.npz` for `itarflow-rt check` (names as in `itarflow_base::reference`).
     pub reference: Vec<(String, Array)>,
 }
 
