@@ -1,14 +1,15 @@
-//! The tract provider: pure-Rust CPU inference. Each graph is loaded once and decluttered.
-//! Graphs whose only symbolic dim is the batch N (cond, forward, VJP, score) get one optimised
-//! plan per batch size they run with (N made concrete: tract then fuses and vectorises the
-//! elementwise ops it leaves generic under a symbol, 1.7x faster on the score graph); the step
-//! graphs, whose past length P changes every step, keep one plan with N and P symbolic.
+//! The tract provider: pure-Rust CPU inference. Graphs whose only symbolic dim is the batch N
+//! (cond, forward, fixed-cache step, VJP, score) get one optimised plan per batch size they run
+//! with, made from the file on first use (N made concrete: tract then fuses and vectorises the
+//! elementwise ops it leaves generic under a symbol, 1.7x faster on the score graph); the
+//! growing-cache step graphs, whose past length P changes every step, keep one plan with N and P
+//! symbolic, made at load.
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
 //! steps share one state instead of allocating one per step.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
@@ -56,8 +57,9 @@ impl Plan {
 enum Plans {
     /// One plan for every shape (symbols other than the batch).
     Symbolic(Plan),
-    /// The decluttered model with its batch symbol, and a plan per batch size (oldest first).
-    PerBatch { model: TypedModel, batch: Symbol, plans: Mutex<Vec<(usize, Arc<Plan>)>> },
+    /// A plan per batch size (oldest first), each made from the file when first needed (the
+    /// model is not kept in memory between plans).
+    PerBatch { path: PathBuf, plans: Mutex<Vec<(usize, Arc<Plan>)>> },
 }
 
 /// A graph ready to run on tract.
@@ -67,14 +69,18 @@ pub struct TractGraph {
 }
 
 impl TractGraph {
-    /// Loads and declutters the ONNX graph at `path` (external data is read beside it).
-    pub fn load(path: &Path) -> Result<Self, RtError> {
-        let name = path.display().to_string();
-        let model = tract_onnx::onnx()
+    fn decluttered(path: &Path) -> Result<TypedModel, RtError> {
+        tract_onnx::onnx()
             .model_for_path(path)
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
-            .map_err(|e| fail(&format!("loading {name}"), e))?;
+            .map_err(|e| fail(&format!("loading {}", path.display()), e))
+    }
+
+    /// Loads and declutters the ONNX graph at `path` (external data is read beside it).
+    pub fn load(path: &Path) -> Result<Self, RtError> {
+        let name = path.display().to_string();
+        let model = Self::decluttered(path)?;
         let mut symbols: HashMap<String, Symbol> = HashMap::new();
         for i in 0..model.inputs.len() {
             let fact = model.input_fact(i).map_err(|e| fail(&name, e))?;
@@ -85,7 +91,7 @@ impl TractGraph {
             }
         }
         let plans = match symbols.remove("N") {
-            Some(batch) if symbols.is_empty() => Plans::PerBatch { model, batch, plans: Mutex::new(Vec::new()) },
+            Some(_) if symbols.is_empty() => Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) },
             _ => Plans::Symbolic(Plan::new(model, &name)?),
         };
         Ok(Self { plans, name })
@@ -107,13 +113,15 @@ impl TractGraph {
     }
 
     /// The plan for inputs whose first dim is `n` (made on first use).
-    fn plan_for(&self, model: &TypedModel, batch: &Symbol, plans: &Mutex<Vec<(usize, Arc<Plan>)>>, n: usize) -> Result<Arc<Plan>, RtError> {
+    fn plan_for(&self, path: &Path, plans: &Mutex<Vec<(usize, Arc<Plan>)>>, n: usize) -> Result<Arc<Plan>, RtError> {
         let mut plans = plans.lock().map_err(|_| fail(&self.name, "plan cache lock poisoned"))?;
         if let Some((_, p)) = plans.iter().find(|(b, _)| *b == n) {
             return Ok(p.clone());
         }
+        let model = Self::decluttered(path)?;
+        let batch = model.symbols.sym("N");
         let concrete = model
-            .set_symbols(&HashMap::from([(batch.clone(), TDim::Val(n as i64))]))
+            .set_symbols(&HashMap::from([(batch, TDim::Val(n as i64))]))
             .map_err(|e| fail(&format!("setting the batch of {} to {n}", self.name), e))?;
         let plan = Arc::new(Plan::new(concrete, &self.name)?);
         if plans.len() >= MAX_BATCH_PLANS {
@@ -146,9 +154,9 @@ impl Engine for TractGraph {
         let inputs: TVec<TValue> = inputs.into_iter().cloned().collect();
         let outs = match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs, &self.name)?,
-            Plans::PerBatch { model, batch, plans } => {
+            Plans::PerBatch { path, plans } => {
                 let n = inputs.first().and_then(|v| v.shape().first().copied()).ok_or_else(|| fail(&self.name, "no batched input"))?;
-                self.plan_for(model, batch, plans, n)?.run(inputs, &self.name)?
+                self.plan_for(path, plans, n)?.run(inputs, &self.name)?
             }
         };
         Ok(outs.into_iter().collect())
