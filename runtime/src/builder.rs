@@ -368,16 +368,28 @@ impl Sampler {
         let chunk = if self.batch == 0 { b.max(1) } else { self.batch };
         let batches = b.div_ceil(chunk);
         let mut x = Vec::with_capacity(b * self.model().image_len());
-        for (k, start) in (0..b).step_by(chunk).enumerate() {
-            let n = chunk.min(b - start);
-            let zs = &z[start * per_z..(start + n) * per_z];
-            let mut report = |p| match p {
-                Progress::Invert { layer, layers, .. } => progress(Progress::Invert { layer, layers, batch: k + 1, batches }),
-                other => progress(other),
-            };
-            let part = with_graphs!(&self.loaded, g => sampler::invert(g, zs, &labels[start..start + n], &self.settings, self.step_cache, &mut report))?;
-            x.extend(part);
-        }
+        std::thread::scope(|scope| {
+            // Phase 2's graphs get ready on another core while phase 1 runs.
+            let ready = (self.settings.denoise_steps > 0).then(|| {
+                scope.spawn(|| {
+                    with_graphs!(&self.loaded, g => sampler::prepare_phase2(g, self.score_form, b, self.settings.denoise_batch))
+                })
+            });
+            for (k, start) in (0..b).step_by(chunk).enumerate() {
+                let n = chunk.min(b - start);
+                let zs = &z[start * per_z..(start + n) * per_z];
+                let mut report = |p| match p {
+                    Progress::Invert { layer, layers, .. } => progress(Progress::Invert { layer, layers, batch: k + 1, batches }),
+                    other => progress(other),
+                };
+                let part = with_graphs!(&self.loaded, g => sampler::invert(g, zs, &labels[start..start + n], &self.settings, self.step_cache, &mut report))?;
+                x.extend(part);
+            }
+            if let Some(handle) = ready {
+                handle.join().map_err(|_| RtError::Invalid("preparing the denoiser's graphs panicked".into()))??;
+            }
+            Ok::<(), RtError>(())
+        })?;
         with_graphs!(&self.loaded, g => sampler::denoise(g, self.score_form, &mut x, labels, &self.settings, progress))?;
         Ok(x)
     }

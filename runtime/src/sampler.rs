@@ -359,6 +359,29 @@ pub fn score<E: Engine>(
     Ok((scores, logps))
 }
 
+/// Makes the graphs of phase 2 ready for `images` images scored `batch` at a time (tract builds a
+/// plan per batch size): run on a second thread while phase 1 runs, it takes that work off the
+/// critical path.
+pub fn prepare_phase2<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm, images: usize, batch: usize) -> Result<(), RtError> {
+    let chunk = if batch == 0 { images } else { batch.min(images) };
+    let mut sizes = vec![chunk];
+    if chunk > 0 && !images.is_multiple_of(chunk) {
+        sizes.push(images % chunk);
+    }
+    let kinds: &[GraphKind] = match form {
+        ScoreForm::Whole => &[GraphKind::Score],
+        ScoreForm::Layerwise => &[GraphKind::Forward, GraphKind::LayerVjp],
+    };
+    for &kind in kinds {
+        for g in graphs.get(kind)? {
+            for &n in sizes.iter().filter(|&&n| n > 0) {
+                g.prepare(n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Phase 2: the Euler denoiser from t_max to t_min, in place, scoring `batch` images at a time.
 pub fn denoise<E: Engine>(
     graphs: &GraphSet<E>,

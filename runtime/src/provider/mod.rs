@@ -149,4 +149,9 @@ pub trait Engine {
     fn download(&self, v: &Self::Value) -> Result<HostTensor, RtError>;
     /// Runs the graph on inputs in the graph's input order; outputs in its output order.
     fn run_values(&self, inputs: Vec<&Self::Value>) -> Result<Vec<Self::Value>, RtError>;
+    /// Makes ready what running on `batch` rows needs, so that the first such run does not pay
+    /// for it (tract: the optimised plan for that batch size). A no-op by default.
+    fn prepare(&self, _batch: usize) -> Result<(), RtError> {
+        Ok(())
+    }
 }

@@ -161,4 +161,11 @@ impl Engine for TractGraph {
         };
         Ok(outs.into_iter().collect())
     }
+
+    fn prepare(&self, batch: usize) -> Result<(), RtError> {
+        match &self.plans {
+            Plans::Symbolic(_) => Ok(()),
+            Plans::PerBatch { path, plans } => self.plan_for(path, plans, batch).map(|_| ()),
+        }
+    }
 }
