@@ -25,13 +25,19 @@ type Loader<G> = Box<dyn Fn(&Model, &GraphEntry) -> Result<G, RtError> + Send + 
 pub struct GraphSet<G> {
     model: Arc<Model>,
     precision: Precision,
+    threads: usize,
     loader: Loader<G>,
     families: [OnceLock<Result<Vec<G>, String>>; 6],
 }
 
 impl<G> GraphSet<G> {
-    pub fn new(model: Arc<Model>, precision: Precision, loader: Loader<G>) -> Self {
-        Self { model, precision, loader, families: Default::default() }
+    pub fn new(model: Arc<Model>, precision: Precision, threads: usize, loader: Loader<G>) -> Self {
+        Self { model, precision, threads: threads.max(1), loader, families: Default::default() }
+    }
+
+    /// CPU threads the graphs may use.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn model(&self) -> &Model {
@@ -106,7 +112,9 @@ impl Loaded {
     /// cond graph, so that a provider that cannot run fails here with its reason.
     pub fn open(model: Arc<Model>, provider: Provider, precision: Precision, opts: &ProviderOptions) -> Result<Self, RtError> {
         let loaded = match provider {
-            Provider::Tract => Loaded::Tract(GraphSet::new(model, precision, Box::new(|m, e| TractGraph::load(&m.dir.join(&e.file))))),
+            Provider::Tract => {
+                Loaded::Tract(GraphSet::new(model, precision, opts.threads(), Box::new(|m, e| TractGraph::load(&m.dir.join(&e.file)))))
+            }
             Provider::Auto => return Err(RtError::Invalid("resolve `auto` with Loaded::open_auto".into())),
             p => {
                 if p == Provider::TensorRt {
@@ -114,10 +122,14 @@ impl Loaded {
                         .map_err(|e| RtError::Invalid(format!("TensorRT cache directory {}: {e}", opts.trt_cache.display())))?;
                 }
                 let opts = opts.clone();
+                let threads = opts.threads();
                 Loaded::Ort(GraphSet::new(
                     model,
                     precision,
-                    Box::new(move |m, e| OrtGraph::load(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref())),
+                    threads,
+                    Box::new(move |m, e| {
+                        OrtGraph::load_with_threads(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref(), threads)
+                    }),
                 ))
             }
         };

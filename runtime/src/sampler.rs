@@ -302,7 +302,68 @@ pub fn log_prob<E: Engine>(graphs: &GraphSet<E>, x: &[f32], t: &[f32], labels: &
     Ok(logp)
 }
 
-/// Score and log p of images (B, C, H, W) at per-image noise levels, in batches of `batch`.
+/// Scores (B, C, H, W) and log p (B,) of a batch.
+type Scored = (Vec<f32>, Vec<f32>);
+
+/// Score and log p of one batch of images (B, C, H, W) in one run of the graphs.
+fn score_batch<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm, xs: &[f32], ts: &[f32], ys: &[i64]) -> Result<Scored, RtError> {
+    let model = graphs.model();
+    let c = &model.manifest.model;
+    let n = ts.len();
+    match form {
+        ScoreForm::Whole => {
+            let g = graphs.score()?;
+            let mut feeds = vec![g.upload(&HostTensor::F32(vec![n, c.in_channels, c.img_size, c.img_size], xs.to_vec()))?];
+            feeds.extend(cond_feeds(g, c, ts, ys)?);
+            let out = g.run_values(feeds.iter().collect())?;
+            Ok((g.download(&out[0])?.into_f32(), g.download(&out[1])?.into_f32()))
+        }
+        ScoreForm::Layerwise => {
+            let ForwardPass { inputs, z, logp } = forward_pass(graphs, xs, ts, ys)?;
+            let vjp = graphs.get(GraphKind::LayerVjp)?;
+            let d = c.data_dim() as f32;
+            // d log p / d z = -z; d log p / d logdet_l = D for every layer.
+            let mut gz: Vec<f32> = z.iter().map(|v| -v).collect();
+            for l in (0..c.num_layers).rev() {
+                let (g, info) = (&vjp[l], &model.manifest.layers[l]);
+                let shape = vec![n, info.tokens, info.token_dim];
+                let mut feeds = vec![g.upload(&HostTensor::F32(shape.clone(), inputs[l].clone()))?];
+                feeds.extend(cond_feeds(g, c, ts, ys)?);
+                feeds.push(g.upload(&HostTensor::F32(shape, gz))?);
+                feeds.push(g.upload(&HostTensor::F32(vec![n], vec![d; n]))?);
+                let out = g.run_values(feeds.iter().collect())?;
+                gz = g.download(&out[0])?.into_f32();
+                if l > 0 {
+                    gz = repatch(&gz, n, c, c.patch_size(l), c.patch_size(l - 1));
+                }
+            }
+            let mut gx = unpatchify(&gz, n, c, c.patch_size(0));
+            if c.input_scale != 1.0 {
+                gx.iter_mut().for_each(|v| *v *= c.input_scale as f32);
+            }
+            Ok((gx, logp))
+        }
+    }
+}
+
+/// `n` items in at most `parts` consecutive (start, len) ranges of near-equal size.
+fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts).map(|k| (k * n / parts, (k + 1) * n / parts - k * n / parts)).filter(|&(_, len)| len > 0).collect()
+}
+
+/// Threads one score batch is split over: the graph set's threads on an engine whose runs can
+/// share a graph (tract), else 1 (ONNX Runtime parallelises inside each run).
+fn score_threads<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm) -> Result<usize, RtError> {
+    let g = match form {
+        ScoreForm::Whole => graphs.score()?,
+        ScoreForm::Layerwise => &graphs.get(GraphKind::Forward)?[0],
+    };
+    Ok(if g.concurrent() { graphs.threads() } else { 1 })
+}
+
+/// Score and log p of images (B, C, H, W) at per-image noise levels, in batches of `batch`; on an
+/// engine that runs concurrently, each batch is split over the graph set's threads.
 pub fn score<E: Engine>(
     graphs: &GraphSet<E>,
     form: ScoreForm,
@@ -310,49 +371,30 @@ pub fn score<E: Engine>(
     t: &[f32],
     labels: &[i64],
     batch: usize,
-) -> Result<(Vec<f32>, Vec<f32>), RtError> {
+) -> Result<Scored, RtError> {
     let model = graphs.model();
     check_batch(model, x, t, labels)?;
-    let c = &model.manifest.model;
     let per = model.image_len();
+    let threads = score_threads(graphs, form)?;
     let (mut scores, mut logps) = (Vec::with_capacity(x.len()), Vec::with_capacity(t.len()));
     chunked(t.len(), batch, |s, n| {
-        let (xs, ts, ys) = (&x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n]);
-        match form {
-            ScoreForm::Whole => {
-                let g = graphs.score()?;
-                let mut feeds = vec![g.upload(&HostTensor::F32(vec![n, c.in_channels, c.img_size, c.img_size], xs.to_vec()))?];
-                feeds.extend(cond_feeds(g, c, ts, ys)?);
-                let out = g.run_values(feeds.iter().collect())?;
-                scores.extend(g.download(&out[0])?.into_f32());
-                logps.extend(g.download(&out[1])?.into_f32());
-            }
-            ScoreForm::Layerwise => {
-                let ForwardPass { inputs, z, logp: lp } = forward_pass(graphs, xs, ts, ys)?;
-                let vjp = graphs.get(GraphKind::LayerVjp)?;
-                let d = c.data_dim() as f32;
-                // d log p / d z = -z; d log p / d logdet_l = D for every layer.
-                let mut gz: Vec<f32> = z.iter().map(|v| -v).collect();
-                for l in (0..c.num_layers).rev() {
-                    let (g, info) = (&vjp[l], &model.manifest.layers[l]);
-                    let shape = vec![n, info.tokens, info.token_dim];
-                    let mut feeds = vec![g.upload(&HostTensor::F32(shape.clone(), inputs[l].clone()))?];
-                    feeds.extend(cond_feeds(g, c, ts, ys)?);
-                    feeds.push(g.upload(&HostTensor::F32(shape, gz))?);
-                    feeds.push(g.upload(&HostTensor::F32(vec![n], vec![d; n]))?);
-                    let out = g.run_values(feeds.iter().collect())?;
-                    gz = g.download(&out[0])?.into_f32();
-                    if l > 0 {
-                        gz = repatch(&gz, n, c, c.patch_size(l), c.patch_size(l - 1));
-                    }
-                }
-                let mut gx = unpatchify(&gz, n, c, c.patch_size(0));
-                if c.input_scale != 1.0 {
-                    gx.iter_mut().for_each(|v| *v *= c.input_scale as f32);
-                }
-                scores.extend(gx);
-                logps.extend(lp);
-            }
+        let parts = split(n, threads);
+        let run = |(a, len): (usize, usize)| {
+            let (a, b) = (s + a, s + a + len);
+            score_batch(graphs, form, &x[a * per..b * per], &t[a..b], &labels[a..b])
+        };
+        let results: Vec<Result<Scored, RtError>> = if parts.len() == 1 {
+            vec![run(parts[0])]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = parts.iter().map(|&p| scope.spawn(move || run(p))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(RtError::Invalid("a scoring thread panicked".into())))).collect()
+            })
+        };
+        for r in results {
+            let (sc, lp) = r?;
+            scores.extend(sc);
+            logps.extend(lp);
         }
         Ok(())
     })?;
@@ -364,10 +406,14 @@ pub fn score<E: Engine>(
 /// critical path.
 pub fn prepare_phase2<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm, images: usize, batch: usize) -> Result<(), RtError> {
     let chunk = if batch == 0 { images } else { batch.min(images) };
-    let mut sizes = vec![chunk];
+    let mut chunks = vec![chunk];
     if chunk > 0 && !images.is_multiple_of(chunk) {
-        sizes.push(images % chunk);
+        chunks.push(images % chunk);
     }
+    let threads = score_threads(graphs, form)?;
+    let mut sizes: Vec<usize> = chunks.iter().flat_map(|&c| split(c, threads).into_iter().map(|(_, len)| len)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
     let kinds: &[GraphKind] = match form {
         ScoreForm::Whole => &[GraphKind::Score],
         ScoreForm::Layerwise => &[GraphKind::Forward, GraphKind::LayerVjp],

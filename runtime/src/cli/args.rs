@@ -68,6 +68,10 @@ pub struct Common {
     /// TensorRT: largest batch (rows, twice the images on guided layers) the engines' profiles cover.
     #[arg(long, default_value_t = 128)]
     pub trt_max_batch: usize,
+    /// CPU threads (0 = all cores): ONNX Runtime's intra-op threads; tract splits each score
+    /// batch over them.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 impl Common {
@@ -82,6 +86,7 @@ impl Common {
             trt_fp16: self.trt_fp16,
             trt_cache: self.trt_cache.clone(),
             trt_max_batch: self.trt_max_batch,
+            threads: self.threads,
         }
     }
 

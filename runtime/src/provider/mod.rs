@@ -97,11 +97,21 @@ pub struct ProviderOptions {
     pub trt_cache: PathBuf,
     /// TensorRT: largest batch (rows) the optimisation profiles cover.
     pub trt_max_batch: usize,
+    /// CPU threads (0 = all cores): ONNX Runtime's intra-op threads; tract (single-threaded per
+    /// run) splits each score batch over this many threads.
+    pub threads: usize,
+}
+
+impl ProviderOptions {
+    /// `threads`, with 0 resolved to the number of cores.
+    pub fn threads(&self) -> usize {
+        if self.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.threads }
+    }
 }
 
 impl Default for ProviderOptions {
     fn default() -> Self {
-        Self { ort_lib: None, trt_fp16: false, trt_cache: PathBuf::from(".itarflow-trt-cache"), trt_max_batch: 128 }
+        Self { ort_lib: None, trt_fp16: false, trt_cache: PathBuf::from(".itarflow-trt-cache"), trt_max_batch: 128, threads: 0 }
     }
 }
 
@@ -143,12 +153,17 @@ pub fn run_host<E: Engine>(graph: &E, inputs: &[HostTensor]) -> Result<Vec<HostT
 }
 
 /// A loaded graph on some provider.
-pub trait Engine {
+pub trait Engine: Send + Sync {
     type Value;
     fn upload(&self, t: &HostTensor) -> Result<Self::Value, RtError>;
     fn download(&self, v: &Self::Value) -> Result<HostTensor, RtError>;
     /// Runs the graph on inputs in the graph's input order; outputs in its output order.
     fn run_values(&self, inputs: Vec<&Self::Value>) -> Result<Vec<Self::Value>, RtError>;
+    /// Whether runs of this graph from several threads proceed in parallel (tract: each run has
+    /// its own state); false where runs are serialised and the engine parallelises inside a run.
+    fn concurrent(&self) -> bool {
+        false
+    }
     /// Makes ready what running on `batch` rows needs, so that the first such run does not pay
     /// for it (tract: the optimised plan for that batch size). A no-op by default.
     fn prepare(&self, _batch: usize) -> Result<(), RtError> {

@@ -140,6 +140,11 @@ pub struct OrtGraph {
 impl OrtGraph {
     /// Creates a session for the graph at `path` on `device` (strict provider registration).
     pub fn load(path: &Path, device: &OrtDevice, library: Option<&Path>) -> Result<Self, RtError> {
+        Self::load_with_threads(path, device, library, 1)
+    }
+
+    /// As [`Self::load`], with `threads` intra-op threads.
+    pub fn load_with_threads(path: &Path, device: &OrtDevice, library: Option<&Path>, threads: usize) -> Result<Self, RtError> {
         let env = environment(library)?;
         let p = device.name();
         let ep = match device {
@@ -164,7 +169,7 @@ impl OrtGraph {
         .error_on_failure();
         let session = Session::builder(env)
             .map_err(|e| fail(p, e))?
-            .with_intra_threads(1)
+            .with_intra_threads(threads.max(1))
             .map_err(|e| fail(p, e))?
             .with_execution_providers([ep])
             .map_err(|e| fail(p, e))?

@@ -162,6 +162,10 @@ impl Engine for TractGraph {
         Ok(outs.into_iter().collect())
     }
 
+    fn concurrent(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, batch: usize) -> Result<(), RtError> {
         match &self.plans {
             Plans::Symbolic(_) => Ok(()),
