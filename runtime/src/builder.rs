@@ -10,7 +10,8 @@
 //! # Ok::<(), itarflow_rt::RtError>(())
 //! ```
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use itarflow_base::GaussianNoise;
 use itarflow_base::manifest::GraphKind;
@@ -19,7 +20,7 @@ use ndarray::{Array1, Array4, ArrayView4};
 use crate::graphs::Loaded;
 use crate::memory;
 use crate::model::Model;
-use crate::provider::{Precision, Provider, ProviderOptions};
+use crate::provider::{Engine, Precision, Provider, ProviderOptions};
 use crate::sampler::{self, CfgStyle, Progress, SampleSettings, ScoreForm, StepCache};
 use crate::{RtError, with_graphs};
 
@@ -364,34 +365,73 @@ impl Sampler {
     /// Phase 1 in batches of `self.batch`, then phase 2 over all images.
     fn run_both(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> {
         let b = labels.len();
-        let per_z = self.model().noise_len();
-        let chunk = if self.batch == 0 { b.max(1) } else { self.batch };
-        let batches = b.div_ceil(chunk);
-        let mut x = Vec::with_capacity(b * self.model().image_len());
-        std::thread::scope(|scope| {
+        let mut x = std::thread::scope(|scope| {
             // Phase 2's graphs get ready on another core while phase 1 runs.
             let ready = (self.settings.denoise_steps > 0).then(|| {
                 scope.spawn(|| {
                     with_graphs!(&self.loaded, g => sampler::prepare_phase2(g, self.score_form, b, self.settings.denoise_batch))
                 })
             });
-            for (k, start) in (0..b).step_by(chunk).enumerate() {
-                let n = chunk.min(b - start);
-                let zs = &z[start * per_z..(start + n) * per_z];
-                let mut report = |p| match p {
-                    Progress::Invert { layer, layers, .. } => progress(Progress::Invert { layer, layers, batch: k + 1, batches }),
-                    other => progress(other),
-                };
-                let part = with_graphs!(&self.loaded, g => sampler::invert(g, zs, &labels[start..start + n], &self.settings, self.step_cache, &mut report))?;
-                x.extend(part);
-            }
+            let x = self.invert_all(z, labels, progress)?;
             if let Some(handle) = ready {
                 handle.join().map_err(|_| RtError::Invalid("preparing the denoiser's graphs panicked".into()))??;
             }
-            Ok::<(), RtError>(())
+            Ok::<_, RtError>(x)
         })?;
         with_graphs!(&self.loaded, g => sampler::denoise(g, self.score_form, &mut x, labels, &self.settings, progress))?;
         Ok(x)
+    }
+
+    /// Phase 1 of all images: in batches of `self.batch` (default: all at once, or, on an engine
+    /// whose runs proceed in parallel, one batch per thread), run by as many worker threads as the
+    /// engine can use; progress is reported from this thread.
+    fn invert_all(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> {
+        let b = labels.len();
+        let per_z = self.model().noise_len();
+        let (concurrent, threads) = with_graphs!(&self.loaded, g => (g.get(GraphKind::Cond)?[0].concurrent(), g.threads()));
+        let workers = if concurrent { threads } else { 1 };
+        let chunks: Vec<(usize, usize)> = if self.batch == 0 {
+            sampler::split(b, workers)
+        } else {
+            (0..b).step_by(self.batch).map(|s| (s, self.batch.min(b - s))).collect()
+        };
+        let batches = chunks.len();
+        let next = AtomicUsize::new(0);
+        let parts: Mutex<Vec<Option<Vec<f32>>>> = Mutex::new(vec![None; batches]);
+        let (tx, rx) = mpsc::channel::<Progress>();
+        std::thread::scope(|scope| {
+            let (next, chunks, parts) = (&next, &chunks, &parts);
+            let handles: Vec<_> = (0..workers.min(batches))
+                .map(|_| {
+                    let tx = tx.clone();
+                    scope.spawn(move || -> Result<(), RtError> {
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(start, n)) = chunks.get(k) else { return Ok(()) };
+                            let mut report = |p| {
+                                if let Progress::Invert { layer, layers, .. } = p {
+                                    let _ = tx.send(Progress::Invert { layer, layers, batch: k + 1, batches });
+                                }
+                            };
+                            let zs = &z[start * per_z..(start + n) * per_z];
+                            let ys = &labels[start..start + n];
+                            let part = with_graphs!(&self.loaded, g => sampler::invert(g, zs, ys, &self.settings, self.step_cache, &mut report))?;
+                            parts.lock().map_err(|_| RtError::Invalid("phase-1 results lock poisoned".into()))?[k] = Some(part);
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            for p in rx {
+                progress(p);
+            }
+            for h in handles {
+                h.join().map_err(|_| RtError::Invalid("a phase-1 thread panicked".into()))??;
+            }
+            Ok::<(), RtError>(())
+        })?;
+        let parts = parts.into_inner().map_err(|_| RtError::Invalid("phase-1 results lock poisoned".into()))?;
+        Ok(parts.into_iter().flatten().flatten().collect())
     }
 
     /// Phase 2 alone: denoises images (B, C, H, W) with labels from t_max to t_min.

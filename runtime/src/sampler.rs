@@ -347,7 +347,7 @@ fn score_batch<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm, xs: &[f32], ts:
 }
 
 /// `n` items in at most `parts` consecutive (start, len) ranges of near-equal size.
-fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
+pub(crate) fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, n.max(1));
     (0..parts).map(|k| (k * n / parts, (k + 1) * n / parts - k * n / parts)).filter(|&(_, len)| len > 0).collect()
 }
