@@ -128,7 +128,9 @@ impl Loaded {
                     precision,
                     threads,
                     Box::new(move |m, e| {
-                        OrtGraph::load_with_threads(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref(), threads)
+                        // The graphs of whole batches get the threads; a step is too small to share.
+                        let t = if matches!(e.kind, GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond) { 1 } else { threads };
+                        OrtGraph::load_with_threads(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref(), t)
                     }),
                 ))
             }

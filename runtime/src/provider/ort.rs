@@ -143,7 +143,9 @@ impl OrtGraph {
         Self::load_with_threads(path, device, library, 1)
     }
 
-    /// As [`Self::load`], with `threads` intra-op threads.
+    /// As [`Self::load`], with `threads` intra-op threads. Above one, the session's pool does not
+    /// spin between runs: the sampler holds some thirty sessions, and spinning pools of idle
+    /// sessions would take the cores from the one running.
     pub fn load_with_threads(path: &Path, device: &OrtDevice, library: Option<&Path>, threads: usize) -> Result<Self, RtError> {
         let env = environment(library)?;
         let p = device.name();
@@ -170,6 +172,8 @@ impl OrtGraph {
         let session = Session::builder(env)
             .map_err(|e| fail(p, e))?
             .with_intra_threads(threads.max(1))
+            .map_err(|e| fail(p, e))?
+            .with_intra_op_spinning(threads <= 1)
             .map_err(|e| fail(p, e))?
             .with_execution_providers([ep])
             .map_err(|e| fail(p, e))?
