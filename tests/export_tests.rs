@@ -44,7 +44,7 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
             .expect("ONNX Runtime (pip install onnxruntime==1.31.1, as scripts/setup.sh does)");
         let input = if l == 0 { x0.clone() } else { outs[(l - 1) * per..l * per].to_vec() };
         let feeds = [Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())];
-        for (engine, res) in [("tract", tract.run(&feeds).unwrap()), ("ort cpu", run_host(&ort, &feeds).unwrap())] {
+        for (engine, res) in [("tract", run_host(&tract, &feeds).unwrap()), ("ort cpu", run_host(&ort, &feeds).unwrap())] {
             let ez = rel_err(res[0].f32(), &outs[l * per..(l + 1) * per]);
             let el = rel_err(res[1].f32(), &lds[l * 4..(l + 1) * 4]);
             println!("layer{l}_forward ({engine}): z {ez:.2e}, logdet {el:.2e}");
@@ -64,7 +64,7 @@ fn score_graph_reproduces_reference_score_and_log_p() {
     let run = load(&g, dir.path());
     let (_, t) = array(&v, "t");
     let y = v.i64("y", 1, "", "").unwrap().1;
-    let res = run.run(&[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
+    let res = run_host(&run, &[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
     let es = rel_err(res[0].f32(), &array(&v, "score").1);
     let el = rel_err(res[1].f32(), &array(&v, "logp").1);
     println!("score graph (tract): score {es:.2e}, logp {el:.2e}");
@@ -88,7 +88,7 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
         let u = gaussian([b, tokens, c], 70 + l as u64, 1.0);
         let (a_full, b_full) = layer.network(u.clone(), &conds[l], &model.shared_backbone);
         let cond_run = load(&graphs::cond(&ws, l).unwrap(), dir.path());
-        let cond = cond_run.run(&[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
+        let cond = run_host(&cond_run, &[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
         let e = rel_err(cond.f32(), &values(conds[l].clone()));
         assert!(e < 1e-5, "cond graph {e:.2e}");
         let (heads, hd) = (1, 64);
@@ -109,7 +109,7 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
                     Feed::F32(vec![b], vec![1.0; b]),
                 ];
                 feeds.extend(past.iter().cloned());
-                let out = step.run(&feeds).unwrap();
+                let out = run_host(&step, &feeds).unwrap();
                 let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
                 worst = worst.max(rel_err(out[0].f32(), &want(&av))).max(rel_err(out[1].f32(), &want(&bv)));
                 assert_eq!(out[2].shape()[2], if fixed { tokens } else { n + 1 });
@@ -248,7 +248,7 @@ fn chained_layer_vjps_give_the_reference_score() {
         let run = load(&graphs::forward(&ws, l).unwrap(), dir.path());
         let mut feeds = vec![Feed::F32(xs.clone(), inputs[l].clone())];
         feeds.extend(common.iter().cloned());
-        inputs.push(run.run(&feeds).unwrap().remove(0).into_f32());
+        inputs.push(run_host(&run, &feeds).unwrap().remove(0).into_f32());
     }
     let mut g: Vec<f32> = inputs[4].iter().map(|z| -z).collect();
     for l in (0..4).rev() {
@@ -257,7 +257,7 @@ fn chained_layer_vjps_give_the_reference_score() {
         feeds.extend(common.iter().cloned());
         feeds.push(Feed::F32(xs.clone(), g));
         feeds.push(Feed::F32(vec![4], vec![256.0; 4]));
-        g = run.run(&feeds).unwrap().remove(0).into_f32();
+        g = run_host(&run, &feeds).unwrap().remove(0).into_f32();
     }
     // (B, T, c) tokens of 2x2 patches back to (B, 1, 16, 16) images.
     let mut score = vec![0f32; g.len()];

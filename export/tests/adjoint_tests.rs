@@ -8,6 +8,7 @@ use itarflow_export::ir::{ConstData, DType, Dim, Graph, V, fixed};
 use itarflow_export::onnx;
 use itarflow_export::ops::{Bin, Op, Un};
 use itarflow_rt::HostTensor as Feed;
+use itarflow_rt::provider::run_host;
 use itarflow_rt::provider::tract::TractGraph;
 
 fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -38,7 +39,7 @@ fn check(name: &str, shape: &[usize], x0: impl Fn(f32) -> f32, body: impl Fn(&mu
     onnx::save(&g, &path, onnx::DEFAULT_OPSET, None).unwrap();
     let run = TractGraph::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     let xv: Vec<f32> = noise(n, 1, 1.0).into_iter().map(&x0).collect();
-    let eval = |xs: Vec<f32>| run.run(&[Feed::F32(shape.to_vec(), xs)]).unwrap();
+    let eval = |xs: Vec<f32>| run_host(&run, &[Feed::F32(shape.to_vec(), xs)]).unwrap();
     let base = eval(xv.clone());
     let grad = base[1].f32();
     assert_eq!(grad.len(), n, "{name}: gradient has the input's size");
@@ -151,7 +152,7 @@ fn where_and_cast() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cast.onnx");
     onnx::save(&g, &path, onnx::DEFAULT_OPSET, None).unwrap();
-    let got = TractGraph::load(&path).unwrap().run(&[Feed::F32(vec![6], vec![0.5; 6])]).unwrap().remove(0).into_f32();
+    let got = run_host(&TractGraph::load(&path).unwrap(), &[Feed::F32(vec![6], vec![0.5; 6])]).unwrap().remove(0).into_f32();
     let want: Vec<f32> = wv.iter().map(|&w| half::f16::from_f32(w).to_f32()).collect();
     assert_eq!(got, want);
     // The symbolic batch dimension survives differentiation.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use itarflow_base::manifest::GraphKind;
 use serde::Serialize;
 
 use crate::graphs::GraphSet;
@@ -57,10 +56,9 @@ fn time_step<E: Engine>(gs: &GraphSet<E>, cache: StepCache, rows: usize, repeats
     let m = &gs.model().manifest;
     let l = m.layers.len() - 1;
     let info = &m.layers[l];
-    let kind = if cache == StepCache::Fixed { GraphKind::StepFixed } else { GraphKind::Step };
-    let g = &gs.get(kind)?[l];
+    let g = &gs.get(cache.graph_kind())?[l];
     let pos = info.tokens / 2;
-    let len = if cache == StepCache::Fixed { info.tokens } else { pos };
+    let len = cache.past_len(info.tokens, pos);
     let past = HostTensor::F32(vec![rows, info.heads, len, info.head_dim], vec![0.1; rows * info.heads * len * info.head_dim]);
     let mut feeds = vec![
         g.upload(&HostTensor::F32(vec![rows, info.token_dim], vec![0.5; rows * info.token_dim]))?,

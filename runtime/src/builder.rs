@@ -297,12 +297,8 @@ impl Sampler {
 
     /// Loads (and optimises) every graph sampling needs now rather than on first use.
     pub fn warm_up(&self) -> Result<(), RtError> {
-        let step = if self.step_cache == StepCache::Fixed { GraphKind::StepFixed } else { GraphKind::Step };
-        let mut kinds = vec![GraphKind::Cond, step];
-        kinds.extend(match self.score_form {
-            ScoreForm::Whole => vec![GraphKind::Score],
-            ScoreForm::Layerwise => vec![GraphKind::Forward, GraphKind::LayerVjp],
-        });
+        let mut kinds = vec![GraphKind::Cond, self.step_cache.graph_kind()];
+        kinds.extend(self.score_form.graph_kinds());
         for kind in kinds {
             with_graphs!(&self.loaded, g => g.get(kind).map(|_| ()))?;
         }
@@ -390,11 +386,7 @@ impl Sampler {
         let per_z = self.model().noise_len();
         let (concurrent, threads) = with_graphs!(&self.loaded, g => (g.get(GraphKind::Cond)?[0].concurrent(), g.threads()));
         let workers = if concurrent { threads } else { 1 };
-        let chunks: Vec<(usize, usize)> = if self.batch == 0 {
-            sampler::split(b, workers)
-        } else {
-            (0..b).step_by(self.batch).map(|s| (s, self.batch.min(b - s))).collect()
-        };
+        let chunks = if self.batch == 0 { sampler::split(b, workers) } else { sampler::chunks(b, self.batch) };
         let batches = chunks.len();
         let next = AtomicUsize::new(0);
         let parts: Mutex<Vec<Option<Vec<f32>>>> = Mutex::new(vec![None; batches]);

@@ -16,7 +16,7 @@ use itarflow_base::reference as names;
 use crate::graphs::{GraphSet, Loaded};
 use crate::model::Model;
 use crate::provider::{Engine, HostTensor, Precision, Provider, ProviderOptions, run_host};
-use crate::sampler::{self, ScoreForm};
+use crate::sampler::{self, ScoreForm, StepCache};
 use crate::{RtError, with_graphs};
 
 /// The outcome of a check.
@@ -93,10 +93,11 @@ fn run_graphs<E: Engine>(gs: &GraphSet<E>, r: &Reference) -> Result<Vec<Output>,
 
         let (_, u) = f32s(r.npz, &names::layer(l, "u"))?;
         let (_, ref_cond) = f32s(r.npz, &names::layer(l, "cond"))?;
-        for (kind, name) in [(GraphKind::Step, format!("layer{l}_step")), (GraphKind::StepFixed, format!("layer{l}_step_fixed"))] {
-            let g = &gs.get(kind)?[l];
+        for step_cache in [StepCache::Growing, StepCache::Fixed] {
+            let g = &gs.get(step_cache.graph_kind())?[l];
+            let name = &model.entry(step_cache.graph_kind(), Some(l), gs.precision().name())?.name;
             let (tokens, width) = (info.tokens, info.token_dim);
-            let cache = if kind == GraphKind::Step { 0 } else { tokens };
+            let cache = step_cache.past_len(tokens, 0);
             let zeros = vec![0.0; b * info.heads * cache * info.head_dim];
             let mut past = vec![HostTensor::F32(vec![b, info.heads, cache, info.head_dim], zeros); 2 * info.blocks];
             let (mut a, mut sh) = (Vec::new(), Vec::new());
@@ -114,8 +115,8 @@ fn run_graphs<E: Engine>(gs: &GraphSet<E>, r: &Reference) -> Result<Vec<Output>,
                 sh.extend_from_slice(out[1].f32());
                 a.extend_from_slice(out[0].f32());
             }
-            push(&mut outs, &name, "a", a);
-            push(&mut outs, &name, "b", sh);
+            push(&mut outs, name, "a", a);
+            push(&mut outs, name, "b", sh);
         }
     }
     let (shape, x) = f32s(r.npz, names::SCORE_X)?;

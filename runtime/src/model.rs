@@ -48,11 +48,6 @@ impl Model {
         })
     }
 
-    /// The file of a graph, or an error naming what the package lacks.
-    pub fn graph_path(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Result<PathBuf, RtError> {
-        Ok(self.dir.join(&self.entry(kind, layer, precision)?.file))
-    }
-
     pub fn num_classes(&self) -> usize {
         self.manifest.model.num_classes
     }

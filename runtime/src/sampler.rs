@@ -46,6 +46,24 @@ pub enum StepCache {
     Fixed,
 }
 
+impl StepCache {
+    /// The step graphs of this cache.
+    pub fn graph_kind(self) -> GraphKind {
+        match self {
+            StepCache::Growing => GraphKind::Step,
+            StepCache::Fixed => GraphKind::StepFixed,
+        }
+    }
+
+    /// Length of the K/V cache fed to the step at position `pos` of a layer of `tokens` tokens.
+    pub fn past_len(self, tokens: usize, pos: usize) -> usize {
+        match self {
+            StepCache::Growing => pos,
+            StepCache::Fixed => tokens,
+        }
+    }
+}
+
 /// How the score (grad_x log p) is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScoreForm {
@@ -55,6 +73,16 @@ pub enum ScoreForm {
     /// Forward graphs, then each layer's VJP graph from the top (forward recomputed inside):
     /// the activations of one layer alive at a time.
     Layerwise,
+}
+
+impl ScoreForm {
+    /// The graph families this form runs.
+    pub fn graph_kinds(self) -> &'static [GraphKind] {
+        match self {
+            ScoreForm::Whole => &[GraphKind::Score],
+            ScoreForm::Layerwise => &[GraphKind::Forward, GraphKind::LayerVjp],
+        }
+    }
 }
 
 /// Progress of a run.
@@ -133,9 +161,8 @@ pub fn invert<E: Engine>(
             last.token_dim
         )));
     }
-    let fixed = cache == StepCache::Fixed;
     let conds = graphs.get(GraphKind::Cond)?;
-    let steps_g = graphs.get(if fixed { GraphKind::StepFixed } else { GraphKind::Step })?;
+    let steps_g = graphs.get(cache.graph_kind())?;
     let std: Vec<f32> = model.var.iter().map(|v| v.sqrt()).collect();
     let mut x: Vec<f32> = z.iter().enumerate().map(|(i, v)| v * std[i % std.len()]).collect();
     for (i, l) in (0..layers).rev().enumerate() {
@@ -162,11 +189,8 @@ pub fn invert<E: Engine>(
             inv_temp.extend(std::iter::repeat_n((1.0 / s.guidance.uncond_temperature) as f32, b));
         }
         let inv_temp = step_g.upload(&HostTensor::F32(vec![rows], inv_temp))?;
-        let empty = if fixed {
-            HostTensor::F32(vec![rows, info.heads, tokens, info.head_dim], vec![0.0; rows * info.heads * tokens * info.head_dim])
-        } else {
-            HostTensor::F32(vec![rows, info.heads, 0, info.head_dim], vec![])
-        };
+        let len = cache.past_len(tokens, 0);
+        let empty = HostTensor::F32(vec![rows, info.heads, len, info.head_dim], vec![0.0; rows * info.heads * len * info.head_dim]);
         let mut past: Vec<E::Value> = (0..2 * info.blocks).map(|_| step_g.upload(&empty)).collect::<Result<_, _>>()?;
         // Tokens in the layer's permuted order, one Vec per position.
         let perm = |n: usize| if info.flip { tokens - 1 - n } else { n };
@@ -236,13 +260,10 @@ fn check_batch(model: &Model, x: &[f32], t: &[f32], labels: &[i64]) -> Result<()
     Ok(())
 }
 
-/// Runs `f` on consecutive chunks of at most `batch` images (0 = all at once).
-fn chunked(b: usize, batch: usize, mut f: impl FnMut(usize, usize) -> Result<(), RtError>) -> Result<(), RtError> {
-    let chunk = if batch == 0 { b.max(1) } else { batch.min(b).max(1) };
-    for start in (0..b).step_by(chunk) {
-        f(start, chunk.min(b - start))?;
-    }
-    Ok(())
+/// `n` items as consecutive (start, len) chunks of at most `batch` (0 = one chunk of all).
+pub(crate) fn chunks(n: usize, batch: usize) -> Vec<(usize, usize)> {
+    let size = if batch == 0 { n.max(1) } else { batch };
+    (0..n).step_by(size).map(|start| (start, size.min(n - start))).collect()
 }
 
 /// A batch's pass through the per-layer forward graphs.
@@ -295,10 +316,9 @@ pub fn log_prob<E: Engine>(graphs: &GraphSet<E>, x: &[f32], t: &[f32], labels: &
     check_batch(model, x, t, labels)?;
     let per = model.image_len();
     let mut logp = Vec::with_capacity(t.len());
-    chunked(t.len(), batch, |s, n| {
+    for (s, n) in chunks(t.len(), batch) {
         logp.extend(forward_pass(graphs, &x[s * per..(s + n) * per], &t[s..s + n], &labels[s..s + n])?.logp);
-        Ok(())
-    })?;
+    }
     Ok(logp)
 }
 
@@ -355,10 +375,7 @@ pub(crate) fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
 /// Threads one score batch is split over: the graph set's threads on an engine whose runs can
 /// share a graph (tract), else 1 (ONNX Runtime parallelises inside each run).
 fn score_threads<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm) -> Result<usize, RtError> {
-    let g = match form {
-        ScoreForm::Whole => graphs.score()?,
-        ScoreForm::Layerwise => &graphs.get(GraphKind::Forward)?[0],
-    };
+    let g = &graphs.get(form.graph_kinds()[0])?[0];
     Ok(if g.concurrent() { graphs.threads() } else { 1 })
 }
 
@@ -377,7 +394,7 @@ pub fn score<E: Engine>(
     let per = model.image_len();
     let threads = score_threads(graphs, form)?;
     let (mut scores, mut logps) = (Vec::with_capacity(x.len()), Vec::with_capacity(t.len()));
-    chunked(t.len(), batch, |s, n| {
+    for (s, n) in chunks(t.len(), batch) {
         let parts = split(n, threads);
         let run = |(a, len): (usize, usize)| {
             let (a, b) = (s + a, s + a + len);
@@ -396,8 +413,7 @@ pub fn score<E: Engine>(
             scores.extend(sc);
             logps.extend(lp);
         }
-        Ok(())
-    })?;
+    }
     Ok((scores, logps))
 }
 
@@ -405,22 +421,15 @@ pub fn score<E: Engine>(
 /// plan per batch size): run on a second thread while phase 1 runs, it takes that work off the
 /// critical path.
 pub fn prepare_phase2<E: Engine>(graphs: &GraphSet<E>, form: ScoreForm, images: usize, batch: usize) -> Result<(), RtError> {
-    let chunk = if batch == 0 { images } else { batch.min(images) };
-    let mut chunks = vec![chunk];
-    if chunk > 0 && !images.is_multiple_of(chunk) {
-        chunks.push(images % chunk);
-    }
     let threads = score_threads(graphs, form)?;
-    let mut sizes: Vec<usize> = chunks.iter().flat_map(|&c| split(c, threads).into_iter().map(|(_, len)| len)).collect();
+    // The run sizes `score` will use: its chunks, each split over the threads.
+    let mut sizes: Vec<usize> =
+        chunks(images, batch).into_iter().flat_map(|(_, c)| split(c, threads).into_iter().map(|(_, len)| len)).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let kinds: &[GraphKind] = match form {
-        ScoreForm::Whole => &[GraphKind::Score],
-        ScoreForm::Layerwise => &[GraphKind::Forward, GraphKind::LayerVjp],
-    };
-    for &kind in kinds {
+    for &kind in form.graph_kinds() {
         for g in graphs.get(kind)? {
-            for &n in sizes.iter().filter(|&&n| n > 0) {
+            for &n in &sizes {
                 g.prepare(n)?;
             }
         }

@@ -164,6 +164,11 @@ impl From<CacheArg> for StepCache {
     }
 }
 
+/// The providers a `--providers` list names, or all of them when it is empty.
+pub fn providers_or_all(list: &[ProviderArg]) -> Vec<Provider> {
+    if list.is_empty() { Provider::ALL.to_vec() } else { list.iter().map(|&p| p.into()).collect() }
+}
+
 /// Images `x` (B, C, H, W) and labels `y` (B,) (default: unconditional) of an npz, checked
 /// against the model.
 pub fn images_and_labels(npz: &Npz, model: &Model) -> Result<([usize; 4], ndarray::Array4<f32>, Vec<i64>)> {

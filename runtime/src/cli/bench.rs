@@ -2,10 +2,9 @@
 //! child process of its own so that peak memory is the provider's.
 
 use anyhow::{Context, Result, bail};
-use itarflow_rt::Provider;
 use itarflow_rt::bench::{BenchOptions, bench};
 
-use super::args::{CacheArg, Common, FormArg, ProviderArg};
+use super::args::{CacheArg, Common, FormArg, ProviderArg, providers_or_all};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -34,11 +33,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let providers: Vec<Provider> = if a.providers.is_empty() {
-        vec![Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt]
-    } else {
-        a.providers.iter().map(|&p| p.into()).collect()
-    };
+    let providers = providers_or_all(&a.providers);
     let explicit = !a.providers.is_empty();
     if a.in_process {
         let model = a.common.load()?;

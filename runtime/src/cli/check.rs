@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use itarflow_base::Npz;
 use itarflow_rt::Provider;
 
-use super::args::{Common, ProviderArg};
+use super::args::{Common, ProviderArg, providers_or_all};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -29,11 +29,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         Some(p) => Npz::read(p)?,
         None => itarflow_rt::check::package_reference(&model)?,
     };
-    let providers: Vec<Provider> = if a.providers.is_empty() {
-        vec![Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt]
-    } else {
-        a.providers.iter().map(|&p| p.into()).filter(|&p| p != Provider::Auto).collect()
-    };
+    let providers: Vec<Provider> = providers_or_all(&a.providers).into_iter().filter(|&p| p != Provider::Auto).collect();
     let report = itarflow_rt::check::check(model, &reference, &providers, &a.common.options())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

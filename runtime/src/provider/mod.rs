@@ -27,6 +27,8 @@ pub enum Provider {
 impl Provider {
     /// The order `Auto` tries.
     pub const PREFERENCE: [Provider; 4] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract];
+    /// Every concrete provider, CPU ones first (what `check` and `bench` cover by default).
+    pub const ALL: [Provider; 4] = [Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -97,13 +97,6 @@ impl TractGraph {
         Ok(Self { plans, name })
     }
 
-    /// Runs on host tensors (for checks and one-off calls).
-    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RtError> {
-        let ins = inputs.iter().map(|t| self.upload(t)).collect::<Result<Vec<_>, _>>()?;
-        let outs = self.run_values(ins.iter().collect())?;
-        outs.iter().map(download).collect()
-    }
-
     fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
         let tensor = match t {
             HostTensor::F32(s, d) => Tensor::from_shape(s, d),
