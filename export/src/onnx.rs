@@ -161,24 +161,15 @@ pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], p
 /// own beside it when `external` is given.
 pub fn save(g: &Graph, path: &std::path::Path, opset: i64, external: Option<&ExternalData>) -> Result<(), crate::ExportError> {
     let werr = |p: &std::path::Path, e: std::io::Error| crate::ExportError::Write { path: p.into(), reason: e.to_string() };
-    let mut data: Vec<u8> = Vec::new();
-    let mut place = |_: &str, bytes: &[u8]| -> std::io::Result<Option<(String, u64)>> {
-        match external {
-            Some(ext) if bytes.len() >= ext.min_bytes => {
-                // Page-aligned offsets let runtimes map the weights.
-                data.resize(data.len().div_ceil(4096) * 4096, 0);
-                let offset = data.len() as u64;
-                data.extend_from_slice(bytes);
-                Ok(Some((ext.location.clone(), offset)))
-            }
-            _ => Ok(None),
-        }
+    let Some(ext) = external else {
+        let model = encode(g, opset, "", &[], &mut |_, _| Ok(None)).map_err(|e| werr(path, e))?;
+        return itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e));
     };
-    let model = encode(g, opset, "", &[], &mut place).map_err(|e| werr(path, e))?;
-    if let Some(ext) = external.filter(|_| !data.is_empty()) {
-        let data_path = path.with_file_name(&ext.location);
-        itarflow_base::write_atomic(&data_path, |w| std::io::Write::write_all(w, &data)).map_err(|e| werr(&data_path, e))?;
-    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut store = crate::store::WeightStore::single(dir, &ext.location, ext.min_bytes);
+    let model = encode(g, opset, "", &[], &mut |name, bytes| store.place(name, bytes)).map_err(|e| werr(path, e))?;
+    // The data file is in place before the graph that refers to it.
+    store.finish().map_err(|e| werr(&dir.join(&ext.location), e))?;
     itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e))
 }
 

@@ -2,7 +2,9 @@
 //! written once, to a data file beside the graphs (`layer{l}.weights` for a layer's tensors,
 //! `model.weights` for the rest), and every graph that uses it points at the same bytes through
 //! ONNX external data (location, offset, length). Identical tensors are stored once: a layer's
-//! forward, cond, step and VJP graphs and the whole-model score graph share one copy.
+//! forward, cond, step and VJP graphs and the whole-model score graph share one copy. A store
+//! can also put everything in one named file (a graph's own data file). Files are written under
+//! a temporary name and renamed into place by [`WeightStore::finish`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -17,6 +19,8 @@ const PAGE_ALIGN_FROM: usize = 1 << 20;
 pub struct WeightStore {
     dir: PathBuf,
     min_bytes: usize,
+    /// One file for every tensor, instead of a file per layer.
+    single: Option<String>,
     files: BTreeMap<String, (File, u64)>,
     index: HashMap<[u8; 32], (String, u64)>,
     /// Files the graph being encoded refers to.
@@ -26,10 +30,18 @@ pub struct WeightStore {
 impl WeightStore {
     /// A store writing its files into `dir`; tensors under `min_bytes` stay inside the graphs.
     pub fn new(dir: &Path, min_bytes: usize) -> Self {
-        Self { dir: dir.to_path_buf(), min_bytes, files: BTreeMap::new(), index: HashMap::new(), used: BTreeSet::new() }
+        Self { dir: dir.to_path_buf(), min_bytes, single: None, files: BTreeMap::new(), index: HashMap::new(), used: BTreeSet::new() }
     }
 
-    fn file_for(name: &str) -> String {
+    /// A store writing every tensor of at least `min_bytes` to `dir/file`.
+    pub fn single(dir: &Path, file: &str, min_bytes: usize) -> Self {
+        Self { single: Some(file.to_string()), ..Self::new(dir, min_bytes) }
+    }
+
+    fn file_for(&self, name: &str) -> String {
+        if let Some(file) = &self.single {
+            return file.clone();
+        }
         match name.split('.').next() {
             Some(l) if l.starts_with("layer") && l[5..].parse::<usize>().is_ok() => format!("{l}.weights"),
             _ => "model.weights".into(),
@@ -47,9 +59,9 @@ impl WeightStore {
             self.used.insert(file.clone());
             return Ok(Some((file.clone(), *offset)));
         }
-        let file = Self::file_for(name);
+        let file = self.file_for(name);
         if !self.files.contains_key(&file) {
-            self.files.insert(file.clone(), (File::create(self.dir.join(&file))?, 0));
+            self.files.insert(file.clone(), (File::create(self.partial(&file))?, 0));
         }
         let (handle, len) = self.files.get_mut(&file).expect("inserted");
         let align = if bytes.len() >= PAGE_ALIGN_FROM { 4096 } else { 64 };
@@ -67,10 +79,15 @@ impl WeightStore {
         std::mem::take(&mut self.used).into_iter().collect()
     }
 
-    /// Flushes every data file to disk.
+    fn partial(&self, file: &str) -> PathBuf {
+        self.dir.join(format!("{file}.partial"))
+    }
+
+    /// Flushes every data file to disk and renames it into place.
     pub fn finish(self) -> std::io::Result<()> {
-        for (_, (f, _)) in self.files {
+        for (name, (f, _)) in &self.files {
             f.sync_all()?;
+            std::fs::rename(self.partial(name), self.dir.join(name))?;
         }
         Ok(())
     }
