@@ -112,9 +112,17 @@ impl Loaded {
     /// cond graph, so that a provider that cannot run fails here with its reason.
     pub fn open(model: Arc<Model>, provider: Provider, precision: Precision, opts: &ProviderOptions) -> Result<Self, RtError> {
         let loaded = match provider {
-            Provider::Tract => {
-                Loaded::Tract(GraphSet::new(model, precision, opts.threads(), Box::new(|m, e| TractGraph::load(&m.dir.join(&e.file)))))
-            }
+            Provider::Tract => Loaded::Tract(GraphSet::new(
+                model,
+                precision,
+                opts.threads(),
+                Box::new(|m, e| {
+                    let path = m.dir.join(&e.file);
+                    // The manifest says which graphs are symbolic in the batch alone.
+                    let batch_only = e.inputs.iter().flat_map(|i| &i.shape).all(|d| d.as_str().is_none_or(|s| s == "N"));
+                    if batch_only { Ok(TractGraph::load_batched(&path)) } else { TractGraph::load(&path) }
+                }),
+            )),
             Provider::Auto => return Err(RtError::Invalid("resolve `auto` with Loaded::open_auto".into())),
             p => {
                 if p == Provider::TensorRt {

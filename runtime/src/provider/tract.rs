@@ -77,7 +77,15 @@ impl TractGraph {
             .map_err(|e| fail(&format!("loading {}", path.display()), e))
     }
 
-    /// Loads and declutters the ONNX graph at `path` (external data is read beside it).
+    /// A graph whose only symbolic dim is the batch N, known from elsewhere (the package
+    /// manifest): nothing is read until the first run, which makes the plan for its batch size
+    /// (reading the file once per batch size instead of also once here).
+    pub fn load_batched(path: &Path) -> Self {
+        Self { plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) }, name: path.display().to_string() }
+    }
+
+    /// Loads and declutters the ONNX graph at `path` (external data is read beside it), and
+    /// finds from its inputs whether it gets a plan per batch size.
     pub fn load(path: &Path) -> Result<Self, RtError> {
         let name = path.display().to_string();
         let model = Self::decluttered(path)?;
@@ -90,11 +98,10 @@ impl TractGraph {
                 }
             }
         }
-        let plans = match symbols.remove("N") {
-            Some(_) if symbols.is_empty() => Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) },
-            _ => Plans::Symbolic(Plan::new(model, &name)?),
-        };
-        Ok(Self { plans, name })
+        match symbols.remove("N") {
+            Some(_) if symbols.is_empty() => Ok(Self::load_batched(path)),
+            _ => Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name)?), name }),
+        }
     }
 
     fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
