@@ -123,7 +123,6 @@ pub fn export(
             Precisions::Fp16 => &["fp16"],
             Precisions::Both => &["fp32", "fp16"],
         };
-        let mut entries = Vec::new();
         let mut builders: Vec<(GraphKind, Option<usize>)> = Vec::new();
         for l in 0..config.num_layers {
             builders.push((GraphKind::Forward, Some(l)));
@@ -133,55 +132,65 @@ pub fn export(
             builders.push((GraphKind::LayerVjp, Some(l)));
         }
         builders.push((GraphKind::Score, None));
+        // Each graph is built once and written at every precision (fp16 converted from it).
+        let mut stores: Vec<Option<WeightStore>> = Vec::new();
         for &precision in precisions {
             let pdir = tmp.join(precision);
             std::fs::create_dir_all(&pdir).map_err(|e| werr(&tmp, e))?;
-            let mut store = opts
-                .shared_weights
-                .then(|| WeightStore::new(&pdir, opts.external_min_bytes.unwrap_or(SHARED_MIN_BYTES)));
-            for &(kind, layer) in &builders {
-                let mut g = match (kind, layer) {
-                    (GraphKind::Forward, Some(l)) => graphs::forward(&w, l)?,
-                    (GraphKind::Cond, Some(l)) => graphs::cond(&w, l)?,
-                    (GraphKind::Step, Some(l)) => graphs::step(&w, l, false)?,
-                    (GraphKind::StepFixed, Some(l)) => graphs::step(&w, l, true)?,
-                    (GraphKind::LayerVjp, Some(l)) => graphs::layer_vjp(&w, l)?,
-                    _ => graphs::score(&w)?,
+            stores.push(opts.shared_weights.then(|| WeightStore::new(&pdir, opts.external_min_bytes.unwrap_or(SHARED_MIN_BYTES))));
+        }
+        let mut by_precision: Vec<Vec<GraphEntry>> = vec![Vec::new(); precisions.len()];
+        for &(kind, layer) in &builders {
+            let built = match (kind, layer) {
+                (GraphKind::Forward, Some(l)) => graphs::forward(&w, l)?,
+                (GraphKind::Cond, Some(l)) => graphs::cond(&w, l)?,
+                (GraphKind::Step, Some(l)) => graphs::step(&w, l, false)?,
+                (GraphKind::StepFixed, Some(l)) => graphs::step(&w, l, true)?,
+                (GraphKind::LayerVjp, Some(l)) => graphs::layer_vjp(&w, l)?,
+                _ => graphs::score(&w)?,
+            };
+            progress(&built.name);
+            for (k, &precision) in precisions.iter().enumerate() {
+                let half;
+                let g = if precision == "fp16" {
+                    half = crate::half::to_half(&built);
+                    &half
+                } else {
+                    &built
                 };
-                if precision == "fp16" {
-                    g = crate::half::to_half(&g);
-                }
-                progress(&g.name);
                 let file = format!("{precision}/{}.onnx", g.name);
-                let external_data = match &mut store {
+                let external_data = match &mut stores[k] {
                     Some(store) => {
-                        onnx::save_shared(&g, &tmp.join(&file), opts.opset, store)?;
+                        onnx::save_shared(g, &tmp.join(&file), opts.opset, store)?;
                         store.take_used().into_iter().map(|f| format!("{precision}/{f}")).collect()
                     }
                     None => {
                         let min_bytes = opts
                             .external_min_bytes
-                            .or_else(|| (weight_bytes(&g) > AUTO_EXTERNAL_BYTES).then_some(SHARED_MIN_BYTES));
+                            .or_else(|| (weight_bytes(g) > AUTO_EXTERNAL_BYTES).then_some(SHARED_MIN_BYTES));
                         let external = min_bytes.map(|m| ExternalData { location: format!("{}.weights", g.name), min_bytes: m });
-                        onnx::save(&g, &tmp.join(&file), opts.opset, external.as_ref())?;
+                        onnx::save(g, &tmp.join(&file), opts.opset, external.as_ref())?;
                         external.map(|e| format!("{precision}/{}", e.location)).filter(|f| tmp.join(f).exists()).into_iter().collect()
                     }
                 };
-                entries.push(GraphEntry {
+                by_precision[k].push(GraphEntry {
                     name: g.name.clone(),
                     kind,
                     layer,
                     precision: precision.to_string(),
                     file,
                     external_data,
-                    inputs: g.inputs.iter().map(|&v| spec(&g, v)).collect(),
-                    outputs: g.outputs.iter().map(|&v| spec(&g, v)).collect(),
+                    inputs: g.inputs.iter().map(|&v| spec(g, v)).collect(),
+                    outputs: g.outputs.iter().map(|&v| spec(g, v)).collect(),
                 });
             }
+        }
+        for (store, precision) in stores.into_iter().zip(precisions) {
             if let Some(store) = store {
-                store.finish().map_err(|e| werr(&pdir, e))?;
+                store.finish().map_err(|e| werr(&tmp.join(precision), e))?;
             }
         }
+        let entries: Vec<GraphEntry> = by_precision.into_iter().flatten().collect();
         let last = config.num_layers - 1;
         let var = w.get("var", &[config.tokens(last), config.token_dim(last)])?;
         let prior_file = "prior.npz".to_string();
