@@ -102,15 +102,23 @@ pub fn prior_noise(npz: &Npz, tokens: usize, token_dim: usize) -> Result<(usize,
 }
 
 /// The labels of `b` images: `y` when given, else every image of `class`, else random classes
-/// drawn from `seed` (conditional model), else unconditional (-1).
-pub fn choose_labels(y: Option<Vec<i64>>, class: Option<i64>, b: usize, seed: u64, num_classes: usize) -> Result<Vec<i64>, InputError> {
+/// drawn from `seed` (conditional model), else unconditional (-1); checked, `what` naming their
+/// origin in the error.
+pub fn choose_labels(
+    y: Option<Vec<i64>>,
+    class: Option<i64>,
+    b: usize,
+    seed: u64,
+    num_classes: usize,
+    what: &str,
+) -> Result<Vec<i64>, InputError> {
     let labels = match (y, class) {
         (Some(y), _) => y,
         (None, Some(k)) => vec![k; b],
         (None, None) if num_classes > 0 => crate::noise::random_labels(seed, b, num_classes),
         (None, None) => vec![-1; b],
     };
-    check_labels(&labels, b, num_classes, "--class")?;
+    check_labels(&labels, b, num_classes, what)?;
     Ok(labels)
 }
 

@@ -38,7 +38,7 @@ impl NoiseArgs {
             let npz = Npz::read(path)?;
             let (b, z) = inputs::prior_noise(&npz, tokens, token_dim)?;
             let given = inputs::labels(&npz, b, num_classes)?;
-            return Ok((z, inputs::choose_labels(given, self.class, b, self.seed, num_classes)?));
+            return Ok((z, inputs::choose_labels(given, self.class, b, self.seed, num_classes, "--class")?));
         }
         let labels = match self.per_class {
             Some(n) => {
@@ -51,7 +51,7 @@ impl NoiseArgs {
                 if self.num == 0 {
                     return Err(InputError::Invalid("--num must be at least 1".into()));
                 }
-                inputs::choose_labels(None, self.class, self.num, self.seed, num_classes)?
+                inputs::choose_labels(None, self.class, self.num, self.seed, num_classes, "--class")?
             }
         };
         Ok((crate::noise::prior_noise(self.seed, labels.len() * per), labels))

@@ -193,12 +193,11 @@ impl SamplerBuilder {
         if s.guidance.uncond_temperature.is_nan() || s.guidance.uncond_temperature <= 0.0 {
             return Err(RtError::Invalid(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
         }
-        let labels = match &self.classes {
-            Classes::Given(y) => y.clone(),
-            Classes::Random(n) if c.num_classes > 0 => itarflow_base::random_labels(self.seed, *n, c.num_classes),
-            Classes::Random(n) => vec![-1; *n],
+        let (given, n) = match &self.classes {
+            Classes::Given(y) => (Some(y.clone()), y.len()),
+            Classes::Random(n) => (None, *n),
         };
-        itarflow_base::inputs::check_labels(&labels, labels.len(), c.num_classes, "the sampler's classes")
+        let labels = itarflow_base::inputs::choose_labels(given, None, n, self.seed, c.num_classes, "the sampler's classes")
             .map_err(|e| RtError::Invalid(e.to_string()))?;
         let mut settings = self.settings;
         if let Some(budget) = self.memory_budget {
