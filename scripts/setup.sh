@@ -15,7 +15,7 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 # ONNX Runtime for the runtime's cpu provider (and its tests), loaded at run time by itarflow-rt
 # from the wheel's capi/ directory; GPU hosts install onnxruntime-gpu instead (see the README).
-if ! python3 -c "import onnxruntime" 2>/dev/null; then
+if ! python3 -c "import onnxruntime; assert onnxruntime.__version__ == '1.31.1'" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.31.1
 fi
 python3 -c "import onnxruntime, os; print('onnxruntime', onnxruntime.__version__, os.path.dirname(onnxruntime.__file__))"
