@@ -1,48 +1,148 @@
 #!/usr/bin/env bash
-# The GPU acceptance run of itarflow-rt: on a machine with an NVIDIA GPU and ONNX Runtime's GPU
-# build, checks every graph of the demo package on TensorRT, CUDA and ONNX Runtime CPU against the
-# package's reference outputs, measures each provider, and samples a grid on each.
+# The GPU acceptance run of itarflow-rt, in stages, for a GPU host without network (the device
+# machine) or any machine with an NVIDIA GPU:
 #
-# Usage: bash scripts/gpu_check.sh [ITARFLOW_RT_BINARY] [OUT_DIR]
-#   ITARFLOW_RT_BINARY  default: target-gpu/itarflow-rt (a copy of the release binary, for machines
-#                       that do not build the project), else $CARGO_TARGET_DIR/release/itarflow-rt
-#   OUT_DIR             default: $OUT, else gpu-check/
-# Needs libonnxruntime with the CUDA and TensorRT providers (pip install onnxruntime-gpu==1.31.1,
-# or ORT_DYLIB_PATH pointing at it) and TensorRT 10's libnvinfer on the library path. What is
-# missing is written to OUT_DIR/environment.txt and the run goes on with what loads; the exit code
-# is check's (non-zero past tolerance or when no GPU provider loads).
+#   bash scripts/gpu_check.sh stash DIR   copy a part of the GPU kit (DIR/*) to $KIT, outside the checkout
+#   bash scripts/gpu_check.sh setup       rebuild ONNX Runtime's GPU build and the binaries in $KIT,
+#                                         find the CUDA libraries, record the environment
+#   bash scripts/gpu_check.sh demo        check every graph of the demo package on cuda, cpu,
+#                                         tensorrt and tract-cuda; bench it (batch 16 and 256, fp32,
+#                                         fp16, TF32, loops on/off); a sample grid per GPU provider
+#   bash scripts/gpu_check.sh s64         the S-sized benchmark model (untrained, `itarflow init`):
+#                                         export, check on cuda, bench at batch 16
+#
+# The kit (made here by scripts/gpu_kit.sh): ort-gpu.tar.zst.NN (ONNX Runtime 1.31.1's GPU
+# libraries, other architectures' cubins zeroed), zstd, itarflow-rt.zst, itarflow.zst. On a
+# machine with onnxruntime-gpu installed and the binaries built, set ORT_DYLIB_PATH, RT and
+# ITARFLOW instead and run demo / s64 directly. Results go to $OUT (default gpu-check/): a log,
+# the check reports, bench JSON lines, grids.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target-gpu/itarflow-rt}
-if [ ! -x "$bin" ]; then
-    bin="${CARGO_TARGET_DIR:-$HOME/.cache/itarflow-target}/release/itarflow-rt"
-fi
-out=${2:-${OUT:-gpu-check}}
+KIT=${KIT:-/root/itarflow-gpu}
+out=${OUT:-gpu-check}
 mkdir -p "$out"
-{
-    echo "date: $(date -u)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi: not found"
-    python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers(), o.__file__)" 2>&1
-    echo "ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-}"
-    ldconfig -p 2>/dev/null | grep -E "libnvinfer|libcudart|libcudnn|libcublas" || echo "no TensorRT/CUDA libraries in ldconfig"
-} > "$out/environment.txt"
-cat "$out/environment.txt"
+log="$out/log.txt"
+say() { echo "== $*" | tee -a "$log"; }
+# Runs a command with a time limit, its output to the log (and stdout); never stops the script.
+run() {
+    local limit=$1
+    shift
+    echo "\$ $*" | tee -a "$log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || echo "(exit $rc)" | tee -a "$log"
+    return 0
+}
 
-"$bin" check --providers tensorrt,cuda,cpu --json > "$out/check.json" 2> "$out/check.err"
-status=$?
-"$bin" check --providers tensorrt,cuda,cpu > "$out/check.txt" 2>&1
-cat "$out/check.txt"
-if grep -q '"engine": "\(tensorrt\|cuda\)"' "$out/check.json"; then
-    for batch in 16 64; do
-        "$bin" bench --providers tensorrt,cuda,cpu --batch "$batch" --json >> "$out/bench.jsonl" 2>> "$out/bench.err"
-        "$bin" bench --providers tensorrt,cuda --batch "$batch" --step-cache growing --json >> "$out/bench.jsonl" 2>> "$out/bench.err"
+load_env() {
+    # shellcheck disable=SC1091
+    [ -f "$KIT/env.sh" ] && . "$KIT/env.sh"
+    RT=${RT:-$KIT/bin/itarflow-rt}
+    ITARFLOW=${ITARFLOW:-$KIT/bin/itarflow}
+    export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+}
+
+stage_stash() {
+    mkdir -p "$KIT"
+    cp -r "$1"/. "$KIT"/
+    ls -la "$KIT"
+}
+
+stage_setup() {
+    local z="$KIT/zstd"
+    command -v zstd >/dev/null && z=$(command -v zstd)
+    chmod +x "$KIT/zstd" 2>/dev/null
+    mkdir -p "$KIT/ort" "$KIT/bin"
+    say "ONNX Runtime GPU libraries"
+    cat "$KIT"/ort-gpu.tar.zst.* | "$z" -q -d | tar -x -C "$KIT/ort" && ls -la "$KIT/ort" | tee -a "$log"
+    for b in itarflow-rt itarflow; do
+        [ -f "$KIT/$b.zst" ] && "$z" -q -d -f "$KIT/$b.zst" -o "$KIT/bin/$b" && chmod +x "$KIT/bin/$b"
     done
-    cat "$out/bench.jsonl"
-    for p in tensorrt cuda; do
-        "$bin" sample --provider "$p" --per-class 4 --cfg 2 --out "$out/samples_$p.png" --json >> "$out/sample.jsonl" 2>> "$out/sample.err"
+    local cuda
+    cuda=$(find / -xdev \( -name 'libcudnn.so.9' -o -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' \
+        -o -name 'libcufft.so.12' -o -name 'libcurand.so.10' -o -name 'libnvrtc.so.13' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+    local home=/usr/local/cuda
+    [ -d "$home/include" ] || home=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")")
+    {
+        echo "export ORT_DYLIB_PATH=$(ls "$KIT"/ort/libonnxruntime.so.1.*)"
+        echo "export LD_LIBRARY_PATH=$KIT/ort:$cuda:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
+        echo "export CUDA_HOME=$home"
+    } > "$KIT/env.sh"
+    load_env
+    say "environment"
+    {
+        date -u
+        nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+        nvcc --version 2>&1 | tail -2
+        cat "$KIT/env.sh"
+        echo "CUDA provider's libraries:"
+        ldd "$KIT/ort/libonnxruntime_providers_cuda.so" | grep -E "not found|cudnn|cublas|cudart" || true
+        echo "TensorRT: $(ldconfig -p 2>/dev/null | grep -c libnvinfer) libnvinfer entries in ldconfig"
+        ls "$CUDA_HOME/include/cuda_fp16.h" 2>&1
+        "$RT" --version 2>&1
+    } 2>&1 | tee -a "$log"
+}
+
+stage_demo() {
+    load_env
+    say "check: demo package, every graph, fp32 and fp16, on cuda, cpu, tensorrt, tract-cuda"
+    "$RT" check --providers cuda,cpu,tensorrt,tract-cuda --json > "$out/check_demo.json" 2> "$out/check_demo.err"
+    echo "exit $?" >> "$out/check_demo.err"
+    python3 - "$out/check_demo.json" <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+r = json.load(open(sys.argv[1]))
+rows = r["rows"]
+for eng in sorted({x["engine"] for x in rows}):
+    for prec in ("fp32", "fp16", "tf32"):
+        sel = [x for x in rows if x["engine"] == eng and x["precision"] == prec]
+        if sel:
+            worst = max(sel, key=lambda x: x["rel"] / x["tolerance"])
+            print(f"{eng:10} {prec}: {sum(x['pass'] for x in sel)}/{len(sel)} pass; worst {worst['graph']} {worst['output']} {worst['rel']:.2e} (tol {worst['tolerance']:.0e})")
+for p, why in r["skipped"]:
+    print(f"skipped {p}: {why[:300]}")
+for u in r.get("unsupported", []):
+    print("unsupported:", str(u)[:300])
+EOF
+    tail -3 "$out/check_demo.err" | tee -a "$log"
+    say "check: demo package on cuda with TF32"
+    run 120 "$RT" check --providers cuda --tf32 --precision fp32
+    say "bench: demo package, CFG 2 (the reference's settings: tarflow, 1 guided layer, t 0.3 -> 0.01, 10 steps)"
+    local b
+    for b in 16 256; do
+        run 240 "$RT" bench --providers cuda --batch "$b" --cfg 2 --json --repeats 5
+        run 240 "$RT" bench --providers cuda --batch "$b" --cfg 2 --json --repeats 5 --precision fp16
+        run 240 "$RT" bench --providers cuda --batch "$b" --cfg 2 --json --repeats 5 --tf32
     done
-else
-    echo "no GPU provider loaded: see $out/check.err and $out/environment.txt" | tee -a "$out/environment.txt"
-    [ "$status" -eq 0 ] && status=2
-fi
-exit "$status"
+    run 240 "$RT" bench --providers cuda --batch 16 --cfg 2 --json --repeats 5 --no-cuda-graphs
+    run 240 "$RT" bench --providers cuda --batch 16 --cfg 2 --json --repeats 5 --resident off
+    run 300 "$RT" bench --providers tract-cuda --batch 16 --cfg 2 --json --repeats 3
+    grep '^{' "$log" > "$out/bench.jsonl"
+    say "grids"
+    run 120 "$RT" sample --provider cuda --per-class 8 --cfg 2 --out "$out/samples_cuda.png"
+    run 240 "$RT" sample --provider tract-cuda --per-class 2 --cfg 2 --out "$out/samples_tract_cuda.png"
+}
+
+stage_s64() {
+    load_env
+    local dir=/root/s64
+    mkdir -p "$dir"
+    say "s64: init and export (fp32 and fp16, CFG 2)"
+    [ -f "$dir/s64.safetensors" ] || run 120 "$ITARFLOW" init --model-config benches/configs/s64.json --out "$dir/s64.safetensors"
+    [ -f "$dir/pkg/manifest.json" ] || run 300 "$ITARFLOW" export --ckpt "$dir/s64.safetensors" --out "$dir/pkg" --precision both --cfg 2
+    say "check: s64 on cuda"
+    run 300 "$RT" check --model "$dir/pkg" --providers cuda
+    say "bench: s64, batch 16, CFG 2"
+    run 300 "$RT" bench --model "$dir/pkg" --providers cuda --batch 16 --cfg 2 --json --repeats 3
+    run 300 "$RT" bench --model "$dir/pkg" --providers cuda --batch 16 --cfg 2 --json --repeats 3 --precision fp16
+    run 300 "$RT" bench --model "$dir/pkg" --providers cuda --batch 16 --cfg 2 --json --repeats 3 --tf32
+    grep '^{' "$log" > "$out/bench_s64.jsonl"
+}
+
+[ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        stash) stage_stash "$2"; shift 2 ;;
+        setup|demo|s64) "stage_$1"; shift ;;
+        *) echo "unknown stage $1"; exit 2 ;;
+    esac
+done

@@ -45,8 +45,8 @@ fn layer_forward_graphs_reproduce_reference_block_outputs() {
         let input = if l == 0 { x0.clone() } else { outs[(l - 1) * per..l * per].to_vec() };
         let feeds = [Feed::F32(xs.clone(), input), Feed::F32(vec![4], t.clone()), Feed::I64(vec![4], y.clone())];
         for (engine, res) in [("tract", run_host(&tract, &feeds).unwrap()), ("ort cpu", run_host(&ort, &feeds).unwrap())] {
-            let ez = rel_err(res[0].f32(), &outs[l * per..(l + 1) * per]);
-            let el = rel_err(res[1].f32(), &lds[l * 4..(l + 1) * 4]);
+            let ez = rel_err(res[0].f32().unwrap(), &outs[l * per..(l + 1) * per]);
+            let el = rel_err(res[1].f32().unwrap(), &lds[l * 4..(l + 1) * 4]);
             println!("layer{l}_forward ({engine}): z {ez:.2e}, logdet {el:.2e}");
             assert!(ez < 1e-4 && el < 1e-4, "layer {l} on {engine}: {ez:.2e} {el:.2e}");
         }
@@ -65,8 +65,8 @@ fn score_graph_reproduces_reference_score_and_log_p() {
     let (_, t) = array(&v, "t");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let res = run_host(&run, &[f32_feed(&v, "x"), Feed::F32(vec![4], t), Feed::I64(vec![4], y)]).unwrap();
-    let es = rel_err(res[0].f32(), &array(&v, "score").1);
-    let el = rel_err(res[1].f32(), &array(&v, "logp").1);
+    let es = rel_err(res[0].f32().unwrap(), &array(&v, "score").1);
+    let el = rel_err(res[1].f32().unwrap(), &array(&v, "logp").1);
     println!("score graph (tract): score {es:.2e}, logp {el:.2e}");
     assert!(es < 1e-4 && el < 1e-4);
 }
@@ -89,7 +89,7 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
         let (a_full, b_full) = layer.network(u.clone(), &conds[l], &model.shared_backbone);
         let cond_run = load(&graphs::cond(&ws, l).unwrap(), dir.path());
         let cond = run_host(&cond_run, &[Feed::F32(vec![b], t.clone()), Feed::I64(vec![b], y.clone())]).unwrap().remove(0);
-        let e = rel_err(cond.f32(), &values(conds[l].clone()));
+        let e = rel_err(cond.f32().unwrap(), &values(conds[l].clone()));
         assert!(e < 1e-5, "cond graph {e:.2e}");
         let (heads, hd) = (1, 64);
         let uv = values(u.clone());
@@ -111,7 +111,7 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
                 feeds.extend(past.iter().cloned());
                 let out = run_host(&step, &feeds).unwrap();
                 let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
-                worst = worst.max(rel_err(out[0].f32(), &want(&av))).max(rel_err(out[1].f32(), &want(&bv)));
+                worst = worst.max(rel_err(out[0].f32().unwrap(), &want(&av))).max(rel_err(out[1].f32().unwrap(), &want(&bv)));
                 assert_eq!(out[2].shape()[2], if fixed { tokens } else { n + 1 });
                 past = out[2..].to_vec();
             }
@@ -135,14 +135,26 @@ fn every_graph_of_both_precisions_passes_the_check() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     let m = export_tiny(&dir, |o| o.precisions = itarflow_export::package::Precisions::Both);
-    // Per layer: forward, cond, step, step_fixed, layer_vjp; plus the score graph.
-    assert_eq!(m.graphs.len(), 2 * (5 * 4 + 1));
+    // Per layer: forward, cond, step, step_fixed, layer_vjp, invert, invert_cfg; plus the score
+    // and denoising-step graphs.
+    assert_eq!(m.graphs.len(), 2 * (7 * 4 + 2));
     let report = itarflow::deploy::check_package(&dir).unwrap();
     assert!(report.skipped.is_empty(), "ONNX Runtime is installed by scripts/setup.sh: {:?}", report.skipped);
     let rows = &report.rows;
     for engine in ["tract", "cpu"] {
         for precision in ["fp32", "fp16"] {
-            for graph in ["layer3_cond", "layer3_forward", "layer3_step", "layer3_step_fixed", "score", "layerwise_score", "forward_chain"] {
+            for graph in [
+                "layer3_cond",
+                "layer3_forward",
+                "layer3_step",
+                "layer3_step_fixed",
+                "layer3_invert",
+                "layer3_invert_cfg",
+                "score",
+                "layerwise_score",
+                "forward_chain",
+                "denoise_step",
+            ] {
                 assert!(
                     rows.iter().any(|r| r.engine == engine && r.precision == precision && r.graph == graph),
                     "{graph} {precision} not checked on {engine}"
@@ -248,7 +260,7 @@ fn chained_layer_vjps_give_the_reference_score() {
         let run = load(&graphs::forward(&ws, l).unwrap(), dir.path());
         let mut feeds = vec![Feed::F32(xs.clone(), inputs[l].clone())];
         feeds.extend(common.iter().cloned());
-        inputs.push(run_host(&run, &feeds).unwrap().remove(0).into_f32());
+        inputs.push(run_host(&run, &feeds).unwrap().remove(0).into_f32().unwrap());
     }
     let mut g: Vec<f32> = inputs[4].iter().map(|z| -z).collect();
     for l in (0..4).rev() {
@@ -257,7 +269,7 @@ fn chained_layer_vjps_give_the_reference_score() {
         feeds.extend(common.iter().cloned());
         feeds.push(Feed::F32(xs.clone(), g));
         feeds.push(Feed::F32(vec![4], vec![256.0; 4]));
-        g = run_host(&run, &feeds).unwrap().remove(0).into_f32();
+        g = run_host(&run, &feeds).unwrap().remove(0).into_f32().unwrap();
     }
     // (B, T, c) tokens of 2x2 patches back to (B, 1, 16, 16) images.
     let mut score = vec![0f32; g.len()];

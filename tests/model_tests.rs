@@ -119,3 +119,22 @@ fn iterative_denoising_matches_reference() {
     };
     check(&v, "itd_x_final", denoise(&model, x0, &y, &opts, &mut |_| {}), TOL);
 }
+
+#[test]
+fn the_comparison_fails_an_output_holding_nan_or_inf() {
+    let v = vectors();
+    let (_, z) = array(&v, "z");
+    assert!(rel_err(&z, &z) == 0.0);
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut ours = z.clone();
+        ours[3] = bad;
+        assert_eq!(rel_err(&ours, &z), f64::INFINITY, "{bad}");
+        assert_eq!(max_diff(&ours, &z), f64::INFINITY, "{bad}");
+        let all_bad = vec![bad; z.len()];
+        assert_eq!(rel_err(&all_bad, &z), f64::INFINITY, "{bad}");
+        let (shape, _) = array(&v, "z");
+        let t: Tensor<3> = Tensor::from_data(TensorData::new(ours, [shape[0], shape[1], shape[2]]), &device());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&v, "z", t, TOL)));
+        assert!(caught.is_err(), "check passed an output holding {bad}");
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use itarflow_rt::sampler::{CfgStyle, Guidance};
-use itarflow_rt::{Model, OnNonFinite, Provider, RtError, Sampler, ScoreForm, StepCache};
+use itarflow_rt::{Model, OnNonFinite, Provider, ProviderOptions, RtError, Sampler, ScoreForm, StepCache};
 
 fn package(dir: &std::path::Path) -> Arc<Model> {
     let m = tiny(false);
@@ -50,7 +50,8 @@ fn reproduces_reference(provider: Provider) {
     let (_, z) = array(&v, "rev_z");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
-    for cache in [StepCache::Growing, StepCache::Fixed] {
+    // The step graphs with either cache, and the fused inversion graphs run as loops.
+    for (cache, resident) in [(StepCache::Growing, false), (StepCache::Fixed, false), (StepCache::Fixed, true)] {
         for (name, g) in [
             ("rev_g0", Guidance::default()),
             ("rev_g2", all),
@@ -65,14 +66,48 @@ fn reproduces_reference(provider: Provider) {
                 .t_max(0.3)
                 .denoise_steps(0)
                 .step_cache(cache)
+                .resident(resident)
                 .build()
                 .unwrap();
             let x = s.sample_from(&z, &y, &mut |_| {}).unwrap().images;
             let e = rel_err(x.as_slice().unwrap(), &array(&v, name).1);
-            println!("runtime ({provider}, {cache:?} cache) {name:<18} {e:.2e}");
-            assert!(e < 1e-4, "{provider} {cache:?} {name}: {e:.2e}");
+            let how = if resident { "loop".to_string() } else { format!("{cache:?} cache") };
+            println!("runtime ({provider}, {how}) {name:<18} {e:.2e}");
+            assert!(e < 1e-4, "{provider} {how} {name}: {e:.2e}");
         }
     }
+    // Starflow guidance: the fused graphs' combination against the host's (step graphs).
+    let starflow = Guidance { style: CfgStyle::Starflow, annealed: true, ..all };
+    let run = |resident: bool| {
+        let s = Sampler::builder(model.clone())
+            .provider(provider)
+            .cfg(starflow.scale)
+            .cfg_style(starflow.style)
+            .guide_layers(starflow.layers)
+            .annealed(true)
+            .uncond_temperature(1.3)
+            .t_max(0.3)
+            .denoise_steps(0)
+            .resident(resident)
+            .build()
+            .unwrap();
+        s.sample_from(&z, &y, &mut |_| {}).unwrap().images
+    };
+    let e = rel_err(run(true).as_slice().unwrap(), run(false).as_slice().unwrap());
+    println!("runtime ({provider}) starflow, annealed, T_u 1.3: loop vs steps {e:.2e}");
+    assert!(e < 1e-5, "starflow loop vs steps: {e:.2e}");
+    // Phase 2 as a loop of the denoising-step graph, with and without clipping.
+    let s = Sampler::builder(model.clone()).provider(provider).t_max(0.3).t_min(0.01).denoise_steps(10).score_batch(3).resident(true).build().unwrap();
+    let x = s.denoise(images(&v, "itd_x_init").view(), &y, &mut |_| {}).unwrap();
+    let e = rel_err(x.as_slice().unwrap(), &array(&v, "itd_x_final").1);
+    println!("runtime ({provider}, denoising loop) itd_x_final {e:.2e}");
+    assert!(e < 1e-4, "{provider} denoising loop: {e:.2e}");
+    let clipped = |resident: bool| {
+        let s = Sampler::builder(model.clone()).provider(provider).t_max(0.3).t_min(0.01).denoise_steps(4).score_batch(2).clip(true);
+        s.resident(resident).build().unwrap().denoise(images(&v, "itd_x_init").view(), &y, &mut |_| {}).unwrap()
+    };
+    let e = rel_err(clipped(true).as_slice().unwrap(), clipped(false).as_slice().unwrap());
+    assert!(e < 1e-5, "clipped denoising loop vs host: {e:.2e}");
     for form in [ScoreForm::Whole, ScoreForm::Layerwise] {
         let s = sampler(&model, provider, Guidance::default(), StepCache::Growing, form);
         let x = s.denoise(images(&v, "itd_x_init").view(), &y, &mut |_| {}).unwrap();
@@ -98,6 +133,57 @@ fn runtime_reproduces_reference_on_tract() {
 #[test]
 fn runtime_reproduces_reference_on_onnx_runtime_cpu() {
     reproduces_reference(Provider::Cpu);
+}
+
+/// The GPU's code path on ONNX Runtime CPU: every run bound through IoBinding with outputs in the
+/// provider's memory, and the loops in double buffers of their own (copied in, alternated, reused
+/// by later loops of the same shapes).
+#[test]
+fn onnx_runtime_through_io_binding_and_loop_buffers_reproduces_the_reference() {
+    let v = vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = package(&tmp.path().join("pkg"));
+    let (_, z) = array(&v, "rev_z");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let opts = ProviderOptions { io_binding: true, ..ProviderOptions::default() };
+    let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
+    for resident in [true, false] {
+        for (name, g) in [("rev_g0", Guidance::default()), ("rev_g2", all), ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all })] {
+            let s = Sampler::builder(model.clone())
+                .provider(Provider::Cpu)
+                .provider_options(opts.clone())
+                .cfg(g.scale)
+                .guide_layers(g.layers)
+                .annealed(g.annealed)
+                .t_max(0.3)
+                .denoise_steps(0)
+                .resident(resident)
+                .build()
+                .unwrap();
+            // Twice: the second run reuses the first's loop buffers.
+            for run in 0..2 {
+                let x = s.sample_from(&z, &y, &mut |_| {}).unwrap().images;
+                let e = rel_err(x.as_slice().unwrap(), &array(&v, name).1);
+                println!("io binding (resident {resident}, run {run}) {name:<18} {e:.2e}");
+                assert!(e < 1e-4, "resident {resident} run {run} {name}: {e:.2e}");
+            }
+        }
+    }
+    let s = Sampler::builder(model.clone()).provider(Provider::Cpu).provider_options(opts).t_max(0.3).t_min(0.01).denoise_steps(10);
+    let s = s.score_batch(3).resident(true).build().unwrap();
+    for images_in in [4, 2, 4] {
+        // Loops of two shapes in turn (a full batch of 3 and a last batch of 1 or 2).
+        let x0 = images(&v, "itd_x_init");
+        let x0 = x0.slice(ndarray::s![..images_in, .., .., ..]);
+        let x = s.denoise(x0, &y[..images_in], &mut |_| {}).unwrap();
+        let want = array(&v, "itd_x_final").1;
+        let e = rel_err(x.as_slice().unwrap(), &want[..x.len()]);
+        println!("io binding, denoising loop, {images_in} images: itd_x_final {e:.2e}");
+        assert!(e < 1e-4, "denoising loop through io binding: {e:.2e}");
+    }
+    let (score, logp) = s.score(images(&v, "x").view(), &array(&v, "t").1, &y).unwrap();
+    assert!(rel_err(score.as_slice().unwrap(), &array(&v, "score").1) < 1e-4);
+    assert!(rel_err(logp.as_slice().unwrap(), &array(&v, "logp").1) < 1e-4);
 }
 
 #[test]
@@ -171,29 +257,51 @@ fn rt_binary() -> std::path::PathBuf {
 }
 
 #[test]
-fn gpu_providers_requested_on_a_cpu_build_fail_with_the_reason() {
+fn a_requested_provider_that_cannot_run_fails_naming_it_and_auto_says_what_it_chose() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     package(&dir);
-    for provider in ["cuda", "tensorrt"] {
-        let out = std::process::Command::new(rt_binary())
-            .args(["sample", "--model", dir.to_str().unwrap(), "--provider", provider, "--num", "1", "--out"])
-            .arg(tmp.path().join("never.png"))
+    let sample = |provider: &str, extra: &[&str], png: &str| {
+        std::process::Command::new(rt_binary())
+            .args(["sample", "--model", dir.to_str().unwrap(), "--provider", provider, "--num", "1"])
+            .args(extra)
+            .arg("--out")
+            .arg(tmp.path().join(png))
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    // A provider that cannot run on any host: ONNX Runtime from a library that does not exist.
+    let out = sample("cpu", &["--ort-lib", "/nonexistent/libonnxruntime.so"], "never.png");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without its library");
+    assert!(err.contains("provider cpu") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+    assert!(!tmp.path().join("never.png").exists());
+    // The GPU providers run where the host has them, and otherwise fail naming themselves with
+    // ONNX Runtime's reason: never a silent fallback to another provider.
+    for provider in ["cuda", "tensorrt"] {
+        let png = format!("{provider}.png");
+        let out = sample(provider, &[], &png);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{provider} ran on a machine without it");
-        assert!(err.contains(&format!("provider {provider}")) && err.contains("not enabled in this build"), "{err}");
-        assert!(!tmp.path().join("never.png").exists());
+        if out.status.success() {
+            assert!(tmp.path().join(&png).exists(), "{provider} succeeded without writing its grid");
+        } else {
+            assert!(err.contains(&format!("provider {provider}:")), "{err}");
+            assert!(!tmp.path().join(&png).exists());
+        }
     }
-    let out = std::process::Command::new(rt_binary())
-        .args(["sample", "--model", dir.to_str().unwrap(), "--provider", "auto", "--num", "1", "--out"])
-        .arg(tmp.path().join("auto.png"))
-        .output()
-        .unwrap();
+    // auto takes the first provider of its preference that runs and says why it skipped each
+    // one before it.
+    let out = sample("auto", &[], "auto.png");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("auto: using cpu") && err.contains("skipped tensorrt") && err.contains("skipped cuda"), "{err}");
+    let chosen = Provider::PREFERENCE
+        .iter()
+        .position(|p| err.contains(&format!("auto: using {p}\n")))
+        .unwrap_or_else(|| panic!("auto named no provider: {err}"));
+    for p in &Provider::PREFERENCE[..chosen] {
+        assert!(err.contains(&format!("auto: skipped {p}: ")), "{err}");
+    }
+    assert!(tmp.path().join("auto.png").exists());
 }
 
 #[test]
@@ -257,8 +365,14 @@ fn check_subcommand_passes_and_fails_past_tolerance() {
     }
     // The second provider is compared with the first as well as with the reference.
     assert!(rows.iter().any(|r| r["engine"] == "cpu" && r["rel_vs_first"].as_f64().is_some_and(|e| e < 1e-4)));
-    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
-    assert_eq!(skipped, ["cuda", "tensorrt"]);
+    // Every provider either ran or is listed as skipped with its reason, whatever the host has.
+    let skipped = report["skipped"].as_array().unwrap();
+    for p in Provider::ALL {
+        let ran = rows.iter().any(|r| r["engine"] == p.name());
+        let why = skipped.iter().find(|s| s[0] == p.name()).and_then(|s| s[1].as_str());
+        assert!(ran != why.is_some(), "{p}: ran {ran}, skipped {why:?}");
+        assert!(why.is_none_or(|w| !w.is_empty()), "{p} skipped without a reason");
+    }
     // A reference whose log p is off by 1% fails the check.
     let mut npz = itarflow_base::Npz::read(dir.join("reference.npz")).unwrap();
     let (shape, lp) = npz.f32("score.logp", 1, "", "").unwrap();
@@ -297,11 +411,14 @@ fn bench_subcommand_reports_every_figure_per_provider() {
             assert!(r[field].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{field} in {r}");
         }
     }
-    // An explicitly requested provider that cannot run fails the command.
+    // An explicitly requested provider that cannot run (here: ONNX Runtime from a library that
+    // does not exist) fails the command, naming the provider and the reason.
     let out = std::process::Command::new(rt_binary())
-        .args(["bench", "--model", dir.to_str().unwrap(), "--providers", "cuda", "--batch", "1"])
+        .args(["bench", "--model", dir.to_str().unwrap(), "--providers", "cpu", "--batch", "1"])
+        .args(["--ort-lib", "/nonexistent/libonnxruntime.so"])
         .output()
         .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not enabled in this build"));
+    assert!(err.contains("bench on cpu failed") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
 }

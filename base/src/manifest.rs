@@ -16,8 +16,9 @@ use crate::config::ModelConfig;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: &str = "itarflow-package";
 /// 2 added the fixed-cache step graphs, the per-layer VJP graphs, the reference outputs and
-/// weight files shared between graphs.
-pub const FORMAT_VERSION: u32 = 2;
+/// weight files shared between graphs; 3 the loop graphs (fused inversion steps, guided and not,
+/// and the denoising step), whose fp16 variants hold their KV caches in fp16.
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -58,6 +59,41 @@ pub enum GraphKind {
     LayerVjp,
     /// The whole model's score and log p: (x, t, y) -> (score, logp).
     Score,
+    /// One fused inversion step of one layer, a loop body: (cond, seq, pos, past K/V) ->
+    /// (seq, pos + 1, present K/V), the next token written into seq (fixed-length cache).
+    Invert,
+    /// The same for a guided layer: the unconditional branch's cond_u and inv_temp_u, cfg_w
+    /// (per step) and starflow before the state; both branches' caches (2, N, H, T, d).
+    InvertGuided,
+    /// One Euler step of phase 2 with the score inside, a loop body:
+    /// (levels, y, clip, x, step) -> (x', step + 1).
+    DenoiseStep,
+}
+
+impl GraphKind {
+    /// Every kind, in the order packages list them.
+    pub const ALL: [GraphKind; 9] = [
+        GraphKind::Forward,
+        GraphKind::Cond,
+        GraphKind::Step,
+        GraphKind::StepFixed,
+        GraphKind::LayerVjp,
+        GraphKind::Invert,
+        GraphKind::InvertGuided,
+        GraphKind::Score,
+        GraphKind::DenoiseStep,
+    ];
+
+    /// Whether a package holds one graph of this kind per flow layer (else one for the model).
+    pub fn per_layer(self) -> bool {
+        !matches!(self, GraphKind::Score | GraphKind::DenoiseStep)
+    }
+
+    /// Whether the graph is a loop body: its outputs are, in order, its next run's state, which
+    /// is its last `outputs.len()` inputs; the inputs before them stay fixed over the loop.
+    pub fn is_loop(self) -> bool {
+        matches!(self, GraphKind::Invert | GraphKind::InvertGuided | GraphKind::DenoiseStep)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,14 @@ fn island(op: &Op) -> bool {
     matches!(op, Op::LayerNorm(_) | Op::Softmax(_) | Op::Unary(Un::Exp) | Op::Reduce { .. })
 }
 
-/// Rewrites `g` in half precision.
+/// Rewrites `g` in half precision, its inputs and outputs fp32.
 pub fn to_half(g: &Graph) -> Graph {
+    to_half_io(g, &|_| false)
+}
+
+/// Rewrites `g` in half precision; the float inputs and outputs whose names `half_io` accepts
+/// are fp16 at the graph's boundary, the others fp32.
+pub fn to_half_io(g: &Graph, half_io: &dyn Fn(&str) -> bool) -> Graph {
     let mut h = Graph::new(&g.name);
     let mut map: HashMap<V, V> = HashMap::new();
     // fp32 copies of values, made on demand for islands.
@@ -23,9 +29,14 @@ pub fn to_half(g: &Graph) -> Graph {
         match &node.op {
             Op::Input => {
                 let val = g.value(out);
-                let v = h.input(&val.name, val.dtype, val.shape.clone());
-                full.insert(out, v);
-                map.insert(out, if val.dtype == DType::F32 { h.cast(v, DType::F16) } else { v });
+                if val.dtype == DType::F32 && half_io(&val.name) {
+                    let v = h.input(&val.name, DType::F16, val.shape.clone());
+                    map.insert(out, v);
+                } else {
+                    let v = h.input(&val.name, val.dtype, val.shape.clone());
+                    full.insert(out, v);
+                    map.insert(out, if val.dtype == DType::F32 { h.cast(v, DType::F16) } else { v });
+                }
             }
             Op::Const(ConstData::F32(d)) => {
                 let shape: Vec<usize> = g.shape(out).iter().map(|x| x.known().unwrap()).collect();
@@ -71,7 +82,9 @@ pub fn to_half(g: &Graph) -> Graph {
     }
     for &o in &g.outputs {
         let v = match full.get(&o) {
+            _ if g.dtype(o) == DType::F32 && half_io(&g.value(o).name) => map[&o],
             Some(&f) => f,
+            None if h.dtype(map[&o]) == g.dtype(o) => map[&o],
             None => h.cast(map[&o], g.dtype(o)),
         };
         h.output(v, &g.value(o).name);

@@ -130,8 +130,13 @@ pub fn export(
             builders.push((GraphKind::Step, Some(l)));
             builders.push((GraphKind::StepFixed, Some(l)));
             builders.push((GraphKind::LayerVjp, Some(l)));
+            builders.push((GraphKind::Invert, Some(l)));
+            if config.num_classes > 0 {
+                builders.push((GraphKind::InvertGuided, Some(l)));
+            }
         }
         builders.push((GraphKind::Score, None));
+        builders.push((GraphKind::DenoiseStep, None));
         // Each graph is built once and written at every precision (fp16 converted from it).
         let mut stores: Vec<Option<WeightStore>> = Vec::new();
         for &precision in precisions {
@@ -147,13 +152,18 @@ pub fn export(
                 (GraphKind::Step, Some(l)) => graphs::step(&w, l, false)?,
                 (GraphKind::StepFixed, Some(l)) => graphs::step(&w, l, true)?,
                 (GraphKind::LayerVjp, Some(l)) => graphs::layer_vjp(&w, l)?,
+                (GraphKind::Invert, Some(l)) => graphs::invert(&w, l, false)?,
+                (GraphKind::InvertGuided, Some(l)) => graphs::invert(&w, l, true)?,
+                (GraphKind::DenoiseStep, None) => graphs::denoise_step(&w)?,
                 _ => graphs::score(&w)?,
             };
             progress(&built.name);
             for (k, &precision) in precisions.iter().enumerate() {
                 let half;
                 let g = if precision == "fp16" {
-                    half = crate::half::to_half(&built);
+                    // The fused steps' KV caches stay fp16 between runs.
+                    let cache_io = |name: &str| name.starts_with("past_") || name.starts_with("present_");
+                    half = if kind.is_loop() { crate::half::to_half_io(&built, &cache_io) } else { crate::half::to_half(&built) };
                     &half
                 } else {
                     &built

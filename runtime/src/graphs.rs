@@ -8,15 +8,14 @@ use itarflow_base::manifest::{GraphEntry, GraphKind};
 
 use crate::RtError;
 use crate::model::Model;
-use crate::provider::ort::{OrtDevice, OrtGraph, trt_profiles};
-use crate::provider::tract::TractGraph;
+use crate::provider::ort::{OrtDevice, OrtGraph, OrtLoad, trt_profiles};
+use crate::provider::tract::{TractDevice, TractGraph};
 use crate::provider::{Precision, Provider, ProviderOptions};
 
-const KINDS: [GraphKind; 6] =
-    [GraphKind::Cond, GraphKind::Step, GraphKind::StepFixed, GraphKind::Forward, GraphKind::LayerVjp, GraphKind::Score];
+const KINDS: usize = GraphKind::ALL.len();
 
 fn slot(kind: GraphKind) -> usize {
-    KINDS.iter().position(|&k| k == kind).expect("every kind has a slot")
+    GraphKind::ALL.iter().position(|&k| k == kind).expect("every kind has a slot")
 }
 
 type Loader<G> = Box<dyn Fn(&Model, &GraphEntry) -> Result<G, RtError> + Send + Sync>;
@@ -27,7 +26,7 @@ pub struct GraphSet<G> {
     precision: Precision,
     threads: usize,
     loader: Loader<G>,
-    families: [OnceLock<Result<Vec<G>, String>>; 6],
+    families: [OnceLock<Result<Vec<G>, String>>; KINDS],
 }
 
 impl<G> GraphSet<G> {
@@ -48,11 +47,12 @@ impl<G> GraphSet<G> {
         self.precision
     }
 
-    /// The graphs of `kind`: one per layer, or the single whole-model graph for `Score`.
+    /// The graphs of `kind`: one per layer, or the single whole-model graph (score, denoising
+    /// step).
     pub fn get(&self, kind: GraphKind) -> Result<&[G], RtError> {
         let family = self.families[slot(kind)].get_or_init(|| {
             let layers: Vec<Option<usize>> =
-                if kind == GraphKind::Score { vec![None] } else { (0..self.model.manifest.layers.len()).map(Some).collect() };
+                if kind.per_layer() { (0..self.model.manifest.layers.len()).map(Some).collect() } else { vec![None] };
             layers
                 .into_iter()
                 .map(|l| {
@@ -69,12 +69,17 @@ impl<G> GraphSet<G> {
     pub fn score(&self) -> Result<&G, RtError> {
         Ok(&self.get(GraphKind::Score)?[0])
     }
+
+    /// The whole-model denoising-step graph.
+    pub fn denoise_step(&self) -> Result<&G, RtError> {
+        Ok(&self.get(GraphKind::DenoiseStep)?[0])
+    }
 }
 
 /// The ONNX Runtime device of a provider (with TensorRT profiles for `entry`'s inputs).
 pub fn ort_device(provider: Provider, opts: &ProviderOptions, model: &Model, entry: &GraphEntry) -> OrtDevice {
     match provider {
-        Provider::Cuda => OrtDevice::Cuda,
+        Provider::Cuda => OrtDevice::Cuda { tf32: opts.tf32 },
         Provider::TensorRt => {
             let tokens = entry.layer.map(|l| model.manifest.layers[l].tokens).unwrap_or(1);
             OrtDevice::TensorRt {
@@ -112,17 +117,22 @@ impl Loaded {
     /// cond graph, so that a provider that cannot run fails here with its reason.
     pub fn open(model: Arc<Model>, provider: Provider, precision: Precision, opts: &ProviderOptions) -> Result<Self, RtError> {
         let loaded = match provider {
-            Provider::Tract => Loaded::Tract(GraphSet::new(
-                model,
-                precision,
-                opts.threads(),
-                Box::new(|m, e| {
-                    let path = m.dir.join(&e.file);
-                    // The manifest says which graphs are symbolic in the batch alone.
-                    let batch_only = e.inputs.iter().flat_map(|i| &i.shape).all(|d| d.as_str().is_none_or(|s| s == "N"));
-                    if batch_only { Ok(TractGraph::load_batched(&path)) } else { TractGraph::load(&path) }
-                }),
-            )),
+            Provider::Tract | Provider::TractCuda => {
+                let device = if provider == Provider::Tract { TractDevice::Cpu } else { TractDevice::Cuda };
+                // A device that cannot run here fails now, with its reason.
+                device.runtime()?;
+                Loaded::Tract(GraphSet::new(
+                    model,
+                    precision,
+                    opts.threads(),
+                    Box::new(move |m, e| {
+                        let path = m.dir.join(&e.file);
+                        // The manifest says which graphs are symbolic in the batch alone.
+                        let batch_only = e.inputs.iter().flat_map(|i| &i.shape).all(|d| d.as_str().is_none_or(|s| s == "N"));
+                        if batch_only { Ok(TractGraph::load_batched_on(&path, device)) } else { TractGraph::load_on(&path, device) }
+                    }),
+                ))
+            }
             Provider::Auto => return Err(RtError::Invalid("resolve `auto` with Loaded::open_auto".into())),
             p => {
                 if p == Provider::TensorRt {
@@ -137,8 +147,15 @@ impl Loaded {
                     threads,
                     Box::new(move |m, e| {
                         // The graphs of whole batches get the threads; a step is too small to share.
-                        let t = if matches!(e.kind, GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond) { 1 } else { threads };
-                        OrtGraph::load_with_threads(&m.dir.join(&e.file), &ort_device(p, &opts, m, e), opts.ort_lib.as_deref(), t)
+                        let small = matches!(e.kind, GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond | GraphKind::Invert | GraphKind::InvertGuided);
+                        let load = OrtLoad {
+                            device: ort_device(p, &opts, m, e),
+                            library: opts.ort_lib.clone(),
+                            threads: if small { 1 } else { threads },
+                            cuda_graph: opts.cuda_graphs && e.kind.is_loop(),
+                            io_binding: opts.io_binding,
+                        };
+                        OrtGraph::load_with(&m.dir.join(&e.file), &load)
                     }),
                 ))
             }

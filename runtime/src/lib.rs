@@ -15,7 +15,6 @@
 //! ```
 
 pub mod bench;
-pub mod builder;
 pub mod check;
 pub mod graphs;
 pub mod memory;
@@ -25,11 +24,10 @@ pub mod sampler;
 
 use thiserror::Error;
 
-pub use builder::{Classes, OnNonFinite, Sampler, SamplerBuilder, Samples};
 pub use graphs::{GraphSet, Loaded};
 pub use model::Model;
 pub use provider::{HostTensor, Precision, Provider, ProviderOptions};
-pub use sampler::{Progress, ScoreForm, StepCache};
+pub use sampler::{Classes, OnNonFinite, Progress, Sampler, SamplerBuilder, Samples, ScoreForm, StepCache};
 
 #[derive(Debug, Error)]
 pub enum RtError {

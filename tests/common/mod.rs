@@ -54,12 +54,17 @@ pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().unwrap()
 }
 
-/// max|ours - ref| / max|ref| over the array.
+/// max|ours - ref| / max|ref| over the array: `itarflow_base::check::errors`, the measure
+/// `itarflow-rt check` uses (infinite when either side holds a NaN or Inf).
 pub fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(ours.len(), reference.len(), "array sizes differ");
-    let diff = ours.iter().zip(reference).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-    let scale = reference.iter().map(|b| b.abs() as f64).fold(0.0, f64::max);
-    diff / scale.max(f64::MIN_POSITIVE)
+    itarflow_base::check::errors(ours, reference).1
+}
+
+/// max|a - b| over two arrays (infinite when either holds a NaN or Inf).
+pub fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "array sizes differ");
+    itarflow_base::check::errors(a, b).0
 }
 
 /// Asserts the relative error of `ours` against reference array `name` is within `tol`, and
@@ -102,6 +107,8 @@ pub fn gaussian<const D: usize>(shape: [usize; D], seed: u64, scale: f32) -> Ten
     Tensor::from_data(TensorData::new(data, shape), &device())
 }
 
-pub fn max_abs(t: Tensor<4>) -> f32 {
-    values(t).iter().fold(0.0f32, |m, x| m.max(x.abs()))
+/// max|x| over a tensor (infinite when it holds a NaN or Inf).
+pub fn max_abs(t: Tensor<4>) -> f64 {
+    let v = values(t);
+    max_diff(&v, &vec![0.0; v.len()])
 }

@@ -2,7 +2,7 @@
 
 use itarflow_base::ModelConfig;
 
-use super::layer::{Layer, StepInputs};
+use super::layer::{GuidanceInputs, InvertInputs, Layer, StepInputs};
 use super::weights::Weights;
 use crate::ExportError;
 use crate::ir::grad::gradients;
@@ -84,6 +84,48 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
     Ok(finish(g))
 }
 
+/// `layer{l}_invert` and, `guided`, `layer{l}_invert_cfg`: one fused inversion step, a loop body
+/// whose outputs are its next run's state inputs, so that a layer's T - 1 steps run without
+/// the host (see [`Layer::invert_step`]). Inputs: cond (N, C); for `guided` also cond_u (N, C)
+/// and inv_temp_u (N,) of the unconditional branch, cfg_w (T,) and starflow (scalar); then the
+/// state: seq (N, T, c), pos (int64 scalar), past_k{b}, past_v{b} (N, H, T, d), or
+/// (2, N, H, T, d) when guided (both branches' caches). Outputs: the next state, in order.
+pub fn invert(w: &Weights, l: usize, guided: bool) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let name = if guided { format!("layer{l}_invert_cfg") } else { format!("layer{l}_invert") };
+    let mut g = Graph::new(&name);
+    let cond = g.input("cond", DType::F32, vec![n(), Dim::N(c.width(l))]);
+    let guidance = guided.then(|| GuidanceInputs {
+        cond_u: g.input("cond_u", DType::F32, vec![n(), Dim::N(c.width(l))]),
+        inv_temp_u: g.input("inv_temp_u", DType::F32, vec![n()]),
+        weights: g.input("cfg_w", DType::F32, vec![Dim::N(c.tokens(l))]),
+        starflow: g.input("starflow", DType::F32, vec![]),
+    });
+    let seq = g.input("seq", DType::F32, vec![n(), Dim::N(c.tokens(l)), Dim::N(c.token_dim(l))]);
+    let pos = g.input("pos", DType::I64, vec![]);
+    let layer = Layer::load(w, &mut g, l)?;
+    let mut cache = layer.cache_shape(Dim::N(c.tokens(l)));
+    if guided {
+        cache.insert(0, Dim::N(2));
+    }
+    let past: Vec<(V, V)> = (0..layer.depth())
+        .map(|b| {
+            let k = g.input(&format!("past_k{b}"), DType::F32, cache.clone());
+            let v = g.input(&format!("past_v{b}"), DType::F32, cache.clone());
+            (k, v)
+        })
+        .collect();
+    let io = InvertInputs { seq, pos, cond, past: &past, guidance };
+    let (seq, pos, presents) = layer.invert_step(&mut g, &io);
+    g.output(seq, "seq_out");
+    g.output(pos, "pos_out");
+    for (i, (k, v)) in presents.into_iter().enumerate() {
+        g.output(k, &format!("present_k{i}"));
+        g.output(v, &format!("present_v{i}"));
+    }
+    Ok(finish(g))
+}
+
 /// (N, C, H, W) -> (N, T, C p p).
 pub fn patchify(g: &mut Graph, x: V, c: &ModelConfig, p: usize) -> V {
     let gr = (c.img_size / p) as i64;
@@ -155,6 +197,55 @@ pub fn score(w: &Weights) -> Result<Graph, ExportError> {
     let score = grad[0].expect("log p depends on x");
     g.output(score, "score");
     g.output(logp, "logp");
+    Ok(finish(g))
+}
+
+/// `denoise_step`: one Euler step of phase 2 with the score computed inside, a loop body like
+/// [`invert`]. Inputs: levels (N, K) (each image's noise levels, the last 0), y (N,), clip (2,)
+/// (the bounds of the Tweedie estimate: [-1, 1], or infinite for none); then the state: x
+/// (N, C, H, W) and step (int64 scalar). With t = levels[:, step] and t' = levels[:, step + 1]:
+/// x0 = x + t^2 grad_x log p(x, t), clipped; x' = x - (x - x0) / t (t - t'). Outputs: x', step + 1.
+pub fn denoise_step(w: &Weights) -> Result<Graph, ExportError> {
+    let c = w.config;
+    let mut g = Graph::new("denoise_step");
+    let s = c.img_size;
+    let levels = g.input("levels", DType::F32, vec![n(), Dim::sym("K")]);
+    let y = labels_input(&mut g, c);
+    let clip = g.input("clip", DType::F32, vec![Dim::N(2)]);
+    let x = g.input("x", DType::F32, vec![n(), Dim::N(c.in_channels), Dim::N(s), Dim::N(s)]);
+    let step = g.input("step", DType::I64, vec![]);
+    let one = g.constant(None, crate::ir::ConstData::I64(vec![1]), &[]);
+    let next = g.binary(crate::ops::Bin::Add, step, one);
+    let t = g.gather(levels, step, 1);
+    let t_next = g.gather(levels, next, 1);
+    let logp = log_prob(&mut g, w, x, t, y)?;
+    let seed_one = g.scalar(1.0);
+    let seed = g.add(Op::Expand, &[seed_one, logp]);
+    let grad = g.scoped("grad", |g| gradients(g, &[(logp, seed)], &[x]));
+    let score = grad[0].expect("log p depends on x");
+    let (x_next, step_out) = g.scoped("euler", |g| {
+        let t4 = g.reshape(t, &[-1, 1, 1, 1]);
+        let tt = g.times(t4, t4);
+        let jump = g.times(tt, score);
+        let mut x0 = g.plus(x, jump);
+        let bound = |g: &mut Graph, k: i64| {
+            let idx = g.constant(None, crate::ir::ConstData::I64(vec![k]), &[]);
+            g.gather(clip, idx, 0)
+        };
+        let (lo, hi) = (bound(g, 0), bound(g, 1));
+        let below = g.add(Op::Less, &[x0, lo]);
+        x0 = g.add(Op::Where, &[below, lo, x0]);
+        let above = g.add(Op::Less, &[hi, x0]);
+        x0 = g.add(Op::Where, &[above, hi, x0]);
+        let d = g.minus(x, x0);
+        let vel = g.divide(d, t4);
+        let dt = g.minus(t, t_next);
+        let dt4 = g.reshape(dt, &[-1, 1, 1, 1]);
+        let mv = g.times(vel, dt4);
+        (g.minus(x, mv), next)
+    });
+    g.output(x_next, "x_out");
+    g.output(step_out, "step_out");
     Ok(finish(g))
 }
 

@@ -19,6 +19,36 @@ pub struct StepInputs<'a> {
     pub past: &'a [(V, V)],
 }
 
+/// The loop inputs of one fused inversion step (fixed-length cache, the token update inside):
+/// the layer's tokens `seq` (N, T, c) in permuted order (positions up to `pos` inverted, the rest
+/// still the prior's values), `pos` (int64 scalar), the conditioning (N, C), the per-block past
+/// keys and values, and for a guided layer the guidance inputs.
+#[derive(Clone, Copy)]
+pub struct InvertInputs<'a> {
+    pub seq: V,
+    pub pos: V,
+    pub cond: V,
+    /// (N, H, T, d) per block; (2, N, H, T, d) on a guided layer (conditional rows, then
+    /// unconditional).
+    pub past: &'a [(V, V)],
+    pub guidance: Option<GuidanceInputs>,
+}
+
+/// Guidance of a fused inversion step: the N images run twice, conditional rows then
+/// unconditional ones (shapes keep the factor 2 as an axis of its own, so that every dim is a
+/// multiple of the one batch symbol).
+#[derive(Clone, Copy)]
+pub struct GuidanceInputs {
+    /// The unconditional rows' conditioning (N, C).
+    pub cond_u: V,
+    /// The unconditional rows' inverse attention temperature (N,).
+    pub inv_temp_u: V,
+    /// w at each inversion step (T,): step `pos` uses entry `pos` (constant, or annealed).
+    pub weights: V,
+    /// Scalar: > 0.5 selects the 'starflow' combination, else 'tarflow'.
+    pub starflow: V,
+}
+
 /// Weights of one transformer block as graph constants.
 struct Block {
     ln1: (V, V),
@@ -63,6 +93,37 @@ fn block(w: &Weights, g: &mut Graph, name: &str, width: usize) -> Result<Block, 
         fc1: w.linear(g, &format!("{name}.mlp.main.0"), "mlp.fc1", width, e)?,
         fc2: w.linear(g, &format!("{name}.mlp.main.2"), "mlp.fc2", e, width)?,
     })
+}
+
+/// Classifier-free guidance of the (scale, shift) pairs of the conditional and unconditional
+/// branches with weight `w`, both styles computed and `starflow` (> 0.5) choosing (see
+/// `itarflow_base::sampling`): tarflow s = s_c + w (s_c - s_u), b = b_c + w (b_c - b_u);
+/// starflow r = min(s_c / s_u, 1)^2, s = s_c / sqrt(1 + w - w r),
+/// b = ((1 + w) b_c - w r b_u) / (1 + w - w r).
+fn combine_guided(g: &mut Graph, w: V, starflow: V, (sc, bc): (V, V), (su, bu): (V, V)) -> (V, V) {
+    let ds = g.minus(sc, su);
+    let wds = g.times(w, ds);
+    let s_tf = g.plus(sc, wds);
+    let db = g.minus(bc, bu);
+    let wdb = g.times(w, db);
+    let b_tf = g.plus(bc, wdb);
+    let ratio = g.divide(sc, su);
+    let one = g.scalar(1.0);
+    let above = g.add(Op::Less, &[one, ratio]);
+    let ratio = g.add(Op::Where, &[above, one, ratio]);
+    let r = g.times(ratio, ratio);
+    let one_w = g.plus(one, w);
+    let wr = g.times(w, r);
+    let den = g.minus(one_w, wr);
+    let root = g.unary(Un::Sqrt, den);
+    let s_sf = g.divide(sc, root);
+    let cb = g.times(one_w, bc);
+    let ub = g.times(wr, bu);
+    let num = g.minus(cb, ub);
+    let b_sf = g.divide(num, den);
+    let half = g.scalar(0.5);
+    let pick = g.add(Op::Less, &[half, starflow]);
+    (g.add(Op::Where, &[pick, s_sf, s_tf]), g.add(Op::Where, &[pick, b_sf, b_tf]))
 }
 
 impl Layer {
@@ -315,6 +376,69 @@ impl Layer {
             let o = g.reshape(o, &[0, out_dim as i64]);
             let (a, b) = self.split(g, o, 1);
             (a, b, presents)
+        })
+    }
+
+    /// One fused inversion step (see [`InvertInputs`]): the transformer on token `pos` with the
+    /// fixed-length cache gives (a, b) of token `pos` + 1, whose prior value z becomes
+    /// u = z exp(a) + b (on a guided layer, with the guided combination of both branches'
+    /// (exp(a), b)), written into the sequence at `pos` + 1. Returns the new sequence, `pos` + 1
+    /// and the presents, shaped as the pasts: the next step's loop inputs.
+    pub fn invert_step(&self, g: &mut Graph, io: &InvertInputs) -> (V, V, Vec<(V, V)>) {
+        let c = self.token_dim as i64;
+        let token = g.gather(io.seq, io.pos, 1);
+        let (h, t, d) = (self.heads as i64, self.tokens as i64, self.head_dim as i64);
+        let step = |g: &mut Graph, token: V, cond: V, inv_temp: V, past: &[(V, V)]| {
+            self.step(g, &StepInputs { token, pos: io.pos, cond, inv_temp, past }, true)
+        };
+        let (a, b, presents) = match io.guidance {
+            None => {
+                let one = g.scalar(1.0);
+                let inv_temp = g.reshape(one, &[1]);
+                step(g, token, io.cond, inv_temp, io.past)
+            }
+            Some(gi) => {
+                // 2N rows: the conditional branch, then the unconditional one.
+                let tokens = g.concat(&[token, token], 0);
+                let cond = g.concat(&[io.cond, gi.cond_u], 0);
+                let one = g.scalar(1.0);
+                let ones = g.add(Op::Expand, &[one, gi.inv_temp_u]);
+                let inv_temp = g.concat(&[ones, gi.inv_temp_u], 0);
+                let past: Vec<(V, V)> = io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, t, d]), g.reshape(v, &[-1, h, t, d]))).collect();
+                let (a, b, presents) = step(g, tokens, cond, inv_temp, &past);
+                let presents = presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, t, d]), g.reshape(v, &[2, -1, h, t, d]))).collect();
+                (a, b, presents)
+            }
+        };
+        g.scoped(&self.scope(), |g| {
+            g.scoped("update", |g| {
+                let one = g.constant(None, ConstData::I64(vec![1]), &[]);
+                let next = g.binary(crate::ops::Bin::Add, io.pos, one);
+                let z = g.gather(io.seq, next, 1);
+                let (s, shift) = match io.guidance {
+                    None => (g.unary(Un::Exp, a), b),
+                    Some(gi) => {
+                        // (2N, c) -> (2, N, c): the conditional half, then the unconditional one.
+                        let half = |g: &mut Graph, v: V, k: i64| {
+                            let two = g.reshape(v, &[2, -1, c]);
+                            let idx = g.constant(None, ConstData::I64(vec![k]), &[]);
+                            g.gather(two, idx, 0)
+                        };
+                        let (ac, au, bc, bu) = (half(g, a, 0), half(g, a, 1), half(g, b, 0), half(g, b, 1));
+                        let sc = g.unary(Un::Exp, ac);
+                        let su = g.unary(Un::Exp, au);
+                        let w = g.gather(gi.weights, io.pos, 0);
+                        combine_guided(g, w, gi.starflow, (sc, bc), (su, bu))
+                    }
+                };
+                let zs = g.times(z, s);
+                let u = g.plus(zs, shift);
+                let u = g.reshape(u, &[0, 1, c]);
+                let n3 = g.reshape(next, &[1, 1, 1]);
+                let idx = g.add(Op::Expand, &[n3, u]);
+                let seq = g.scatter_elements(io.seq, idx, u, 1);
+                (seq, next, presents)
+            })
         })
     }
 

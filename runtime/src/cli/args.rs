@@ -17,6 +17,7 @@ const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnis
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProviderArg {
     Tract,
+    TractCuda,
     Cpu,
     Cuda,
     Tensorrt,
@@ -27,6 +28,7 @@ impl From<ProviderArg> for Provider {
     fn from(p: ProviderArg) -> Self {
         match p {
             ProviderArg::Tract => Provider::Tract,
+            ProviderArg::TractCuda => Provider::TractCuda,
             ProviderArg::Cpu => Provider::Cpu,
             ProviderArg::Cuda => Provider::Cuda,
             ProviderArg::Tensorrt => Provider::TensorRt,
@@ -45,6 +47,25 @@ pub enum FormArg {
 pub enum CacheArg {
     Growing,
     Fixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ResidentArg {
+    /// On for CUDA and TensorRT when the package has the loop graphs, off on CPUs.
+    Auto,
+    On,
+    Off,
+}
+
+impl ResidentArg {
+    /// The builder's setting (None: its default).
+    pub fn setting(self) -> Option<bool> {
+        match self {
+            ResidentArg::Auto => None,
+            ResidentArg::On => Some(true),
+            ResidentArg::Off => Some(false),
+        }
+    }
 }
 
 /// Package and provider flags shared by every subcommand.
@@ -72,6 +93,13 @@ pub struct Common {
     /// batch over them.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// CUDA: TensorFloat-32 matrix products (faster, but fp32 graphs are then no longer IEEE
+    /// fp32: `check` applies its TF32 tolerance). Off by default.
+    #[arg(long)]
+    pub tf32: bool,
+    /// CUDA and TensorRT: run the loop graphs without capturing CUDA graphs.
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 impl Common {
@@ -87,6 +115,9 @@ impl Common {
             trt_cache: self.trt_cache.clone(),
             trt_max_batch: self.trt_max_batch,
             threads: self.threads,
+            tf32: self.tf32,
+            cuda_graphs: !self.no_cuda_graphs,
+            io_binding: false,
         }
     }
 
@@ -114,16 +145,24 @@ pub struct Run {
     /// (memory that does not grow with depth).
     #[arg(long, value_enum, default_value = "whole")]
     pub score_form: FormArg,
+    /// Run both phases as loops of the fused graphs (inversion steps and denoising step with
+    /// their updates inside): on a GPU the sampler's state stays on the device and the runs
+    /// replay as CUDA graphs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub resident: ResidentArg,
 }
 
 impl Run {
     pub fn builder(&self, model: Arc<Model>) -> SamplerBuilder {
-        let b = Sampler::builder(model)
+        let mut b = Sampler::builder(model)
             .provider(self.provider.into())
             .provider_options(self.common.options())
             .precision(self.common.precision())
             .memory_budget(self.memory_budget_mib << 20)
             .score_form(self.score_form.into());
+        if let Some(on) = self.resident.setting() {
+            b = b.resident(on);
+        }
         match self.batch_size {
             Some(n) => b.score_batch(n),
             None => b,

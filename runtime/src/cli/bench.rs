@@ -2,9 +2,11 @@
 //! child process of its own so that peak memory is the provider's.
 
 use anyhow::{Context, Result, bail};
+use itarflow_base::sample_args::SettingsArgs;
 use itarflow_rt::bench::{BenchOptions, bench};
+use itarflow_rt::sampler;
 
-use super::args::{CacheArg, Common, FormArg, ProviderArg, providers_or_all};
+use super::args::{CacheArg, Common, FormArg, ProviderArg, ResidentArg, providers_or_all};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -24,6 +26,12 @@ pub struct BenchArgs {
     pub score_form: FormArg,
     #[arg(long, value_enum)]
     pub step_cache: Option<CacheArg>,
+    /// Both phases as loops of the fused graphs (default: on for CUDA and TensorRT).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub resident: ResidentArg,
+    /// The sampler settings measured (default: the package's; printed with the figures).
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Measure in this process (used for the per-provider child processes).
     #[arg(long, hide = true)]
     pub in_process: bool,
@@ -37,11 +45,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let explicit = !a.providers.is_empty();
     if a.in_process {
         let model = a.common.load()?;
+        let settings = a.settings.apply(sampler::defaults(&model), model.num_classes())?;
         let opts = BenchOptions {
             batch: a.batch,
             repeats: a.repeats,
             score_form: a.score_form.into(),
             step_cache: a.step_cache.map(Into::into),
+            settings: Some(settings),
+            resident: a.resident.setting(),
         };
         let r = bench(model, providers[0], a.common.precision(), &a.common.options(), &opts)?;
         println!("{}", serde_json::to_string(&r)?);
@@ -81,22 +92,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
         rows.push(r);
     }
     if !a.json {
+        if let Some(r) = rows.first() {
+            println!(
+                "settings: cfg {} ({}, {} guided layer(s)), t {} -> {}, {} denoising steps",
+                r["cfg"], r["cfg_style"].as_str().unwrap_or(""), r["guide_layers"], r["t_max"], r["t_min"], r["denoise_steps"]
+            );
+        }
         println!(
-            "{:<9} {:<5} {:>6} {:>10} {:>10} {:>10} {:>12} {:>10}",
-            "provider", "prec", "batch", "step ms", "score ms", "sample s", "images/s", "peak MiB"
+            "{:<9} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}  phase 1 / phase 2",
+            "provider", "prec", "batch", "step ms", "score ms", "phase1 s", "phase2 s", "sample s", "images/s", "peak MiB", "GPU MiB"
         );
+        let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         for r in &rows {
             println!(
-                "{:<9} {:<5} {:>6} {:>10.3} {:>10.1} {:>10.2} {:>12.2} {:>10.0}",
+                "{:<9} {:<5} {:>6} {:>9.3} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>10.1} {:>9.0} {:>9.0}  {} / {}",
                 r["provider"].as_str().unwrap_or(""),
                 r["precision"].as_str().unwrap_or(""),
                 r["batch"],
-                r["step_ms"].as_f64().unwrap_or(f64::NAN),
-                r["score_ms"].as_f64().unwrap_or(f64::NAN),
-                r["sample_seconds"].as_f64().unwrap_or(f64::NAN),
-                r["images_per_second"].as_f64().unwrap_or(f64::NAN),
-                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+                num(r, "step_ms"),
+                num(r, "score_ms"),
+                num(r, "phase1_seconds"),
+                num(r, "phase2_seconds"),
+                num(r, "sample_seconds"),
+                num(r, "images_per_second"),
+                num(r, "peak_rss_mib"),
+                num(r, "gpu_memory_mib"),
+                r["phase1"].as_str().unwrap_or(""),
+                r["phase2"].as_str().unwrap_or("")
             );
+            if let Some(m) = r["loop_mode"].as_str() {
+                println!("  {}: {m}", r["provider"].as_str().unwrap_or(""));
+            }
         }
     }
     if rows.is_empty() {

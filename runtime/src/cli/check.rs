@@ -38,10 +38,13 @@ pub fn run(a: CheckArgs) -> Result<()> {
         for (p, why) in &report.skipped {
             eprintln!("skipped {p}: {why}");
         }
+        for u in &report.unsupported {
+            eprintln!("could not run {} ({}) on {}: {}", u.graph, u.precision, u.engine, u.reason);
+        }
     }
-    let failed = report.failures();
-    if failed > 0 {
-        bail!("{failed} output(s) past tolerance");
+    let past = report.rows.iter().filter(|r| !r.pass).count();
+    if past > 0 || !report.unsupported.is_empty() {
+        bail!("{past} output(s) past tolerance, {} graph(s) that could not run", report.unsupported.len());
     }
     Ok(())
 }

@@ -14,25 +14,40 @@ use crate::RtError;
 pub enum Provider {
     /// tract: pure Rust, CPU, nothing to install.
     Tract,
+    /// tract's CUDA runtime (tract-cuda): pure Rust, loads CUDA, cuBLAS, cuDNN and NVRTC from the
+    /// host at run time; needs no ONNX Runtime.
+    TractCuda,
     /// ONNX Runtime on the CPU.
     Cpu,
     /// ONNX Runtime's CUDA execution provider.
     Cuda,
     /// ONNX Runtime's TensorRT execution provider.
     TensorRt,
-    /// The first of TensorRT, CUDA, ONNX Runtime CPU and tract that loads here.
+    /// The first of TensorRT, CUDA, tract-cuda, ONNX Runtime CPU and tract that loads here.
     Auto,
 }
 
 impl Provider {
     /// The order `Auto` tries.
-    pub const PREFERENCE: [Provider; 4] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu, Provider::Tract];
+    pub const PREFERENCE: [Provider; 5] = [Provider::TensorRt, Provider::Cuda, Provider::TractCuda, Provider::Cpu, Provider::Tract];
     /// Every concrete provider, CPU ones first (what `check` and `bench` cover by default).
-    pub const ALL: [Provider; 4] = [Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt];
+    pub const ALL: [Provider; 5] = [Provider::Tract, Provider::Cpu, Provider::Cuda, Provider::TensorRt, Provider::TractCuda];
+
+    /// Whether graphs run on a GPU.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Provider::Cuda | Provider::TensorRt | Provider::TractCuda)
+    }
+
+    /// Whether the provider keeps values in device memory between runs, so that the sampler's
+    /// loops run there (ONNX Runtime's GPU providers; tract-cuda brings outputs back each run).
+    pub fn device_resident(self) -> bool {
+        matches!(self, Provider::Cuda | Provider::TensorRt)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Provider::Tract => "tract",
+            Provider::TractCuda => "tract-cuda",
             Provider::Cpu => "cpu",
             Provider::Cuda => "cuda",
             Provider::TensorRt => "tensorrt",
@@ -52,11 +67,12 @@ impl std::str::FromStr for Provider {
     fn from_str(s: &str) -> Result<Self, RtError> {
         Ok(match s {
             "tract" => Provider::Tract,
+            "tract-cuda" => Provider::TractCuda,
             "cpu" => Provider::Cpu,
             "cuda" => Provider::Cuda,
             "tensorrt" => Provider::TensorRt,
             "auto" => Provider::Auto,
-            other => return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, cpu, cuda, tensorrt or auto"))),
+            other => return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, tract-cuda, cpu, cuda, tensorrt or auto"))),
         })
     }
 }
@@ -102,6 +118,15 @@ pub struct ProviderOptions {
     /// CPU threads (0 = all cores): ONNX Runtime's intra-op threads; tract (single-threaded per
     /// run) splits each score batch over this many threads.
     pub threads: usize,
+    /// CUDA: TensorFloat-32 matrix products (faster; inputs rounded to 10 mantissa bits, so
+    /// fp32 is no longer IEEE fp32: `check` applies the TF32 tolerance). Off by default.
+    pub tf32: bool,
+    /// CUDA and TensorRT: replay the loop graphs (fused inversion and denoising steps) as
+    /// captured CUDA graphs. On by default; a graph ONNX Runtime cannot capture runs without.
+    pub cuda_graphs: bool,
+    /// ONNX Runtime on the CPU: bind inputs and outputs through IoBinding and run loops in
+    /// buffers of their own, as on a GPU (for tests of that code path on CPU machines).
+    pub io_binding: bool,
 }
 
 impl ProviderOptions {
@@ -113,7 +138,16 @@ impl ProviderOptions {
 
 impl Default for ProviderOptions {
     fn default() -> Self {
-        Self { ort_lib: None, trt_fp16: false, trt_cache: PathBuf::from(".itarflow-trt-cache"), trt_max_batch: 128, threads: 0 }
+        Self {
+            ort_lib: None,
+            trt_fp16: false,
+            trt_cache: PathBuf::from(".itarflow-trt-cache"),
+            trt_max_batch: 128,
+            threads: 0,
+            tf32: false,
+            cuda_graphs: true,
+            io_binding: false,
+        }
     }
 }
 
@@ -121,28 +155,59 @@ impl Default for ProviderOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostTensor {
     F32(Vec<usize>, Vec<f32>),
+    F16(Vec<usize>, Vec<half::f16>),
     I64(Vec<usize>, Vec<i64>),
 }
 
 impl HostTensor {
+    /// Zeros of `shape` in the manifest's `dtype` ("float32", "float16" or "int64").
+    pub fn zeros(dtype: &str, shape: Vec<usize>) -> Result<Self, RtError> {
+        let n = shape.iter().product();
+        Ok(match dtype {
+            "float32" => HostTensor::F32(shape, vec![0.0; n]),
+            "float16" => HostTensor::F16(shape, vec![half::f16::ZERO; n]),
+            "int64" => HostTensor::I64(shape, vec![0; n]),
+            other => return Err(RtError::Invalid(format!("no host tensors of dtype {other}"))),
+        })
+    }
+
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32(s, _) | HostTensor::I64(s, _) => s,
+            HostTensor::F32(s, _) | HostTensor::F16(s, _) | HostTensor::I64(s, _) => s,
         }
     }
 
-    /// The f32 data; panics on an int64 tensor (graph outputs are f32).
-    pub fn f32(&self) -> &[f32] {
+    /// Whether every value is zero.
+    pub fn is_zero(&self) -> bool {
         match self {
-            HostTensor::F32(_, d) => d,
-            HostTensor::I64(..) => panic!("expected an f32 tensor"),
+            HostTensor::F32(_, d) => d.iter().all(|v| *v == 0.0),
+            HostTensor::F16(_, d) => d.iter().all(|v| v.to_f32() == 0.0),
+            HostTensor::I64(_, d) => d.iter().all(|v| *v == 0),
         }
     }
 
-    pub fn into_f32(self) -> Vec<f32> {
+    fn kind(&self) -> &'static str {
         match self {
-            HostTensor::F32(_, d) => d,
-            HostTensor::I64(..) => panic!("expected an f32 tensor"),
+            HostTensor::F32(..) => "float32",
+            HostTensor::F16(..) => "float16",
+            HostTensor::I64(..) => "int64",
+        }
+    }
+
+    /// The data of a float32 tensor (what the engines' `download` returns for float outputs).
+    pub fn f32(&self) -> Result<&[f32], RtError> {
+        match self {
+            HostTensor::F32(_, d) => Ok(d),
+            other => Err(RtError::Invalid(format!("expected a float32 tensor, got {} {:?}", other.kind(), other.shape()))),
+        }
+    }
+
+    /// The values as f32 (float16 widened).
+    pub fn into_f32(self) -> Result<Vec<f32>, RtError> {
+        match self {
+            HostTensor::F32(_, d) => Ok(d),
+            HostTensor::F16(_, d) => Ok(d.into_iter().map(f32::from).collect()),
+            other => Err(RtError::Invalid(format!("expected a float tensor, got {} {:?}", other.kind(), other.shape()))),
         }
     }
 }
@@ -171,4 +236,50 @@ pub trait Engine: Send + Sync {
     fn prepare(&self, _batch: usize) -> Result<(), RtError> {
         Ok(())
     }
+    /// Runs a loop body (a graph whose outputs are its next run's state: its last
+    /// `state.len()` inputs, in order) `steps` times from `state`, the `fixed` inputs before the
+    /// state unchanged throughout; returns the first `keep` values of the final state on the
+    /// host. By default each run's outputs are fed to the next as they are; a GPU engine keeps
+    /// the state on the device in buffers of its own and may replay the runs as a captured graph.
+    fn run_loop(&self, fixed: &[&Self::Value], state: Vec<LoopInit<Self::Value>>, steps: usize, keep: usize) -> Result<Vec<HostTensor>, RtError>
+    where
+        Self: Sized,
+    {
+        feed_loop(self, fixed, state, steps, keep)
+    }
+    /// How this graph runs loops, when it differs from run-by-run feeding (e.g. on device
+    /// buffers with CUDA graphs), or why a faster way was refused; None for the default.
+    fn loop_mode(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A loop run by feeding each run's outputs to the next as they are (see [`Engine::run_loop`]).
+pub fn feed_loop<E: Engine>(g: &E, fixed: &[&E::Value], state: Vec<LoopInit<E::Value>>, steps: usize, keep: usize) -> Result<Vec<HostTensor>, RtError> {
+    {
+        let mut values = state
+            .into_iter()
+            .map(|s| match s {
+                LoopInit::Value(v) => Ok(v),
+                LoopInit::Host(t) => g.upload(&t),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = values.len();
+        for _ in 0..steps {
+            let mut feeds: Vec<&E::Value> = fixed.to_vec();
+            feeds.extend(values.iter());
+            values = g.run_values(feeds)?;
+            if values.len() != n {
+                return Err(RtError::Invalid(format!("a loop body returned {} values for a state of {n}", values.len())));
+            }
+        }
+        values.iter().take(keep).map(|v| g.download(v)).collect()
+    }
+}
+
+/// The initial value of one loop state input: an engine value (e.g. another graph's output), or
+/// host data to upload (zeros of a KV cache, the tokens to invert).
+pub enum LoopInit<V> {
+    Value(V),
+    Host(HostTensor),
 }

@@ -7,17 +7,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
-use ort::session::Session;
-use ort::value::{DynValue, Tensor};
+use ort::session::{IoBinding, RunOptions, Session};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::{Engine, HostTensor};
+use super::{Engine, HostTensor, LoopInit};
 use crate::RtError;
 
 /// The ONNX Runtime devices.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrtDevice {
     Cpu,
-    Cuda,
+    Cuda {
+        /// TensorFloat-32 matrix products (10-bit mantissa inputs): faster, not IEEE fp32.
+        tf32: bool,
+    },
     TensorRt {
         fp16: bool,
         /// Engines (and the timing cache) are built once and reused from here.
@@ -62,10 +65,15 @@ pub fn trt_profiles(inputs: &[itarflow_base::manifest::TensorSpec], tokens: usiz
 }
 
 impl OrtDevice {
+    /// Whether graphs run on a GPU (values then stay in device memory between runs).
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self, OrtDevice::Cpu)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OrtDevice::Cpu => "cpu",
-            OrtDevice::Cuda => "cuda",
+            OrtDevice::Cuda { .. } => "cuda",
             OrtDevice::TensorRt { .. } => "tensorrt",
         }
     }
@@ -129,86 +137,384 @@ pub fn environment(library: Option<&Path>) -> Result<&'static Environment, RtErr
     env.as_ref().map_err(|e| fail("onnxruntime", e))
 }
 
-/// A graph in an ONNX Runtime session.
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+
+/// How a graph is loaded: device, library and threads, and whether loop runs are captured as
+/// CUDA graphs.
+#[derive(Debug, Clone)]
+pub struct OrtLoad {
+    pub device: OrtDevice,
+    pub library: Option<PathBuf>,
+    /// Intra-op threads (above one the pool does not spin between runs: the sampler holds some
+    /// thirty sessions, and spinning pools of idle sessions would take the cores from the one
+    /// running).
+    pub threads: usize,
+    /// Capture each loop's runs as CUDA graphs (CUDA and TensorRT; meant for loop graphs).
+    pub cuda_graph: bool,
+    /// Bind inputs and outputs through IoBinding and run loops in buffers of their own even on
+    /// the CPU (always on a GPU): the GPU's code path, exercised by the tests of CPU machines.
+    pub io_binding: bool,
+}
+
+impl OrtLoad {
+    /// Whether runs go through IoBinding (outputs in the device's memory).
+    fn bound(&self) -> bool {
+        self.io_binding || self.device.is_gpu()
+    }
+
+    /// The memory outputs and loop buffers live in.
+    fn memory(&self) -> Result<MemoryInfo<'static>, ort::Error> {
+        if self.device.is_gpu() {
+            MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default)
+        } else {
+            MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
+        }
+    }
+
+    /// An allocator of that memory for `session`'s values.
+    fn allocator(&self, session: &Session) -> Result<Allocator, ort::Error> {
+        if self.device.is_gpu() { Allocator::new(session, self.memory()?) } else { Ok(Allocator::default()) }
+    }
+}
+
+/// A loop's device buffers: the fixed inputs, two sets of state (a run reads one set and writes
+/// the other), device zeros for state started from zeros, and the two bindings (A -> B,
+/// B -> A), each with the run options that select its own captured CUDA graph.
+struct LoopBuffers {
+    key: Vec<(TensorElementType, Vec<i64>)>,
+    fixed: Vec<DynTensor>,
+    a: Vec<DynTensor>,
+    b: Vec<DynTensor>,
+    zeros: Vec<Option<DynTensor>>,
+    bindings: [IoBinding; 2],
+    options: [RunOptions; 2],
+}
+
+/// A session, whether it captures CUDA graphs, and the loops it has run (their buffers are kept
+/// for later loops of the same shapes, so that captured graphs replay on the same addresses).
+struct SessionState {
+    session: Session,
+    /// Ok when loop runs replay captured CUDA graphs; else why not.
+    cuda_graph: Result<(), String>,
+    /// Options of runs outside loops (annotation -1, no capture, on a CUDA-graph session).
+    plain: RunOptions,
+    loops: Vec<LoopBuffers>,
+    next_graph_id: i64,
+}
+
+/// Loop shapes whose buffers a session keeps (the oldest dropped first).
+const MAX_LOOPS: usize = 4;
+
+/// A graph in an ONNX Runtime session. On a GPU, inputs and outputs are bound through
+/// IoBinding and outputs stay in device memory, feeding later runs without a copy; only
+/// `download` brings values to the host.
 pub struct OrtGraph {
-    session: Mutex<Session>,
+    state: Mutex<SessionState>,
     outputs: Vec<String>,
     inputs: Vec<String>,
     provider: &'static str,
+    path: PathBuf,
+    load: OrtLoad,
+}
+
+fn session(path: &Path, load: &OrtLoad, cuda_graph: bool) -> Result<Session, RtError> {
+    let p = load.device.name();
+    // The library's failure is this provider's: name the provider the caller asked for.
+    let env = environment(load.library.as_deref()).map_err(|e| match e {
+        RtError::Provider { reason, .. } => fail(p, reason),
+        other => other,
+    })?;
+    let ep = match &load.device {
+        OrtDevice::Cpu => ort::ep::CPU::default().build(),
+        OrtDevice::Cuda { tf32 } => ort::ep::CUDA::default().with_tf32(*tf32).with_cuda_graph(cuda_graph).build(),
+        OrtDevice::TensorRt { fp16, cache_dir, profiles } => {
+            let mut trt = ort::ep::TensorRT::default()
+                .with_fp16(*fp16)
+                .with_engine_cache(true)
+                .with_engine_cache_path(cache_dir.display())
+                .with_timing_cache(true)
+                .with_timing_cache_path(cache_dir.display())
+                .with_cuda_graph(cuda_graph);
+            if let Some(p) = profiles {
+                trt = trt.with_profile_min_shapes(&p.min).with_profile_opt_shapes(&p.opt).with_profile_max_shapes(&p.max);
+            }
+            trt.build()
+        }
+    }
+    .error_on_failure();
+    let threads = load.threads.max(1);
+    Session::builder(env)
+        .map_err(|e| fail(p, e))?
+        .with_intra_threads(threads)
+        .map_err(|e| fail(p, e))?
+        .with_intra_op_spinning(threads <= 1)
+        .map_err(|e| fail(p, e))?
+        .with_execution_providers([ep])
+        .map_err(|e| fail(p, e))?
+        .commit_from_file(path)
+        .map_err(|e| fail(p, format!("{}: {e}", path.display())))
+}
+
+/// Run options: on a CUDA-graph session, the graph annotation `id` (-1: neither capture nor
+/// replay); `async_run` returns before the device finishes (the caller synchronises).
+fn run_options(graph_id: Option<i64>, async_run: bool) -> Result<RunOptions, ort::Error> {
+    let mut o = RunOptions::new()?;
+    if let Some(id) = graph_id {
+        o.set("gpu_graph_id", id.to_string())?;
+    }
+    if async_run {
+        o.disable_device_sync()?;
+    }
+    Ok(o)
+}
+
+fn value_key(v: &DynValue) -> Result<(TensorElementType, Vec<i64>), ort::Error> {
+    match v.dtype() {
+        ValueType::Tensor { ty, shape, .. } => Ok((*ty, shape.to_vec())),
+        other => Err(ort::Error::new(format!("loop inputs must be tensors, got {other:?}"))),
+    }
+}
+
+fn host_key(t: &HostTensor) -> (TensorElementType, Vec<i64>) {
+    let ty = match t {
+        HostTensor::F32(..) => TensorElementType::Float32,
+        HostTensor::F16(..) => TensorElementType::Float16,
+        HostTensor::I64(..) => TensorElementType::Int64,
+    };
+    (ty, t.shape().iter().map(|&d| d as i64).collect())
+}
+
+fn host_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
+    match t {
+        HostTensor::F32(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
+        HostTensor::F16(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
+        HostTensor::I64(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
+    }
+}
+
+/// Copies `src` (host or device) into the device buffer `dst` (synchronously).
+fn copy_to(src: &DynValue, dst: &mut DynTensor) -> Result<(), ort::Error> {
+    src.view().downcast::<DynTensorValueType>()?.copy_into(&mut *dst)
+}
+
+/// Binds `fixed` then `from` to the inputs and `to` to the outputs.
+fn bind(session: &Session, names: (&[String], &[String]), fixed: &[DynTensor], from: &[DynTensor], to: &mut [DynTensor]) -> Result<IoBinding, ort::Error> {
+    let (inputs, outputs) = names;
+    let mut binding = session.create_binding()?;
+    for (name, v) in inputs.iter().zip(fixed.iter().chain(from)) {
+        binding.bind_input(name, v)?;
+    }
+    for (name, v) in outputs.iter().zip(to.iter_mut()) {
+        binding.bind_output(name, v)?;
+    }
+    Ok(binding)
+}
+
+impl SessionState {
+    fn new(session: Session, cuda_graph: Result<(), String>) -> Result<Self, ort::Error> {
+        let plain = run_options(cuda_graph.is_ok().then_some(-1), false)?;
+        Ok(Self { session, cuda_graph, plain, loops: Vec::new(), next_graph_id: 1 })
+    }
 }
 
 impl OrtGraph {
     /// Creates a session for the graph at `path` on `device` (strict provider registration).
     pub fn load(path: &Path, device: &OrtDevice, library: Option<&Path>) -> Result<Self, RtError> {
-        Self::load_with_threads(path, device, library, 1)
+        let load = OrtLoad { device: device.clone(), library: library.map(Path::to_path_buf), threads: 1, cuda_graph: false, io_binding: false };
+        Self::load_with(path, &load)
     }
 
-    /// As [`Self::load`], with `threads` intra-op threads. Above one, the session's pool does not
-    /// spin between runs: the sampler holds some thirty sessions, and spinning pools of idle
-    /// sessions would take the cores from the one running.
-    pub fn load_with_threads(path: &Path, device: &OrtDevice, library: Option<&Path>, threads: usize) -> Result<Self, RtError> {
-        let env = environment(library)?;
-        let p = device.name();
-        let ep = match device {
-            OrtDevice::Cpu => ort::ep::CPU::default().build(),
-            OrtDevice::Cuda => ort::ep::CUDA::default().build(),
-            OrtDevice::TensorRt { fp16, cache_dir, profiles } => {
-                let mut trt = ort::ep::TensorRT::default()
-                    .with_fp16(*fp16)
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(cache_dir.display())
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(cache_dir.display());
-                if let Some(p) = profiles {
-                    trt = trt
-                        .with_profile_min_shapes(&p.min)
-                        .with_profile_opt_shapes(&p.opt)
-                        .with_profile_max_shapes(&p.max);
-                }
-                trt.build()
+    /// Creates a session as `load` says. Where CUDA graphs are asked for but the session cannot
+    /// have them, it is made without, and [`Engine::loop_mode`] says why.
+    pub fn load_with(path: &Path, load: &OrtLoad) -> Result<Self, RtError> {
+        let p = load.device.name();
+        let (session, cuda_graph) = if load.cuda_graph && load.device.is_gpu() {
+            match session(path, load, true) {
+                Ok(s) => (s, Ok(())),
+                Err(e) => (session(path, load, false)?, Err(format!("refused at load: {e}"))),
             }
-        }
-        .error_on_failure();
-        let session = Session::builder(env)
-            .map_err(|e| fail(p, e))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| fail(p, e))?
-            .with_intra_op_spinning(threads <= 1)
-            .map_err(|e| fail(p, e))?
-            .with_execution_providers([ep])
-            .map_err(|e| fail(p, e))?
-            .commit_from_file(path)
-            .map_err(|e| fail(p, format!("{}: {e}", path.display())))?;
+        } else {
+            (session(path, load, false)?, Err("not asked".to_string()))
+        };
         let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(Self { session: Mutex::new(session), outputs, inputs, provider: p })
+        let state = SessionState::new(session, cuda_graph).map_err(|e| fail(p, e))?;
+        Ok(Self { state: Mutex::new(state), outputs, inputs, provider: p, path: path.to_path_buf(), load: load.clone() })
     }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SessionState>, RtError> {
+        self.state.lock().map_err(|_| fail(self.provider, "session lock poisoned"))
+    }
+
+    /// The index of the loop buffers for `key` (the first `fixed` entries fixed inputs, then the
+    /// state), made on first use.
+    fn loop_buffers(&self, st: &mut SessionState, key: Vec<(TensorElementType, Vec<i64>)>, fixed: usize) -> Result<usize, ort::Error> {
+        if let Some(i) = st.loops.iter().position(|l| l.key == key) {
+            return Ok(i);
+        }
+        if st.loops.len() >= MAX_LOOPS {
+            st.loops.remove(0);
+        }
+        let alloc = self.load.allocator(&st.session)?;
+        let make = |keys: &[(TensorElementType, Vec<i64>)]| -> Result<Vec<DynTensor>, ort::Error> {
+            keys.iter().map(|(ty, shape)| DynTensor::new(&alloc, *ty, shape.clone())).collect()
+        };
+        let fixed_bufs = make(&key[..fixed])?;
+        let mut a = make(&key[fixed..])?;
+        let mut b = make(&key[fixed..])?;
+        let names = (self.inputs.as_slice(), self.outputs.as_slice());
+        let ab = bind(&st.session, names, &fixed_bufs, &a, &mut b)?;
+        let ba = bind(&st.session, names, &fixed_bufs, &b, &mut a)?;
+        let ids = st.cuda_graph.is_ok().then(|| {
+            st.next_graph_id += 2;
+            (st.next_graph_id - 2, st.next_graph_id - 1)
+        });
+        let options = [run_options(ids.map(|i| i.0), true)?, run_options(ids.map(|i| i.1), true)?];
+        let zeros = (0..key.len() - fixed).map(|_| None).collect();
+        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options });
+        Ok(st.loops.len() - 1)
+    }
+
+    /// The loop on the device: inputs copied into the loop's buffers, `steps` runs alternating
+    /// between the two bindings without waiting for the device, then the first `keep` values of
+    /// the final state downloaded.
+    fn device_loop(
+        &self,
+        st: &mut SessionState,
+        fixed: &[&DynValue],
+        state: &[LoopInit<DynValue>],
+        steps: usize,
+        keep: usize,
+    ) -> Result<Vec<HostTensor>, ort::Error> {
+        let mut key = fixed.iter().map(|v| value_key(v)).collect::<Result<Vec<_>, _>>()?;
+        for s in state {
+            key.push(match s {
+                LoopInit::Value(v) => value_key(v)?,
+                LoopInit::Host(t) => host_key(t),
+            });
+        }
+        let i = self.loop_buffers(st, key, fixed.len())?;
+        let SessionState { session, loops, .. } = st;
+        let lp = &mut loops[i];
+        for (v, buf) in fixed.iter().zip(lp.fixed.iter_mut()) {
+            copy_to(v, buf)?;
+        }
+        for (k, (s, buf)) in state.iter().zip(lp.a.iter_mut()).enumerate() {
+            match s {
+                LoopInit::Value(v) => copy_to(v, buf)?,
+                // Zeros (an empty KV cache) are copied on the device from zeros made once.
+                LoopInit::Host(t) if t.is_zero() => {
+                    if lp.zeros[k].is_none() {
+                        let alloc = self.load.allocator(session)?;
+                        let (ty, shape) = host_key(t);
+                        let mut z = DynTensor::new(&alloc, ty, shape)?;
+                        copy_to(&host_value(t)?, &mut z)?;
+                        lp.zeros[k] = Some(z);
+                    }
+                    if let Some(z) = &lp.zeros[k] {
+                        z.copy_into(&mut *buf)?;
+                    }
+                }
+                LoopInit::Host(t) => copy_to(&host_value(t)?, buf)?,
+            }
+        }
+        for step in 0..steps {
+            session.run_binding_with_options(&lp.bindings[step % 2], &lp.options[step % 2])?;
+        }
+        // The final state is in B after an odd number of runs.
+        let last = &lp.bindings[(steps + 1) % 2];
+        last.synchronize_outputs()?;
+        let fin = if steps % 2 == 1 { &lp.b } else { &lp.a };
+        fin.iter().take(keep).map(download_tensor).collect()
+    }
+}
+
+/// A tensor (host or device) as host data; float16 widened to float32.
+fn download_tensor(t: &DynTensor) -> Result<HostTensor, ort::Error> {
+    let host;
+    let t = if t.memory_info().is_cpu_accessible() {
+        t
+    } else {
+        host = t.to(AllocationDevice::CPU, 0)?;
+        &host
+    };
+    let shape: Vec<usize> = t.shape().iter().map(|&d| d as usize).collect();
+    Ok(match *t.data_type() {
+        TensorElementType::Float16 => {
+            let (_, d) = t.try_extract_tensor::<half::f16>()?;
+            HostTensor::F32(shape, d.iter().map(|v| v.to_f32()).collect())
+        }
+        TensorElementType::Int64 => HostTensor::I64(shape, t.try_extract_tensor::<i64>()?.1.to_vec()),
+        _ => HostTensor::F32(shape, t.try_extract_tensor::<f32>()?.1.to_vec()),
+    })
 }
 
 impl Engine for OrtGraph {
     type Value = DynValue;
 
     fn upload(&self, t: &HostTensor) -> Result<DynValue, RtError> {
-        let v = match t {
-            HostTensor::F32(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
-            HostTensor::I64(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
-        };
-        v.map_err(|e| fail(self.provider, e))
+        host_value(t).map_err(|e| fail(self.provider, e))
     }
 
     fn download(&self, v: &DynValue) -> Result<HostTensor, RtError> {
-        let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| fail(self.provider, e))?;
-        Ok(HostTensor::F32(shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+        let t = v.view().downcast::<DynTensorValueType>().map_err(|e| fail(self.provider, e))?;
+        download_tensor(&t).map_err(|e| fail(self.provider, e))
     }
 
     fn run_values(&self, inputs: Vec<&DynValue>) -> Result<Vec<DynValue>, RtError> {
-        let mut session = self.session.lock().map_err(|_| fail(self.provider, "session lock poisoned"))?;
-        let feeds: Vec<(&str, &DynValue)> = self.inputs.iter().map(String::as_str).zip(inputs).collect();
-        let mut out = session.run(feeds).map_err(|e| fail(self.provider, e))?;
-        self.outputs
-            .iter()
-            .map(|name| out.remove(name.as_str()).ok_or_else(|| fail(self.provider, format!("no output {name}"))))
-            .collect()
+        let mut st = self.lock()?;
+        if !self.load.bound() {
+            let feeds: Vec<(&str, &DynValue)> = self.inputs.iter().map(String::as_str).zip(inputs).collect();
+            let mut out = st.session.run(feeds).map_err(|e| fail(self.provider, e))?;
+            return self
+                .outputs
+                .iter()
+                .map(|name| out.remove(name.as_str()).ok_or_else(|| fail(self.provider, format!("no output {name}"))))
+                .collect();
+        }
+        // On a GPU: host inputs are copied to the device as they are bound, outputs stay there.
+        let run = |st: &mut SessionState| -> Result<Vec<DynValue>, ort::Error> {
+            let mut binding = st.session.create_binding()?;
+            for (name, v) in self.inputs.iter().zip(&inputs) {
+                binding.bind_input(name, *v)?;
+            }
+            let memory = self.load.memory()?;
+            for name in &self.outputs {
+                binding.bind_output_to_device(name, &memory)?;
+            }
+            let SessionState { session, plain, .. } = st;
+            let mut out = session.run_binding_with_options(&binding, plain)?;
+            self.outputs.iter().map(|name| out.remove(name.as_str()).ok_or_else(|| ort::Error::new(format!("no output {name}")))).collect()
+        };
+        run(&mut st).map_err(|e| fail(self.provider, e))
+    }
+
+    fn run_loop(&self, fixed: &[&DynValue], state: Vec<LoopInit<DynValue>>, steps: usize, keep: usize) -> Result<Vec<HostTensor>, RtError> {
+        if !self.load.bound() {
+            return super::feed_loop(self, fixed, state, steps, keep);
+        }
+        let mut st = self.lock()?;
+        match self.device_loop(&mut st, fixed, &state, steps, keep) {
+            Ok(out) => Ok(out),
+            Err(e) if st.cuda_graph.is_ok() => {
+                // The capture failed at run time: the session again without CUDA graphs.
+                let session = session(&self.path, &self.load, false)?;
+                *st = SessionState::new(session, Err(format!("refused at capture: {e}"))).map_err(|e| fail(self.provider, e))?;
+                self.device_loop(&mut st, fixed, &state, steps, keep).map_err(|e| fail(self.provider, e))
+            }
+            Err(e) => Err(fail(self.provider, e)),
+        }
+    }
+
+    fn loop_mode(&self) -> Option<String> {
+        if !self.load.bound() {
+            return None;
+        }
+        let st = self.state.lock().ok()?;
+        Some(match &st.cuda_graph {
+            Ok(()) => "device buffers, CUDA graphs".to_string(),
+            Err(why) => format!("device buffers, no CUDA graphs ({why})"),
+        })
     }
 }
 

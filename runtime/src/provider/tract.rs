@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::{DefaultRuntime, Runnable, Runtime, State};
 
 use super::{Engine, HostTensor};
 use crate::RtError;
@@ -24,18 +25,72 @@ fn fail(what: &str, e: impl std::fmt::Debug) -> RtError {
     RtError::Provider { provider: "tract".into(), reason: format!("{what}: {e:?}") }
 }
 
-/// An optimised plan and its idle run states.
+/// Where tract runs a graph: its CPU runtime, or tract-cuda's (kernels compiled at run time
+/// with NVRTC; CUDA, cuBLAS, cuDNN and NVRTC loaded from the host, nothing to install).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TractDevice {
+    Cpu,
+    Cuda,
+}
+
+impl TractDevice {
+    pub fn name(self) -> &'static str {
+        match self {
+            TractDevice::Cpu => "tract",
+            TractDevice::Cuda => "tract-cuda",
+        }
+    }
+
+    /// `e` as this device's error (the provider's name in it).
+    fn own(self, e: RtError) -> RtError {
+        match e {
+            RtError::Provider { reason, .. } => RtError::Provider { provider: self.name().into(), reason },
+            other => other,
+        }
+    }
+
+    /// tract's runtime for this device, or why it cannot run here.
+    pub fn runtime(self) -> Result<&'static dyn Runtime, RtError> {
+        match self {
+            TractDevice::Cpu => Ok(&DefaultRuntime),
+            TractDevice::Cuda => cuda_runtime(),
+        }
+    }
+}
+
+#[cfg(feature = "tract-cuda")]
+fn cuda_runtime() -> Result<&'static dyn Runtime, RtError> {
+    // Linking the crate registers its runtime.
+    use tract_cuda as _;
+    let why = |reason: String| RtError::Provider { provider: "tract-cuda".into(), reason };
+    let rt = tract_onnx::tract_core::runtime::runtime_for_name("cuda")
+        .map_err(|e| why(format!("{e:#}")))?
+        .ok_or_else(|| why("tract's CUDA runtime is not registered".into()))?;
+    rt.check().map_err(|e| {
+        why(format!(
+            "{e:#}: tract-cuda needs the NVIDIA driver (libcuda), cuBLAS, cuDNN, NVRTC and the CUDA runtime on the library path, and the CUDA headers for NVRTC"
+        ))
+    })?;
+    Ok(rt)
+}
+
+#[cfg(not(feature = "tract-cuda"))]
+fn cuda_runtime() -> Result<&'static dyn Runtime, RtError> {
+    Err(RtError::Provider {
+        provider: "tract-cuda".into(),
+        reason: "this build of itarflow-rt has no tract-cuda: rebuild it with `--features tract-cuda`".into(),
+    })
+}
+
+/// A prepared plan and its idle run states.
 struct Plan {
-    plan: Arc<TypedRunnableModel>,
-    states: Mutex<Vec<TypedSimpleState>>,
+    plan: Box<dyn Runnable>,
+    states: Mutex<Vec<Box<dyn State>>>,
 }
 
 impl Plan {
-    fn new(model: TypedModel, name: &str) -> Result<Self, RtError> {
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| fail(&format!("optimising {name}"), e))?;
+    fn new(model: TypedModel, name: &str, device: TractDevice) -> Result<Self, RtError> {
+        let plan = device.runtime()?.prepare(model).map_err(|e| fail(&format!("optimising {name} for {}", device.name()), e))?;
         Ok(Self { plan, states: Mutex::new(Vec::new()) })
     }
 
@@ -66,6 +121,7 @@ enum Plans {
 pub struct TractGraph {
     plans: Plans,
     name: String,
+    device: TractDevice,
 }
 
 impl TractGraph {
@@ -81,12 +137,26 @@ impl TractGraph {
     /// manifest): nothing is read until the first run, which makes the plan for its batch size
     /// (reading the file once per batch size instead of also once here).
     pub fn load_batched(path: &Path) -> Self {
-        Self { plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) }, name: path.display().to_string() }
+        Self::load_batched_on(path, TractDevice::Cpu)
+    }
+
+    /// [`Self::load_batched`] on `device`.
+    pub fn load_batched_on(path: &Path, device: TractDevice) -> Self {
+        Self { plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) }, name: path.display().to_string(), device }
     }
 
     /// Loads and declutters the ONNX graph at `path` (external data is read beside it), and
     /// finds from its inputs whether it gets a plan per batch size.
     pub fn load(path: &Path) -> Result<Self, RtError> {
+        Self::load_on(path, TractDevice::Cpu)
+    }
+
+    /// [`Self::load`] on `device`.
+    pub fn load_on(path: &Path, device: TractDevice) -> Result<Self, RtError> {
+        Self::load_inner(path, device).map_err(|e| device.own(e))
+    }
+
+    fn load_inner(path: &Path, device: TractDevice) -> Result<Self, RtError> {
         let name = path.display().to_string();
         let model = Self::decluttered(path)?;
         let mut symbols: HashMap<String, Symbol> = HashMap::new();
@@ -99,14 +169,15 @@ impl TractGraph {
             }
         }
         match symbols.remove("N") {
-            Some(_) if symbols.is_empty() => Ok(Self::load_batched(path)),
-            _ => Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name)?), name }),
+            Some(_) if symbols.is_empty() => Ok(Self::load_batched_on(path, device)),
+            _ => Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name, device)?), name, device }),
         }
     }
 
     fn upload(&self, t: &HostTensor) -> Result<TValue, RtError> {
         let tensor = match t {
             HostTensor::F32(s, d) => Tensor::from_shape(s, d),
+            HostTensor::F16(s, d) => Tensor::from_shape(s, d),
             HostTensor::I64(s, d) => Tensor::from_shape(s, d),
         };
         tensor.map(|t| t.into_tvalue()).map_err(|e| fail("input", e))
@@ -123,7 +194,7 @@ impl TractGraph {
         let concrete = model
             .set_symbols(&HashMap::from([(batch, TDim::Val(n as i64))]))
             .map_err(|e| fail(&format!("setting the batch of {} to {n}", self.name), e))?;
-        let plan = Arc::new(Plan::new(concrete, &self.name)?);
+        let plan = Arc::new(Plan::new(concrete, &self.name, self.device)?);
         if plans.len() >= MAX_BATCH_PLANS {
             plans.remove(0);
         }
@@ -150,6 +221,24 @@ impl Engine for TractGraph {
     }
 
     fn run_values(&self, inputs: Vec<&TValue>) -> Result<Vec<TValue>, RtError> {
+        self.run_inner(inputs).map_err(|e| self.device.own(e))
+    }
+
+    fn concurrent(&self) -> bool {
+        // CPU plans run in parallel (a state each); GPU runs share one device.
+        self.device == TractDevice::Cpu
+    }
+
+    fn prepare(&self, batch: usize) -> Result<(), RtError> {
+        match &self.plans {
+            Plans::Symbolic(_) => Ok(()),
+            Plans::PerBatch { path, plans } => self.plan_for(path, plans, batch).map(|_| ()).map_err(|e| self.device.own(e)),
+        }
+    }
+}
+
+impl TractGraph {
+    fn run_inner(&self, inputs: Vec<&TValue>) -> Result<Vec<TValue>, RtError> {
         // TValues share their data: these clones copy no tensor.
         let inputs: TVec<TValue> = inputs.into_iter().cloned().collect();
         let outs = match &self.plans {
@@ -160,16 +249,5 @@ impl Engine for TractGraph {
             }
         };
         Ok(outs.into_iter().collect())
-    }
-
-    fn concurrent(&self) -> bool {
-        true
-    }
-
-    fn prepare(&self, batch: usize) -> Result<(), RtError> {
-        match &self.plans {
-            Plans::Symbolic(_) => Ok(()),
-            Plans::PerBatch { path, plans } => self.plan_for(path, plans, batch).map(|_| ()),
-        }
     }
 }

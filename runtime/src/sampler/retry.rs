@@ -1,0 +1,65 @@
+//! NaN/Inf samples: reported, or sampled again from new noise (same labels), the other images
+//! untouched.
+
+use itarflow_base::GaussianNoise;
+
+use super::Progress;
+use super::denoise::non_finite;
+use crate::RtError;
+
+/// What to do when a sample comes out NaN or Inf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnNonFinite {
+    /// Return [`RtError::NonFinite`] naming the first such image.
+    #[default]
+    Fail,
+    /// Sample those images again from new noise (same labels), up to this many extra attempts,
+    /// then fail.
+    Retry(usize),
+}
+
+impl OnNonFinite {
+    fn attempts(self) -> usize {
+        match self {
+            OnNonFinite::Retry(n) => n,
+            OnNonFinite::Fail => 0,
+        }
+    }
+}
+
+/// Replaces the non-finite images of `x` (of `per_x` values each) by images that `run` makes from
+/// new noise (`per_z` values per image, a stream of its own per attempt drawn from `seed`) with
+/// the same labels, up to `policy`'s attempts. Returns (image, attempt) for every image replaced.
+pub(super) fn resample_non_finite(
+    x: &mut [f32],
+    labels: &[i64],
+    (per_z, per_x): (usize, usize),
+    seed: u64,
+    policy: OnNonFinite,
+    run: &mut dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<(usize, usize)>, RtError> {
+    let mut retried = Vec::new();
+    let mut bad = non_finite(x, per_x);
+    let mut attempt = 0;
+    while !bad.is_empty() {
+        if attempt >= policy.attempts() {
+            return Err(RtError::NonFinite { index: bad[0], attempts: attempt + 1 });
+        }
+        attempt += 1;
+        progress(Progress::Retry { images: bad.len(), attempt });
+        let mut noise = GaussianNoise::new(seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(attempt as u64));
+        let z2: Vec<f32> = bad.iter().flat_map(|_| noise.sample_f32(per_z)).collect();
+        let y2: Vec<i64> = bad.iter().map(|&i| labels[i]).collect();
+        let x2 = run(&z2, &y2)?;
+        let still = non_finite(&x2, per_x);
+        for (k, &i) in bad.iter().enumerate() {
+            x[i * per_x..(i + 1) * per_x].copy_from_slice(&x2[k * per_x..(k + 1) * per_x]);
+            if !still.contains(&k) {
+                retried.push((i, attempt));
+            }
+        }
+        bad = still.into_iter().map(|k| bad[k]).collect();
+    }
+    Ok(retried)
+}
