@@ -57,7 +57,12 @@ fn graphs<E: Engine>(c: &mut Criterion, engine: &str, gs: &GraphSet<E>) {
     run(c, &format!("step_b16_p24/{engine}"), &gs.get(GraphKind::Step).unwrap()[l], &step_inputs(model, pos, false));
     run(c, &format!("step_fixed_b16_p24/{engine}"), &gs.get(GraphKind::StepFixed).unwrap()[l], &step_inputs(model, pos, true));
     let gld = HostTensor::F32(vec![BATCH], vec![784.0; BATCH]);
-    run(c, &format!("layer_vjp_b16/{engine}"), &gs.get(GraphKind::LayerVjp).unwrap()[l], &[tokens.clone(), t.clone(), y.clone(), tokens, gld]);
+    run(
+        c,
+        &format!("layer_vjp_b16/{engine}"),
+        &gs.get(GraphKind::LayerVjp).unwrap()[l],
+        &[tokens.clone(), t.clone(), y.clone(), tokens, gld],
+    );
     let images = vec![-0.5; BATCH * cfg.in_channels * cfg.img_size * cfg.img_size];
     let shape = vec![BATCH, cfg.in_channels, cfg.img_size, cfg.img_size];
     run(c, &format!("score_b16/{engine}"), gs.score().unwrap(), &[HostTensor::F32(shape, images.clone()), t, y]);

@@ -32,9 +32,8 @@ pub fn reference(model: &ITarFlow, batch: usize, t: f64, seed: u64) -> Vec<(Stri
     let c = &model.config;
     let device = model.device();
     let mut noise = itarflow_base::GaussianNoise::new(seed);
-    let labels: Vec<i64> = (0..batch as i64)
-        .map(|i| if c.num_classes == 0 || i % 3 == 2 { -1 } else { i % c.num_classes as i64 })
-        .collect();
+    let labels: Vec<i64> =
+        (0..batch as i64).map(|i| if c.num_classes == 0 || i % 3 == 2 { -1 } else { i % c.num_classes as i64 }).collect();
     let y = if c.num_classes == 0 { Labels::None } else { Labels::Classes(labels.clone()) };
     let ts: Vec<f32> = (0..batch).map(|i| (t * (1.0 + 0.5 * i as f64 / batch as f64)) as f32).collect();
     let t_tensor = Tensor::<1>::from_data(TensorData::new(ts.clone(), [batch]), &device);

@@ -59,10 +59,7 @@ fn legacy_attn_blocks_names_load() {
 #[test]
 fn channel_count_that_shapes_cannot_tell_names_the_flag() {
     // Tokens of width 8 fit 2 channels in 2x2 patches or 8 in 1x1, but no grey or RGB image.
-    let c = itarflow::ModelConfig {
-        in_channels: 2,
-        ..itarflow::ModelConfig::preset("tiny16").unwrap()
-    };
+    let c = itarflow::ModelConfig { in_channels: 2, ..itarflow::ModelConfig::preset("tiny16").unwrap() };
     let model = random_model(&c, 1);
     let named = NamedTensors { tensors: names::to_named(&model).into_iter().collect(), ..Default::default() };
     let e = checkpoint::infer_config(&named, &ImportOptions::default()).unwrap_err().to_string();
@@ -78,9 +75,7 @@ fn flags_that_contradict_a_stored_config_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     checkpoint::save(&tiny(false), &path).unwrap();
-    let e = checkpoint::load(&path, &ImportOptions { in_channels: Some(3), ..Default::default() }, &device())
-        .unwrap_err()
-        .to_string();
+    let e = checkpoint::load(&path, &ImportOptions { in_channels: Some(3), ..Default::default() }, &device()).unwrap_err().to_string();
     assert!(e.contains("--in-channels 3") && e.contains("stored config"), "{e}");
     // The saved file holds the reference's names, so the reference can load it too.
     let saved = NamedTensors::read(&path).unwrap();

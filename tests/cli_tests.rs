@@ -95,8 +95,21 @@ fn denoise_reproduces_reference_ode() {
     let out = dir.path().join("out.npz");
     let png = dir.path().join("out.png");
     ok(&[
-        "denoise", "--ckpt", &ckpt(), "--input", &input, "--output", out.to_str().unwrap(), "--out",
-        png.to_str().unwrap(), "--t-max", "0.3", "--t-min", "0.01", "--steps", "10",
+        "denoise",
+        "--ckpt",
+        &ckpt(),
+        "--input",
+        &input,
+        "--output",
+        out.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--t-max",
+        "0.3",
+        "--t-min",
+        "0.01",
+        "--steps",
+        "10",
     ]);
     compare(&out, "x", &v, "itd_x_final", 1e-4);
     assert!(std::fs::metadata(&png).unwrap().len() > 0);
@@ -110,9 +123,21 @@ fn seeded_sampling_is_reproducible_and_writes_a_grid() {
     let png = dir.path().join("grid.png");
     let args = |out: &PathBuf| {
         vec![
-            "sample".to_string(), "--ckpt".into(), ckpt(), "--num".into(), "3".into(), "--seed".into(), "5".into(),
-            "--denoise-steps".into(), "2".into(), "--class".into(), "4".into(), "--output".into(),
-            out.display().to_string(), "--out".into(), png.display().to_string(),
+            "sample".to_string(),
+            "--ckpt".into(),
+            ckpt(),
+            "--num".into(),
+            "3".into(),
+            "--seed".into(),
+            "5".into(),
+            "--denoise-steps".into(),
+            "2".into(),
+            "--class".into(),
+            "4".into(),
+            "--output".into(),
+            out.display().to_string(),
+            "--out".into(),
+            png.display().to_string(),
         ]
     };
     let run = |out: &PathBuf| ok(&args(out).iter().map(String::as_str).collect::<Vec<_>>());

@@ -102,15 +102,13 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
             let mut worst = 0.0f64;
             for n in 0..tokens {
                 let token: Vec<f32> = (0..b).flat_map(|r| uv[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect();
-                let mut feeds = vec![
-                    Feed::F32(vec![b, c], token),
-                    Feed::I64(vec![], vec![n as i64]),
-                    cond.clone(),
-                    Feed::F32(vec![b], vec![1.0; b]),
-                ];
+                let mut feeds =
+                    vec![Feed::F32(vec![b, c], token), Feed::I64(vec![], vec![n as i64]), cond.clone(), Feed::F32(vec![b], vec![1.0; b])];
                 feeds.extend(past.iter().cloned());
                 let out = run_host(&step, &feeds).unwrap();
-                let want = |full: &[f32]| -> Vec<f32> { (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect() };
+                let want = |full: &[f32]| -> Vec<f32> {
+                    (0..b).flat_map(|r| full[(r * tokens + n) * c..(r * tokens + n + 1) * c].to_vec()).collect()
+                };
                 worst = worst.max(rel_err(out[0].f32().unwrap(), &want(&av))).max(rel_err(out[1].f32().unwrap(), &want(&bv)));
                 assert_eq!(out[2].shape()[2], if fixed { tokens } else { n + 1 });
                 past = out[2..].to_vec();
@@ -122,7 +120,10 @@ fn stepping_the_step_graph_equals_the_full_sequence() {
     }
 }
 
-fn export_tiny(dir: &std::path::Path, opts: impl FnOnce(&mut itarflow_export::package::ExportOptions)) -> itarflow_base::manifest::Manifest {
+fn export_tiny(
+    dir: &std::path::Path,
+    opts: impl FnOnce(&mut itarflow_export::package::ExportOptions),
+) -> itarflow_base::manifest::Manifest {
     let model = tiny(false);
     let mut o = itarflow_export::package::ExportOptions::for_model(&model.config);
     o.reference = itarflow::deploy::reference(&model, 3, 0.15, 1);
@@ -207,7 +208,11 @@ fn shared_weight_files_hold_each_weight_once_and_run_on_both_engines() {
     };
     let weights = size(&shared, "weights");
     let params = 4 * tiny(false).config.num_params() as u64;
-    println!("shared package: {} B of weight files for {params} B of parameters; inline package: {} B of graphs", weights, size(&inline, "onnx"));
+    println!(
+        "shared package: {} B of weight files for {params} B of parameters; inline package: {} B of graphs",
+        weights,
+        size(&inline, "onnx")
+    );
     // Stored once: the parameters (less the small ones kept inline and the prior's variance) plus
     // derived constants (class-embedding mean, causal masks), within 10%.
     assert!(weights > params - params / 10 && weights < params + params / 10, "{weights} B for {params} B of parameters");

@@ -109,14 +109,7 @@ fn iterative_denoising_matches_reference() {
         estimates.push(tweedie(&model, xi, t, &y, false, 0));
     }
     check(&v, "itd_x0", Tensor::stack::<5>(estimates, 0), TOL);
-    let opts = SampleOptions {
-        guidance: Guidance::default(),
-        t_max: 0.3,
-        t_min: 0.01,
-        denoise_steps: 10,
-        clip: false,
-        denoise_batch: 3,
-    };
+    let opts = SampleOptions { guidance: Guidance::default(), t_max: 0.3, t_min: 0.01, denoise_steps: 10, clip: false, denoise_batch: 3 };
     check(&v, "itd_x_final", denoise(&model, x0, &y, &opts, &mut |_| {}), TOL);
 }
 

@@ -97,7 +97,15 @@ fn reproduces_reference(provider: Provider) {
     println!("runtime ({provider}) starflow, annealed, T_u 1.3: loop vs steps {e:.2e}");
     assert!(e < 1e-5, "starflow loop vs steps: {e:.2e}");
     // Phase 2 as a loop of the denoising-step graph, with and without clipping.
-    let s = Sampler::builder(model.clone()).provider(provider).t_max(0.3).t_min(0.01).denoise_steps(10).score_batch(3).resident(true).build().unwrap();
+    let s = Sampler::builder(model.clone())
+        .provider(provider)
+        .t_max(0.3)
+        .t_min(0.01)
+        .denoise_steps(10)
+        .score_batch(3)
+        .resident(true)
+        .build()
+        .unwrap();
     let x = s.denoise(images(&v, "itd_x_init").view(), &y, &mut |_| {}).unwrap();
     let e = rel_err(x.as_slice().unwrap(), &array(&v, "itd_x_final").1);
     println!("runtime ({provider}, denoising loop) itd_x_final {e:.2e}");
@@ -148,7 +156,9 @@ fn onnx_runtime_through_io_binding_and_loop_buffers_reproduces_the_reference() {
     let opts = ProviderOptions { io_binding: true, ..ProviderOptions::default() };
     let all = Guidance { scale: 2.0, style: CfgStyle::Tarflow, layers: usize::MAX, annealed: false, uncond_temperature: 1.0 };
     for resident in [true, false] {
-        for (name, g) in [("rev_g0", Guidance::default()), ("rev_g2", all), ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all })] {
+        for (name, g) in
+            [("rev_g0", Guidance::default()), ("rev_g2", all), ("rev_g2_anneal_gf1", Guidance { annealed: true, layers: 1, ..all })]
+        {
             let s = Sampler::builder(model.clone())
                 .provider(Provider::Cpu)
                 .provider_options(opts.clone())
@@ -193,7 +203,16 @@ fn seeded_runtime_samples_match_the_burn_sampler() {
     let labels = vec![1i64, 7, 3];
     let g = Guidance { scale: 1.5, ..Guidance::default() };
     // Phase 1 in batches of 2 (two runs) gives the same images as one batch.
-    let s = Sampler::builder(rt.clone()).cfg(1.5).t_max(0.3).t_min(0.01).denoise_steps(10).seed(42).classes(labels.clone()).batch(2).build().unwrap();
+    let s = Sampler::builder(rt.clone())
+        .cfg(1.5)
+        .t_max(0.3)
+        .t_min(0.01)
+        .denoise_steps(10)
+        .seed(42)
+        .classes(labels.clone())
+        .batch(2)
+        .build()
+        .unwrap();
     let ours = s.sample(&mut |_| {}).unwrap();
     assert_eq!(ours.labels, labels);
     let burn_model = tiny(false);
@@ -238,9 +257,7 @@ fn non_finite_samples_fail_or_are_sampled_again_from_new_noise() {
     assert_eq!(retries, vec![(1, 1)]);
     assert!(got.images.iter().all(|v| v.is_finite()));
     // The other images are those of a run without the bad one (up to the batch size's rounding).
-    let clean = build(OnNonFinite::Fail)
-        .sample_from(&[&z[..per], &z[2 * per..]].concat(), &[2, 8], &mut |_| {})
-        .unwrap();
+    let clean = build(OnNonFinite::Fail).sample_from(&[&z[..per], &z[2 * per..]].concat(), &[2, 8], &mut |_| {}).unwrap();
     let n = model.image_len();
     let ours = got.images.as_slice().unwrap();
     let theirs = clean.images.as_slice().unwrap();
@@ -352,10 +369,7 @@ fn check_subcommand_passes_and_fails_past_tolerance() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     package(&dir);
-    let out = std::process::Command::new(rt_binary())
-        .args(["check", "--model", dir.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(rt_binary()).args(["check", "--model", dir.to_str().unwrap(), "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();

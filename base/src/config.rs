@@ -131,11 +131,7 @@ impl ModelConfig {
         if self.img_size == 0 || self.in_channels == 0 {
             return bad("img_size and in_channels must be positive".into());
         }
-        for (name, list) in [
-            ("patch_sizes", &self.patch_sizes),
-            ("widths", &self.widths),
-            ("blocks_per_layer", &self.blocks_per_layer),
-        ] {
+        for (name, list) in [("patch_sizes", &self.patch_sizes), ("widths", &self.widths), ("blocks_per_layer", &self.blocks_per_layer)] {
             if list.len() != 1 && list.len() != self.num_layers {
                 return bad(format!(
                     "{name} has {} entries; give one value for all layers or one per layer ({})",
@@ -209,10 +205,7 @@ impl ModelConfig {
             "imagenet128" => base(128, 3, 4, 1600, vec![4, 4, 4, 24], 1000, 0.5),
             "imagenet256" => base(256, 3, 8, 2176, vec![4, 4, 4, 24], 1000, 0.7),
             _ => {
-                return Err(ConfigError::UnknownPreset {
-                    name: name.into(),
-                    available: Self::preset_names().join(", "),
-                });
+                return Err(ConfigError::UnknownPreset { name: name.into(), available: Self::preset_names().join(", ") });
             }
         };
         Ok(config.normalized())

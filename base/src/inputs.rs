@@ -72,10 +72,7 @@ pub fn check_labels(y: &[i64], batch: usize, num_classes: usize, what: &str) -> 
         return Ok(());
     }
     if let Some(&bad_label) = y.iter().find(|&&v| v >= num_classes as i64 || v < -1) {
-        return Err(bad(format!(
-            "{what} has label {bad_label}; this model has classes 0..{} (and -1 for unconditional)",
-            num_classes - 1
-        )));
+        return Err(bad(format!("{what} has label {bad_label}; this model has classes 0..{} (and -1 for unconditional)", num_classes - 1)));
     }
     Ok(())
 }

@@ -19,8 +19,8 @@ pub mod sampling;
 pub mod weights;
 
 pub use atomic::write_atomic;
+pub use config::ModelConfig;
 pub use grid::{GridError, save_grid};
 pub use noise::{GaussianNoise, prior_noise, random_labels};
 pub use npz::{Array, ArrayData, Npz, NpzError};
 pub use weights::RawTensor;
-pub use config::ModelConfig;

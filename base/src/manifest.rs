@@ -28,7 +28,9 @@ pub enum ManifestError {
     Invalid { path: PathBuf, reason: String },
     #[error("package file {file} is missing from {dir}; re-export the package")]
     MissingFile { dir: PathBuf, file: String },
-    #[error("package file {file} in {dir} has sha256 {found}, but the manifest records {expected}: the file was altered or truncated; re-export the package")]
+    #[error(
+        "package file {file} in {dir} has sha256 {found}, but the manifest records {expected}: the file was altered or truncated; re-export the package"
+    )]
     Checksum { dir: PathBuf, file: String, found: String, expected: String },
 }
 
@@ -199,8 +201,7 @@ impl Manifest {
             path: path.clone(),
             reason: format!("{e} (is {} a model package made by `itarflow export`?)", dir.display()),
         })?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
         if m.format != FORMAT || m.format_version > FORMAT_VERSION {
             return Err(ManifestError::Invalid {
                 path,
@@ -222,12 +223,7 @@ impl Manifest {
             }
             let found = sha256_file(&path).map_err(|e| ManifestError::Io { path: path.clone(), reason: e.to_string() })?;
             if &found != expected {
-                return Err(ManifestError::Checksum {
-                    dir: dir.into(),
-                    file: file.clone(),
-                    found,
-                    expected: expected.clone(),
-                });
+                return Err(ManifestError::Checksum { dir: dir.into(), file: file.clone(), found, expected: expected.clone() });
             }
         }
         Ok(())

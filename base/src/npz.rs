@@ -118,8 +118,7 @@ impl Array {
             1 => format!("({},)", self.shape[0]),
             _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
         };
-        let mut header =
-            format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", self.data.descr(), shape);
+        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", self.data.descr(), shape);
         // magic (6) + version (2) + header length (2) + header + '\n' is padded to 64 bytes.
         let unpadded = 10 + header.len() + 1;
         header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -147,9 +146,7 @@ impl Array {
             }
             v => return Err(format!("unsupported .npy format version {v}")),
         };
-        let header = bytes
-            .get(start..start + header_len)
-            .ok_or("truncated header")?;
+        let header = bytes.get(start..start + header_len).ok_or("truncated header")?;
         let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
         let descr = dict_value(header, "descr").ok_or("header has no 'descr'")?;
         let descr = descr.trim_matches(|c| c == '\'' || c == '"');
@@ -175,9 +172,7 @@ impl Array {
             "|u1" | "<u1" => ArrayData::U8(take(body, count, |b: [u8; 1]| b[0])?),
             "|b1" => ArrayData::Bool(take(body, count, |b: [u8; 1]| b[0] != 0)?),
             other => {
-                return Err(format!(
-                    "unsupported dtype '{other}' (supported: little-endian float32, float64, int64, int32, uint8, bool)"
-                ));
+                return Err(format!("unsupported dtype '{other}' (supported: little-endian float32, float64, int64, int32, uint8, bool)"));
             }
         };
         Ok(Self { shape, data })
@@ -189,11 +184,7 @@ impl Array {
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!("'{key}':");
     let rest = header[header.find(&pat)? + pat.len()..].trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')')? + 1
-    } else {
-        rest.find([',', '}'])?
-    };
+    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}'])? };
     Some(rest[..end].trim())
 }
 
@@ -223,17 +214,11 @@ impl Npz {
     }
 
     fn from_reader(reader: impl Read + Seek, path: PathBuf) -> Result<Self, NpzError> {
-        let mut zip = zip::ZipArchive::new(reader)
-            .map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
+        let mut zip = zip::ZipArchive::new(reader).map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
         let mut arrays = BTreeMap::new();
         for i in 0..zip.len() {
-            let mut entry = zip
-                .by_index(i)
-                .map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
-            let entry_name = entry
-                .name()
-                .map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?
-                .to_string();
+            let mut entry = zip.by_index(i).map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
+            let entry_name = entry.name().map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?.to_string();
             let name = entry_name.strip_suffix(".npy").unwrap_or(&entry_name).to_string();
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(|e| NpzError::BadArray {
@@ -241,8 +226,7 @@ impl Npz {
                 name: name.clone(),
                 reason: format!("cannot decompress: {e}"),
             })?;
-            let array = Array::from_npy(&bytes)
-                .map_err(|reason| NpzError::BadArray { path: path.clone(), name: name.clone(), reason })?;
+            let array = Array::from_npy(&bytes).map_err(|reason| NpzError::BadArray { path: path.clone(), name: name.clone(), reason })?;
             arrays.insert(name, array);
         }
         Ok(Self { path, arrays })
@@ -304,12 +288,7 @@ impl Npz {
             ArrayData::F32(v) => v.clone(),
             ArrayData::F64(v) => v.iter().map(|&x| x as f32).collect(),
             other => {
-                return Err(NpzError::DType {
-                    path: self.path.clone(),
-                    name: name.into(),
-                    dtype: other.dtype_name(),
-                    expected: "float32",
-                });
+                return Err(NpzError::DType { path: self.path.clone(), name: name.into(), dtype: other.dtype_name(), expected: "float32" });
             }
         };
         Ok((array.shape.clone(), data))
@@ -323,12 +302,7 @@ impl Npz {
             ArrayData::I64(v) => v.clone(),
             ArrayData::I32(v) => v.iter().map(|&x| x as i64).collect(),
             other => {
-                return Err(NpzError::DType {
-                    path: self.path.clone(),
-                    name: name.into(),
-                    dtype: other.dtype_name(),
-                    expected: "int64",
-                });
+                return Err(NpzError::DType { path: self.path.clone(), name: name.into(), dtype: other.dtype_name(), expected: "int64" });
             }
         };
         Ok((array.shape.clone(), data))
@@ -339,9 +313,7 @@ impl Npz {
         let err = |source| NpzError::Write { path: self.path.clone(), source };
         write_atomic(&self.path, |file| {
             let mut zip = zip::ZipWriter::new_stream(file);
-            let options = SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored)
-                .large_file(false);
+            let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(false);
             for (name, array) in &self.arrays {
                 zip.start_file(format!("{name}.npy"), options).map_err(io::Error::other)?;
                 zip.write_all(&array.to_npy())?;

@@ -115,8 +115,7 @@ impl SettingsArgs {
             g.layers = if text == "all" {
                 usize::MAX
             } else {
-                text.parse()
-                    .map_err(|_| InputError::Invalid(format!("--guide-layers takes a number or 'all', got '{text}'")))?
+                text.parse().map_err(|_| InputError::Invalid(format!("--guide-layers takes a number or 'all', got '{text}'")))?
             };
         }
         g.annealed |= self.anneal;

@@ -94,9 +94,7 @@ pub fn noise_levels(t_max: f64, t_min: f64, steps: usize) -> Vec<f64> {
         k => {
             let (start, end) = (t_max as f32, t_min as f32);
             let step = (end - start) / (k - 1) as f32;
-            (0..k)
-                .map(|i| (if i < k / 2 { start + step * i as f32 } else { end - step * (k - 1 - i) as f32 }) as f64)
-                .collect()
+            (0..k).map(|i| (if i < k / 2 { start + step * i as f32 } else { end - step * (k - 1 - i) as f32 }) as f64).collect()
         }
     }
 }

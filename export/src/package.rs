@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use itarflow_base::manifest::{
-    FORMAT, FORMAT_VERSION, GraphEntry, GraphKind, LayerInfo, MANIFEST_FILE, Manifest, SamplerDefaults, TensorSpec,
-    sha256_file,
+    FORMAT, FORMAT_VERSION, GraphEntry, GraphKind, LayerInfo, MANIFEST_FILE, Manifest, SamplerDefaults, TensorSpec, sha256_file,
 };
 use itarflow_base::{Array, ModelConfig, Npz, RawTensor};
 
@@ -175,9 +174,8 @@ pub fn export(
                         store.take_used().into_iter().map(|f| format!("{precision}/{f}")).collect()
                     }
                     None => {
-                        let min_bytes = opts
-                            .external_min_bytes
-                            .or_else(|| (weight_bytes(g) > AUTO_EXTERNAL_BYTES).then_some(SHARED_MIN_BYTES));
+                        let min_bytes =
+                            opts.external_min_bytes.or_else(|| (weight_bytes(g) > AUTO_EXTERNAL_BYTES).then_some(SHARED_MIN_BYTES));
                         let external = min_bytes.map(|m| ExternalData { location: format!("{}.weights", g.name), min_bytes: m });
                         onnx::save(g, &tmp.join(&file), opts.opset, external.as_ref())?;
                         external.map(|e| format!("{precision}/{}", e.location)).filter(|f| tmp.join(f).exists()).into_iter().collect()
@@ -267,10 +265,7 @@ pub fn export(
 
 /// Moves `from` to `to`, replacing a previous `to` (kept aside until the move succeeded).
 fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    let old: PathBuf = to.with_file_name(format!(
-        ".{}.old",
-        to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let old: PathBuf = to.with_file_name(format!(".{}.old", to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }

@@ -60,12 +60,17 @@ fn check(name: &str, shape: &[usize], x0: impl Fn(f32) -> f32, body: impl Fn(&mu
 fn arithmetic_with_broadcasting() {
     for (name, op) in [("add", Bin::Add), ("sub", Bin::Sub), ("mul", Bin::Mul), ("div", Bin::Div)] {
         // x on both sides of a broadcast: (2,3,4) op (3,1) slice of itself.
-        check(name, &[2, 3, 4], |x| x + if matches!(op, Bin::Div) { 3.0 } else { 0.0 }, |g, x| {
-            let part = g.slice(x, 0, 0, 1);
-            let part = g.slice(part, 2, 1, 2);
-            let part = g.reshape(part, &[3, 1]);
-            g.binary(op, x, part)
-        });
+        check(
+            name,
+            &[2, 3, 4],
+            |x| x + if matches!(op, Bin::Div) { 3.0 } else { 0.0 },
+            |g, x| {
+                let part = g.slice(x, 0, 0, 1);
+                let part = g.slice(part, 2, 1, 2);
+                let part = g.reshape(part, &[3, 1]);
+                g.binary(op, x, part)
+            },
+        );
     }
 }
 
@@ -89,31 +94,51 @@ fn unary_math() {
 
 #[test]
 fn matmul_batched_both_operands_differentiated() {
-    check("matmul", &[2, 3, 4], |x| x, |g, x| {
-        let xt = g.transpose_last(x);
-        g.matmul(x, xt)
-    });
-    check("matmul_weight", &[2, 3, 4], |x| x, |g, x| {
-        let w = g.constant(None, ConstData::F32(noise(20, 5, 1.0)), &[4, 5]);
-        g.matmul(x, w)
-    });
+    check(
+        "matmul",
+        &[2, 3, 4],
+        |x| x,
+        |g, x| {
+            let xt = g.transpose_last(x);
+            g.matmul(x, xt)
+        },
+    );
+    check(
+        "matmul_weight",
+        &[2, 3, 4],
+        |x| x,
+        |g, x| {
+            let w = g.constant(None, ConstData::F32(noise(20, 5, 1.0)), &[4, 5]);
+            g.matmul(x, w)
+        },
+    );
 }
 
 #[test]
 fn data_movement() {
     check("reshape", &[2, 3, 4], |x| x, |g, x| g.reshape(x, &[0, 12]));
     check("transpose", &[2, 3, 4], |x| x, |g, x| g.transpose(x, vec![2, 0, 1]));
-    check("concat", &[2, 3], |x| x, |g, x| {
-        let s = g.unary(Un::Sin, x);
-        g.concat(&[x, s, x], 1)
-    });
+    check(
+        "concat",
+        &[2, 3],
+        |x| x,
+        |g, x| {
+            let s = g.unary(Un::Sin, x);
+            g.concat(&[x, s, x], 1)
+        },
+    );
     check("slice", &[4, 5], |x| x, |g, x| g.slice(x, 1, 1, 4));
     check("pad", &[4, 5], |x| x, |g, x| g.pad(x, 0, 2, 1));
     check("flip", &[4, 5], |x| x, |g, x| g.flip(x, 0));
-    check("expand", &[1, 5], |x| x, |g, x| {
-        let like = g.constant(None, ConstData::F32(vec![0.0; 15]), &[3, 5]);
-        g.add(Op::Expand, &[x, like])
-    });
+    check(
+        "expand",
+        &[1, 5],
+        |x| x,
+        |g, x| {
+            let like = g.constant(None, ConstData::F32(vec![0.0; 15]), &[3, 5]);
+            g.add(Op::Expand, &[x, like])
+        },
+    );
 }
 
 #[test]
@@ -121,20 +146,30 @@ fn reductions_softmax_and_layer_norm() {
     check("reduce_sum", &[3, 4, 5], |x| x, |g, x| g.sum(x, &[1]));
     check("reduce_mean", &[3, 4, 5], |x| x, |g, x| g.mean(x, &[0, 2]));
     check("softmax", &[3, 6], |x| 2.0 * x, |g, x| g.softmax(x, 1));
-    check("layer_norm", &[3, 8], |x| 2.0 * x + 0.3, |g, x| {
-        let s = g.constant(Some("scale"), ConstData::F32(noise(8, 3, 1.0)), &[8]);
-        let b = g.constant(Some("bias"), ConstData::F32(noise(8, 4, 1.0)), &[8]);
-        g.layer_norm(x, s, b, 1e-5)
-    });
+    check(
+        "layer_norm",
+        &[3, 8],
+        |x| 2.0 * x + 0.3,
+        |g, x| {
+            let s = g.constant(Some("scale"), ConstData::F32(noise(8, 3, 1.0)), &[8]);
+            let b = g.constant(Some("bias"), ConstData::F32(noise(8, 4, 1.0)), &[8]);
+            g.layer_norm(x, s, b, 1e-5)
+        },
+    );
 }
 
 #[test]
 fn where_and_cast() {
-    check("where", &[3, 4], |x| x, |g, x| {
-        let mask = g.constant(None, ConstData::Bool((0..12).map(|i| i % 3 == 0).collect()), &[3, 4]);
-        let e = g.unary(Un::Exp, x);
-        g.add(Op::Where, &[mask, x, e])
-    });
+    check(
+        "where",
+        &[3, 4],
+        |x| x,
+        |g, x| {
+            let mask = g.constant(None, ConstData::Bool((0..12).map(|i| i % 3 == 0).collect()), &[3, 4]);
+            let e = g.unary(Un::Exp, x);
+            g.add(Op::Where, &[mask, x, e])
+        },
+    );
     // Cast rounds, so finite differences are meaningless through it; its adjoint is the cast
     // back: d/dx sum(w * f32(f16(x))) = f32(f16(w)).
     let mut g = Graph::new("cast");
@@ -172,18 +207,28 @@ fn scatter_and_gather_elements() {
     let slots: Vec<i64> = (0..8).map(|i| (i * 7 % 3) as i64).collect();
     for add in [false, true] {
         let name = if add { "scatter_add" } else { "scatter_elements" };
-        check(name, &[2, 3, 4], |v| v, |g, x| {
-            let idx = g.constant(None, ConstData::I64(slots.clone()), &[2, 1, 4]);
-            // The updates depend on x too, so both the data and the updates paths are checked.
-            let upd = g.slice(x, 1, 2, 3);
-            let upd = g.unary(Un::Sin, upd);
-            if add { g.scatter_add(x, idx, upd, 1) } else { g.scatter_elements(x, idx, upd, 1) }
-        });
+        check(
+            name,
+            &[2, 3, 4],
+            |v| v,
+            |g, x| {
+                let idx = g.constant(None, ConstData::I64(slots.clone()), &[2, 1, 4]);
+                // The updates depend on x too, so both the data and the updates paths are checked.
+                let upd = g.slice(x, 1, 2, 3);
+                let upd = g.unary(Un::Sin, upd);
+                if add { g.scatter_add(x, idx, upd, 1) } else { g.scatter_elements(x, idx, upd, 1) }
+            },
+        );
     }
     // Repeated indices: the gradient of a gather accumulates.
     let repeated: Vec<i64> = (0..2 * 5 * 4).map(|i| (i % 3) as i64).collect();
-    check("gather_elements", &[2, 3, 4], |v| v, |g, x| {
-        let idx = g.constant(None, ConstData::I64(repeated.clone()), &[2, 5, 4]);
-        g.gather_elements(x, idx, 1)
-    });
+    check(
+        "gather_elements",
+        &[2, 3, 4],
+        |v| v,
+        |g, x| {
+            let idx = g.constant(None, ConstData::I64(repeated.clone()), &[2, 5, 4]);
+            g.gather_elements(x, idx, 1)
+        },
+    );
 }

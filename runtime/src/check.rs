@@ -153,7 +153,14 @@ fn run_graphs<E: Engine>(gs: &GraphSet<E>, r: &Reference) -> Result<Runs, RtErro
 
 /// Layer `l`'s step graph over the reference tokens `u`, one token at a time with its cache from
 /// empty: the (a, b) of every step, (T, B, c) each.
-fn run_steps<E: Engine>(gs: &GraphSet<E>, r: &Reference, l: usize, cache: StepCache, u: &[f32], cond: &[f32]) -> Result<(Vec<f32>, Vec<f32>), RtError> {
+fn run_steps<E: Engine>(
+    gs: &GraphSet<E>,
+    r: &Reference,
+    l: usize,
+    cache: StepCache,
+    u: &[f32],
+    cond: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>), RtError> {
     let info = &gs.model().manifest.layers[l];
     let g = &gs.get(cache.graph_kind())?[l];
     let (b, tokens, width) = (r.b, info.tokens, info.token_dim);
@@ -183,7 +190,14 @@ fn run_steps<E: Engine>(gs: &GraphSet<E>, r: &Reference, l: usize, cache: StepCa
 /// values z that the reference's (a, b) give for its tokens u: z_0 = u_0,
 /// z_{n+1} = (u_{n+1} - b_n) exp(-a_n). Inverted, they give u back. Run twice ("u", then
 /// "u_rerun"): a GPU provider's second loop reuses the first's buffers and captured graphs.
-fn check_inversion<E: Engine>(gs: &GraphSet<E>, r: &Reference, l: usize, kind: GraphKind, u: &[f32], cond: &[f32]) -> Result<Vec<Output>, RtError> {
+fn check_inversion<E: Engine>(
+    gs: &GraphSet<E>,
+    r: &Reference,
+    l: usize,
+    kind: GraphKind,
+    u: &[f32],
+    cond: &[f32],
+) -> Result<Vec<Output>, RtError> {
     let model = gs.model();
     let info = &model.manifest.layers[l];
     let (b, tokens, width) = (r.b, info.tokens, info.token_dim);
@@ -210,7 +224,8 @@ fn check_inversion<E: Engine>(gs: &GraphSet<E>, r: &Reference, l: usize, kind: G
     }
     let mut outs = Vec::new();
     for output in ["u", "u_rerun"] {
-        let mut state = vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], z.clone())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
+        let mut state =
+            vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], z.clone())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
         state.extend(sampler::empty_caches(entry, b)?);
         let out = g.run_loop(&fixed.iter().collect::<Vec<_>>(), state, tokens - 1, 1)?.remove(0).into_f32()?;
         outs.push((entry.name.clone(), output.to_string(), out, Some(u.to_vec())));

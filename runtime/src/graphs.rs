@@ -147,7 +147,10 @@ impl Loaded {
                     threads,
                     Box::new(move |m, e| {
                         // The graphs of whole batches get the threads; a step is too small to share.
-                        let small = matches!(e.kind, GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond | GraphKind::Invert | GraphKind::InvertGuided);
+                        let small = matches!(
+                            e.kind,
+                            GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond | GraphKind::Invert | GraphKind::InvertGuided
+                        );
                         let load = OrtLoad {
                             device: ort_device(p, &opts, m, e),
                             library: opts.ort_lib.clone(),

@@ -42,6 +42,8 @@ pub enum RtError {
     Load(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise; retry with another seed or allow retries (--retries N)")]
+    #[error(
+        "sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise; retry with another seed or allow retries (--retries N)"
+    )]
     NonFinite { index: usize, attempts: usize },
 }

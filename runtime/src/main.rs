@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "itarflow-rt", version, about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench")]
+#[command(
+    name = "itarflow-rt",
+    version,
+    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

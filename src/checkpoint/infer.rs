@@ -53,17 +53,13 @@ fn geometry(
         .collect::<Result<Vec<_>, _>>()?;
     // Patch sizes and image size for a channel count, if consistent.
     let fit = |ch: usize| -> Option<(Vec<usize>, usize)> {
-        let patches = layers
-            .iter()
-            .map(|&(_, c)| if c % ch == 0 { isqrt_exact(c / ch) } else { None })
-            .collect::<Option<Vec<_>>>()?;
+        let patches = layers.iter().map(|&(_, c)| if c % ch == 0 { isqrt_exact(c / ch) } else { None }).collect::<Option<Vec<_>>>()?;
         let img = grids[0] * patches[0];
         grids.iter().zip(&patches).all(|(g, p)| g * p == img).then_some((patches, img))
     };
     if let Some(ch) = opts.in_channels {
-        let (patches, img) = fit(ch).ok_or_else(|| {
-            err(format!("token widths {:?} do not split into {ch} channel(s) times a square patch", layers))
-        })?;
+        let (patches, img) =
+            fit(ch).ok_or_else(|| err(format!("token widths {:?} do not split into {ch} channel(s) times a square patch", layers)))?;
         if let Some(s) = opts.img_size
             && s != img
         {
@@ -91,9 +87,8 @@ fn geometry(
         let (patches, img) = fit(options[0]).unwrap();
         return Ok((options[0], patches, img));
     }
-    let readings: Vec<String> = (1..=layers[0].1)
-        .filter_map(|ch| fit(ch).map(|(p, img)| format!("{ch} channel(s), patch {}, {img} px", p[0])))
-        .collect();
+    let readings: Vec<String> =
+        (1..=layers[0].1).filter_map(|ch| fit(ch).map(|(p, img)| format!("{ch} channel(s), patch {}, {img} px", p[0]))).collect();
     Err(err(format!(
         "the image channel count is ambiguous: tokens of width {} fit {}; pass --in-channels N (or --img-size N)",
         layers[0].1,
@@ -113,11 +108,7 @@ pub fn infer_config(src: &NamedTensors, opts: &ImportOptions) -> Result<ModelCon
     };
     let names: Vec<String> = src.tensors.keys().map(|k| canonical_name(k)).collect();
     let index_after = |prefix: &str| -> Vec<usize> {
-        names
-            .iter()
-            .filter_map(|n| n.strip_prefix(prefix))
-            .filter_map(|rest| rest.split('.').next()?.parse().ok())
-            .collect()
+        names.iter().filter_map(|n| n.strip_prefix(prefix)).filter_map(|rest| rest.split('.').next()?.parse().ok()).collect()
     };
     let num_layers = index_after("blocks.").into_iter().max().map_or(0, |m| m + 1);
     if num_layers == 0 {
@@ -142,10 +133,7 @@ pub fn infer_config(src: &NamedTensors, opts: &ImportOptions) -> Result<ModelCon
         if affine.replace(layer_affine).is_some_and(|a| a != layer_affine) {
             return Err(err("layers disagree on affine vs shift-only".into()));
         }
-        let classes = src
-            .tensors
-            .get(&format!("blocks.{l}.class_embed"))
-            .map_or(0, |t| t.shape[0]);
+        let classes = src.tensors.get(&format!("blocks.{l}.class_embed")).map_or(0, |t| t.shape[0]);
         if num_classes.replace(classes).is_some_and(|k| k != classes) {
             return Err(err("layers disagree on the number of classes".into()));
         }

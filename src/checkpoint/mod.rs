@@ -25,7 +25,9 @@ pub enum CheckpointError {
     MissingTensor { path: PathBuf, name: String, expected: Vec<usize> },
     #[error("checkpoint {path}: tensor '{name}' has shape {found:?}, but the model needs {expected:?}")]
     TensorShape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("checkpoint {path} has {count} tensor(s) the model does not use, e.g. '{name}' {shape:?}; the config does not match the checkpoint")]
+    #[error(
+        "checkpoint {path} has {count} tensor(s) the model does not use, e.g. '{name}' {shape:?}; the config does not match the checkpoint"
+    )]
     UnexpectedTensor { path: PathBuf, name: String, shape: Vec<usize>, count: usize },
     #[error("checkpoint {path}: {reason}")]
     Config { path: PathBuf, reason: String },

@@ -113,10 +113,7 @@ impl Taker<'_> {
 
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear, CheckpointError> {
         let w: Tensor<2> = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
-        Ok(Linear {
-            weight: Param::from_tensor(w.transpose()),
-            bias: Some(self.param(&format!("{name}.bias"), [d_out])?),
-        })
+        Ok(Linear { weight: Param::from_tensor(w.transpose()), bias: Some(self.param(&format!("{name}.bias"), [d_out])?) })
     }
 
     fn norm(&mut self, name: &str, width: usize) -> Result<LayerNorm, CheckpointError> {
@@ -159,17 +156,11 @@ fn ignored(name: &str) -> bool {
 /// the right shape and that nothing is left over.
 pub fn from_named(source: &NamedTensors, config: &ModelConfig, device: &Device) -> Result<ITarFlow, CheckpointError> {
     config.validate().map_err(|e| CheckpointError::Config { path: source.path.clone(), reason: e.to_string() })?;
-    let left = source
-        .tensors
-        .iter()
-        .map(|(k, v)| (canonical_name(k), v.clone()))
-        .filter(|(k, _)| !ignored(k))
-        .collect();
+    let left = source.tensors.iter().map(|(k, v)| (canonical_name(k), v.clone())).filter(|(k, _)| !ignored(k)).collect();
     let mut take = Taker { source, left, device };
     let c = config;
-    let shared = (0..c.shared_backbone_blocks)
-        .map(|k| take.block(&format!("shared_backbone.{k}"), c.width(0), c))
-        .collect::<Result<Vec<_>, _>>()?;
+    let shared =
+        (0..c.shared_backbone_blocks).map(|k| take.block(&format!("shared_backbone.{k}"), c.width(0), c)).collect::<Result<Vec<_>, _>>()?;
     let mut layers = Vec::with_capacity(c.num_layers);
     for l in 0..c.num_layers {
         let p = format!("blocks.{l}");
@@ -185,9 +176,7 @@ pub fn from_named(source: &NamedTensors, config: &ModelConfig, device: &Device) 
             proj_in: take.linear(&format!("{p}.proj_in"), tok, w)?,
             pos_embed: take.param(&format!("{p}.pos_embed"), [t, w])?,
             class_embed,
-            blocks: (0..c.own_blocks(l))
-                .map(|k| take.block(&format!("{p}.head_blocks.{k}"), w, c))
-                .collect::<Result<Vec<_>, _>>()?,
+            blocks: (0..c.own_blocks(l)).map(|k| take.block(&format!("{p}.head_blocks.{k}"), w, c)).collect::<Result<Vec<_>, _>>()?,
             proj_out: take.linear(&format!("{p}.proj_out"), w, out_dim)?,
             time_embed: TimeEmbed {
                 fc1: take.linear(&format!("{p}.time_embed.mlp.0"), w, 4 * w)?,

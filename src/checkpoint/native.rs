@@ -8,10 +8,10 @@ use std::path::Path;
 
 use burn::prelude::*;
 
+use super::CheckpointError;
 use super::infer::{ImportOptions, infer_config};
 use super::names::{from_named, to_named};
 use super::tensors::NamedTensors;
-use super::CheckpointError;
 use crate::config::ModelConfig;
 use crate::model::ITarFlow;
 
@@ -47,14 +47,11 @@ pub fn save_as(model: &ITarFlow, path: &Path, precision: Precision) -> Result<()
         Precision::Fp32 => safetensors::Dtype::F32,
         Precision::Fp16 => safetensors::Dtype::F16,
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        named.into_iter().map(|(name, t)| (name, t.shape, encode(&t.data))).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named.into_iter().map(|(name, t)| (name, t.shape, encode(&t.data))).collect();
     let views = bytes
         .iter()
         .map(|(name, shape, data)| {
-            safetensors::tensor::TensorView::new(dtype, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| err(e.to_string()))
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| err(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let config = serde_json::to_string(&model.config).map_err(|e| err(e.to_string()))?;
@@ -81,10 +78,8 @@ pub fn load(path: &Path, opts: &ImportOptions, device: &Device) -> Result<Loaded
     let src = NamedTensors::read(path)?;
     let (config, from_file) = match src.metadata.get(CONFIG_KEY) {
         Some(json) => {
-            let config: ModelConfig = serde_json::from_str(json).map_err(|e| CheckpointError::Config {
-                path: path.into(),
-                reason: format!("stored config is not valid: {e}"),
-            })?;
+            let config: ModelConfig = serde_json::from_str(json)
+                .map_err(|e| CheckpointError::Config { path: path.into(), reason: format!("stored config is not valid: {e}") })?;
             check_agrees(path, &config, opts)?;
             (config, true)
         }

@@ -31,10 +31,7 @@ impl NamedTensors {
     /// state_dict, possibly nested under `model`/`state_dict`/`ema`).
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         if !path.exists() {
-            return Err(CheckpointError::Io {
-                path: path.into(),
-                reason: "no such file".into(),
-            });
+            return Err(CheckpointError::Io { path: path.into(), reason: "no such file".into() });
         }
         match path.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => Self::read_safetensors(path),
@@ -44,8 +41,7 @@ impl NamedTensors {
 
     fn read_safetensors(path: &Path) -> Result<Self, CheckpointError> {
         let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
-        let bytes =
-            std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), reason: e.to_string() })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let metadata = meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;

@@ -25,14 +25,9 @@ pub struct CkptArgs {
 
 impl CkptArgs {
     pub fn load(&self) -> Result<ITarFlow> {
-        let opts = ImportOptions {
-            in_channels: self.in_channels,
-            img_size: self.img_size,
-            head_dim: self.head_dim,
-            ..Default::default()
-        };
-        let loaded = checkpoint::load(&self.ckpt, &opts, &itarflow::default_device())
-            .with_context(|| format!("loading {}", self.ckpt.display()))?;
+        let opts = ImportOptions { in_channels: self.in_channels, img_size: self.img_size, head_dim: self.head_dim, ..Default::default() };
+        let loaded =
+            checkpoint::load(&self.ckpt, &opts, &itarflow::default_device()).with_context(|| format!("loading {}", self.ckpt.display()))?;
         if !loaded.config_from_file {
             let c = &loaded.model.config;
             eprintln!(

@@ -55,7 +55,10 @@ pub fn run(args: EvalNllArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{:.4} bits/dim on {} {:?} images at t = {} ({:.4} on the 8-bit scale)", report.bpd, report.images, args.split, t, report.bpd_8bit);
+        println!(
+            "{:.4} bits/dim on {} {:?} images at t = {} ({:.4} on the 8-bit scale)",
+            report.bpd, report.images, args.split, t, report.bpd_8bit
+        );
         println!("convention: {}", report.convention);
     }
     Ok(())

@@ -23,7 +23,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     println!("{}", args.ckpt.ckpt.display());
     println!("  image        {} x {} x {}", c.in_channels, c.img_size, c.img_size);
-    println!("  flow layers  {} (patch {:?}, width {:?}, blocks {:?}, shared {})", c.num_layers, c.patch_sizes, c.widths, c.blocks_per_layer, c.shared_backbone_blocks);
+    println!(
+        "  flow layers  {} (patch {:?}, width {:?}, blocks {:?}, shared {})",
+        c.num_layers, c.patch_sizes, c.widths, c.blocks_per_layer, c.shared_backbone_blocks
+    );
     println!("  heads        head_dim {}, expansion {}", c.head_dim, c.expansion);
     println!("  classes      {}", if c.num_classes == 0 { "unconditional".to_string() } else { c.num_classes.to_string() });
     println!("  noise range  t in [{}, {}]", c.t_min, c.t_max);

@@ -190,13 +190,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .ok();
     let resumed_at = args.resume.as_ref().map(|_| trainer.step);
     let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"), resumed_at)?;
-    let opts = LoaderOptions {
-        batch_size: config.batch_size,
-        seed: config.seed,
-        pad: config.pad,
-        hflip: config.hflip,
-        prefetch: 4,
-    };
+    let opts = LoaderOptions { batch_size: config.batch_size, seed: config.seed, pad: config.pad, hflip: config.hflip, prefetch: 4 };
     let mut loader = Loader::new(Arc::new(train_set), opts, trainer.step);
 
     let start = Instant::now();

@@ -37,12 +37,5 @@ pub fn load_split(dir: &Path, split: Split) -> Result<ImageSet, DataError> {
         read_batch(&dir.join(f), &mut pixels, &mut labels)?;
     }
     let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
-    Ok(ImageSet {
-        channels: 3,
-        size: 32,
-        pixels,
-        labels,
-        num_classes: 10,
-        class_names: names.iter().map(|s| s.to_string()).collect(),
-    })
+    Ok(ImageSet { channels: 3, size: 32, pixels, labels, num_classes: 10, class_names: names.iter().map(|s| s.to_string()).collect() })
 }

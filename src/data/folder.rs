@@ -8,10 +8,7 @@ use image::imageops::FilterType;
 use super::{DataError, ImageSet, io_err};
 
 fn is_image(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
-        Some("png" | "jpg" | "jpeg")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
 /// Decodes, resizes and crops one image to `channels` (1 grey or 3 RGB) x size x size bytes.
@@ -42,12 +39,8 @@ pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>, 
 
 /// Loads every class sub-folder of `dir`.
 pub fn load(dir: &Path, size: usize, channels: usize) -> Result<ImageSet, DataError> {
-    let mut classes: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut classes: Vec<_> =
+        std::fs::read_dir(dir).map_err(io_err(dir))?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     classes.sort();
     if classes.is_empty() {
         return Err(DataError::Invalid(format!("{} has no class sub-folders (expected DIR/<class>/<image>.png)", dir.display())));

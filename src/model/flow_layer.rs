@@ -49,9 +49,7 @@ impl FlowLayer {
         affine: bool,
         device: &Device,
     ) -> Self {
-        let normal = |shape: [usize; 2]| {
-            Param::from_tensor(Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 0.01), device))
-        };
+        let normal = |shape: [usize; 2]| Param::from_tensor(Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 0.01), device));
         let out_dim = if affine { 2 * token_dim } else { token_dim };
         let mut proj_out = linear(width, out_dim, device);
         proj_out.weight = Param::from_tensor(Tensor::zeros([width, out_dim], device));
@@ -138,8 +136,7 @@ impl FlowLayer {
         let tokens = self.pos_embed.dims()[0];
         let pos_index = if self.flip { tokens - 1 - n } else { n };
         let pos = self.pos_embed.val().narrow(0, pos_index, 1);
-        let mut h = (self.proj_in.forward(token.reshape([b, 1, c])).reshape([b, pos.dims()[1]]) + pos + cond.clone())
-            .unsqueeze_dim::<3>(1);
+        let mut h = (self.proj_in.forward(token.reshape([b, 1, c])).reshape([b, pos.dims()[1]]) + pos + cond.clone()).unsqueeze_dim::<3>(1);
         for (block, cache) in shared.iter().chain(&self.blocks).zip(caches.iter_mut()) {
             h = block.step(h, cache, inv_temp);
         }

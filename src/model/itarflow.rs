@@ -50,9 +50,7 @@ impl ITarFlow {
     pub fn new(config: &ModelConfig, device: &Device) -> Result<Self, ConfigError> {
         config.validate()?;
         let c = config;
-        let shared = (0..c.shared_backbone_blocks)
-            .map(|_| TransformerBlock::new(c.width(0), c.head_dim, c.expansion, device))
-            .collect();
+        let shared = (0..c.shared_backbone_blocks).map(|_| TransformerBlock::new(c.width(0), c.head_dim, c.expansion, device)).collect();
         let layers = (0..c.num_layers)
             .map(|l| {
                 FlowLayer::new(
@@ -70,12 +68,7 @@ impl ITarFlow {
             })
             .collect();
         let last = c.num_layers - 1;
-        Ok(Self {
-            layers,
-            shared_backbone: shared,
-            var: Tensor::ones([c.tokens(last), c.token_dim(last)], device),
-            config: c.clone(),
-        })
+        Ok(Self { layers, shared_backbone: shared, var: Tensor::ones([c.tokens(last), c.token_dim(last)], device), config: c.clone() })
     }
 
     pub fn device(&self) -> Device {
@@ -86,8 +79,7 @@ impl ITarFlow {
     pub fn conds(&self, t: Tensor<1>, labels: &Labels) -> Vec<LayerCond> {
         let [b] = t.dims();
         let log_t = t.log();
-        let weights = (self.config.num_classes > 0)
-            .then(|| class_weights(labels, b, self.config.num_classes, &log_t.device()));
+        let weights = (self.config.num_classes > 0).then(|| class_weights(labels, b, self.config.num_classes, &log_t.device()));
         self.layers.iter().map(|layer| layer.cond(log_t.clone(), weights.as_ref())).collect()
     }
 

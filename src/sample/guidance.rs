@@ -6,12 +6,7 @@ use burn::prelude::*;
 pub use itarflow_base::sampling::{CfgStyle, Guidance};
 
 /// Combines conditional and unconditional (scale, shift) with weight `w`: returns (scale, shift).
-pub fn combine(
-    g: &Guidance,
-    w: f64,
-    (s_c, b_c): (Tensor<2>, Tensor<2>),
-    (s_u, b_u): (Tensor<2>, Tensor<2>),
-) -> (Tensor<2>, Tensor<2>) {
+pub fn combine(g: &Guidance, w: f64, (s_c, b_c): (Tensor<2>, Tensor<2>), (s_u, b_u): (Tensor<2>, Tensor<2>)) -> (Tensor<2>, Tensor<2>) {
     match g.style {
         CfgStyle::Tarflow => {
             let s = s_c.clone() + (s_c - s_u).mul_scalar(w);

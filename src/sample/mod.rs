@@ -9,7 +9,7 @@ pub mod reverse;
 
 pub use denoise::{denoise, noise_levels, tweedie};
 pub use guidance::{CfgStyle, Guidance};
-pub use pipeline::{SampleOptions, options_for, class_grid, sample, seeded_noise, total_steps};
+pub use pipeline::{SampleOptions, class_grid, options_for, sample, seeded_noise, total_steps};
 pub use reverse::reverse;
 
 /// Where a long sampling run is, for progress reporting.

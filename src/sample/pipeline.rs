@@ -36,13 +36,7 @@ pub fn total_steps(model: &ITarFlow, opts: &SampleOptions) -> u64 {
 }
 
 /// Phase 1 from `z`, then phase 2.
-pub fn sample(
-    model: &ITarFlow,
-    z: Tensor<3>,
-    labels: &Labels,
-    opts: &SampleOptions,
-    progress: &mut dyn FnMut(Progress),
-) -> Tensor<4> {
+pub fn sample(model: &ITarFlow, z: Tensor<3>, labels: &Labels, opts: &SampleOptions, progress: &mut dyn FnMut(Progress)) -> Tensor<4> {
     let x = reverse(model, z, opts.t_max, labels, &opts.guidance, progress);
     if opts.denoise_steps == 0 {
         return x;
@@ -60,11 +54,8 @@ pub fn class_grid(
     path: &std::path::Path,
 ) -> Result<(), itarflow_base::GridError> {
     let k = model.config.num_classes;
-    let labels = if k == 0 {
-        Labels::None
-    } else {
-        Labels::Classes((0..k as i64).flat_map(|c| std::iter::repeat_n(c, per_class)).collect())
-    };
+    let labels =
+        if k == 0 { Labels::None } else { Labels::Classes((0..k as i64).flat_map(|c| std::iter::repeat_n(c, per_class)).collect()) };
     let b = k.max(1) * per_class;
     let x = sample(model, seeded_noise(model, b, seed), &labels, opts, &mut |_| {});
     let dims = x.dims();

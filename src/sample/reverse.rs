@@ -48,8 +48,7 @@ pub fn reverse(
         let temp = if guided { inv_temp.as_ref() } else { None };
         let [_, tokens, _] = x.dims();
         let steps = tokens - 1;
-        let mut seq: Vec<Tensor<2>> =
-            layer.permute(x, 1).chunk(tokens, 1).into_iter().map(|tok| tok.squeeze_dim::<2>(1)).collect();
+        let mut seq: Vec<Tensor<2>> = layer.permute(x, 1).chunk(tokens, 1).into_iter().map(|tok| tok.squeeze_dim::<2>(1)).collect();
         let mut caches = vec![KvCache::default(); layer.depth(&model.shared_backbone)];
         for n in 0..steps {
             let input = if guided { Tensor::cat(vec![seq[n].clone(), seq[n].clone()], 0) } else { seq[n].clone() };

@@ -22,10 +22,7 @@ impl MetricsLog {
                 .lines()
                 .map_while(Result::ok)
                 .filter(|line| {
-                    serde_json::from_str::<Value>(line)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(Value::as_u64))
-                        .is_some_and(|s| s <= limit)
+                    serde_json::from_str::<Value>(line).ok().and_then(|v| v.get("step").and_then(Value::as_u64)).is_some_and(|s| s <= limit)
                 })
                 .collect();
             itarflow_base::write_atomic(path, |w| kept.iter().try_for_each(|l| writeln!(w, "{l}")))?;
@@ -48,9 +45,5 @@ impl MetricsLog {
 
 /// Reads every record of a metrics log.
 pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
-    Ok(BufReader::new(File::open(path)?)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect())
+    Ok(BufReader::new(File::open(path)?).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
 }

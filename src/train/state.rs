@@ -52,11 +52,7 @@ pub fn read_state(run: &Path) -> Result<TrainState, TrainError> {
 }
 
 /// Writes a checkpoint: `fill` writes the files into the given temporary directory.
-pub fn write_checkpoint(
-    run: &Path,
-    state: &TrainState,
-    fill: impl FnOnce(&Path) -> Result<(), TrainError>,
-) -> Result<(), TrainError> {
+pub fn write_checkpoint(run: &Path, state: &TrainState, fill: impl FnOnce(&Path) -> Result<(), TrainError>) -> Result<(), TrainError> {
     let tmp = run.join("checkpoint.tmp");
     let dir = run.join(CHECKPOINT_DIR);
     let old = run.join("checkpoint.old");

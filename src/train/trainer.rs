@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use itarflow_base::GaussianNoise;
 
@@ -75,16 +75,7 @@ impl Trainer {
         device.seed(config.seed);
         let model = ITarFlow::new(&config.model, &device.autodiff()).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let ema = config.ema.map(|_| ema::snapshot(&model));
-        Ok(Self {
-            optim: optimizer(&config),
-            config,
-            model,
-            ema,
-            step: 0,
-            skipped: 0,
-            consecutive_bad: 0,
-            elapsed_before: 0.0,
-        })
+        Ok(Self { optim: optimizer(&config), config, model, ema, step: 0, skipped: 0, consecutive_bad: 0, elapsed_before: 0.0 })
     }
 
     /// Continues the run in `run`, from its last checkpoint.
@@ -130,25 +121,20 @@ impl Trainer {
         let mut rng = GaussianNoise::new(step_seed(c.seed, self.step));
         let t: Vec<f32> = (0..b).map(|_| (m.t_min + (m.t_max - m.t_min) * rng.next_open01()) as f32).collect();
         let labels = if m.num_classes > 0 {
-            Labels::Classes(
-                batch.labels.iter().map(|&y| if rng.next_open01() < c.label_dropout { -1 } else { y }).collect(),
-            )
+            Labels::Classes(batch.labels.iter().map(|&y| if rng.next_open01() < c.label_dropout { -1 } else { y }).collect())
         } else {
             Labels::None
         };
         let per_image = batch.images.len() / b;
         let eps = rng.sample_f32(batch.images.len());
-        let xt: Vec<f32> =
-            batch.images.iter().zip(&eps).enumerate().map(|(i, (x, e))| x + t[i / per_image] * e).collect();
+        let xt: Vec<f32> = batch.images.iter().zip(&eps).enumerate().map(|(i, (x, e))| x + t[i / per_image] * e).collect();
         let x = Tensor::<4>::from_data(TensorData::new(xt, batch.shape), &device);
         let t = Tensor::<1>::from_data(TensorData::new(t, [b]), &device);
 
         let fwd = self.model.forward(x, t.clone(), &labels);
         let loss = self.model.likelihood(&fwd).loss;
         let weighted = (loss.clone() * t).mean();
-        let values = Tensor::cat(vec![weighted.clone().detach(), loss.detach().mean()], 0)
-            .try_into_vec_as::<f32>()
-            .expect("f32 loss");
+        let values = Tensor::cat(vec![weighted.clone().detach(), loss.detach().mean()], 0).try_into_vec_as::<f32>().expect("f32 loss");
         let (w_loss, mean_loss) = (values[0] as f64, values[1] as f64);
         let lr = schedule::learning_rate(self.step, c.steps, c.warmup, c.lr, c.min_lr);
         let bpd = (mean_loss + 0.5 * (2.0 * std::f64::consts::PI).ln()) / std::f64::consts::LN_2;
@@ -187,9 +173,7 @@ impl Trainer {
                 .save_file(&model_path)
                 .map_err(|e| TrainError::State { path: model_path.clone(), reason: format!("{e:?}") })?;
             let optim_path = dir.join(state::OPTIM_FILE);
-            self.optim
-                .save(&optim_path)
-                .map_err(|e| TrainError::State { path: optim_path.clone(), reason: format!("{e:?}") })?;
+            self.optim.save(&optim_path).map_err(|e| TrainError::State { path: optim_path.clone(), reason: format!("{e:?}") })?;
             if let Some(e) = &self.ema {
                 checkpoint::save(e, &dir.join(state::EMA_FILE))?;
             }

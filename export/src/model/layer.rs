@@ -194,8 +194,7 @@ impl Layer {
                 let half = self.width / 2;
                 let log_t = g.unary(Un::Log, t);
                 let s = g.reshape(log_t, &[-1, 1]);
-                let freqs: Vec<f32> =
-                    (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32).collect();
+                let freqs: Vec<f32> = (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32).collect();
                 let f = g.constant(None, ConstData::F32(freqs), &[1, half]);
                 let args = g.times(s, f);
                 let sin = g.unary(Un::Sin, args);
@@ -404,9 +403,11 @@ impl Layer {
                 let one = g.scalar(1.0);
                 let ones = g.add(Op::Expand, &[one, gi.inv_temp_u]);
                 let inv_temp = g.concat(&[ones, gi.inv_temp_u], 0);
-                let past: Vec<(V, V)> = io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, t, d]), g.reshape(v, &[-1, h, t, d]))).collect();
+                let past: Vec<(V, V)> =
+                    io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, t, d]), g.reshape(v, &[-1, h, t, d]))).collect();
                 let (a, b, presents) = step(g, tokens, cond, inv_temp, &past);
-                let presents = presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, t, d]), g.reshape(v, &[2, -1, h, t, d]))).collect();
+                let presents =
+                    presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, t, d]), g.reshape(v, &[2, -1, h, t, d]))).collect();
                 (a, b, presents)
             }
         };

@@ -16,13 +16,7 @@ pub fn infer(g: &Graph, inputs: &[V]) -> (DType, Shape) {
 pub fn lower(eps: f32, node: &Node, lw: &mut Lowering) {
     let ins = lw.names(&node.inputs);
     let out = lw.name(node.output);
-    lw.node(
-        "LayerNormalization",
-        &node.name,
-        &ins,
-        &out,
-        vec![Lowering::attr_int("axis", -1), Lowering::attr_float("epsilon", eps)],
-    );
+    lw.node("LayerNormalization", &node.name, &ins, &out, vec![Lowering::attr_int("axis", -1), Lowering::attr_float("epsilon", eps)]);
 }
 
 impl Graph {

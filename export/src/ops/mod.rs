@@ -34,22 +34,40 @@ pub enum Op {
     ReshapeLike,
     Transpose(Vec<usize>),
     Concat(usize),
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Zero padding along one axis.
-    Pad { axis: usize, before: usize, after: usize },
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// Gather along `axis` with the indices given as second input.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// Broadcast to the runtime shape of the second input (lowered as Shape + Expand).
     Expand,
     /// Reduction over `axes`, keeping them as size 1.
-    Reduce { kind: Red, axes: Vec<usize> },
+    Reduce {
+        kind: Red,
+        axes: Vec<usize>,
+    },
     Softmax(usize),
     /// LayerNormalization over the last axis; inputs x, scale, bias.
     LayerNorm(f32),
     /// (data, indices, updates): data with updates written (or added) at indices along `axis`.
-    ScatterElements { axis: usize, add: bool },
+    ScatterElements {
+        axis: usize,
+        add: bool,
+    },
     /// (data, indices): data read at indices along `axis`.
-    GatherElements { axis: usize },
+    GatherElements {
+        axis: usize,
+    },
 }
 
 impl Op {

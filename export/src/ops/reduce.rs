@@ -55,10 +55,7 @@ pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V) -> Vec<Option<V>> {
     let x = node.inputs[0];
     let mut gx = g.add(Op::Expand, &[gy, x]);
     if *kind == Red::Mean {
-        let count: usize = axes
-            .iter()
-            .map(|&a| g.shape(x)[a].known().expect("a mean's reduced axes have known sizes"))
-            .product();
+        let count: usize = axes.iter().map(|&a| g.shape(x)[a].known().expect("a mean's reduced axes have known sizes")).product();
         gx = g.scale(gx, 1.0 / count as f32);
     }
     vec![Some(gx)]

@@ -33,9 +33,7 @@ pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
             }
             lw.node("ScatterElements", &node.name, &ins, &out, attrs)
         }
-        Op::GatherElements { axis } => {
-            lw.node("GatherElements", &node.name, &ins, &out, vec![Lowering::attr_int("axis", *axis as i64)])
-        }
+        Op::GatherElements { axis } => lw.node("GatherElements", &node.name, &ins, &out, vec![Lowering::attr_int("axis", *axis as i64)]),
         _ => unreachable!(),
     }
 }

@@ -25,8 +25,7 @@ pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> (DType, Shape) {
             // Infer the -1 when every other size is known.
             if let Some(pos) = target.iter().position(|&t| t == -1) {
                 let total: Option<usize> = x.iter().map(Dim::known).product();
-                let rest: Option<usize> =
-                    out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
+                let rest: Option<usize> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
                 if let (Some(t), Some(r)) = (total, rest) {
                     out[pos] = Dim::N(t / r);
                 }

@@ -170,7 +170,6 @@ impl Run {
     }
 }
 
-
 impl Run {
     /// Builds the sampler, naming the provider when it cannot run, and reports what `auto` chose.
     pub fn open(&self, b: SamplerBuilder) -> Result<Sampler> {

@@ -71,11 +71,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     for p in providers {
-        let out = std::process::Command::new(&exe)
-            .arg("bench")
-            .args(&forwarded)
-            .args(["--in-process", "--providers", p.name()])
-            .output()?;
+        let out =
+            std::process::Command::new(&exe).arg("bench").args(&forwarded).args(["--in-process", "--providers", p.name()]).output()?;
         if !out.status.success() {
             let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
             if explicit {
@@ -95,7 +92,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if let Some(r) = rows.first() {
             println!(
                 "settings: cfg {} ({}, {} guided layer(s)), t {} -> {}, {} denoising steps",
-                r["cfg"], r["cfg_style"].as_str().unwrap_or(""), r["guide_layers"], r["t_max"], r["t_min"], r["denoise_steps"]
+                r["cfg"],
+                r["cfg_style"].as_str().unwrap_or(""),
+                r["guide_layers"],
+                r["t_max"],
+                r["t_min"],
+                r["denoise_steps"]
             );
         }
         println!(

@@ -49,7 +49,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let load_s = start.elapsed().as_secs_f64();
     let s = *sampler.settings();
     let bar = ProgressBar::new((model.manifest.layers.len() + s.denoise_steps) as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>7} [{bar:32}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "),
+    );
     bar.set_prefix("sample");
     let run_start = Instant::now();
     let mut report = |p| match p {

@@ -72,7 +72,9 @@ impl std::str::FromStr for Provider {
             "cuda" => Provider::Cuda,
             "tensorrt" => Provider::TensorRt,
             "auto" => Provider::Auto,
-            other => return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, tract-cuda, cpu, cuda, tensorrt or auto"))),
+            other => {
+                return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, tract-cuda, cpu, cuda, tensorrt or auto")));
+            }
         })
     }
 }
@@ -241,7 +243,13 @@ pub trait Engine: Send + Sync {
     /// state unchanged throughout; returns the first `keep` values of the final state on the
     /// host. By default each run's outputs are fed to the next as they are; a GPU engine keeps
     /// the state on the device in buffers of its own and may replay the runs as a captured graph.
-    fn run_loop(&self, fixed: &[&Self::Value], state: Vec<LoopInit<Self::Value>>, steps: usize, keep: usize) -> Result<Vec<HostTensor>, RtError>
+    fn run_loop(
+        &self,
+        fixed: &[&Self::Value],
+        state: Vec<LoopInit<Self::Value>>,
+        steps: usize,
+        keep: usize,
+    ) -> Result<Vec<HostTensor>, RtError>
     where
         Self: Sized,
     {
@@ -255,7 +263,13 @@ pub trait Engine: Send + Sync {
 }
 
 /// A loop run by feeding each run's outputs to the next as they are (see [`Engine::run_loop`]).
-pub fn feed_loop<E: Engine>(g: &E, fixed: &[&E::Value], state: Vec<LoopInit<E::Value>>, steps: usize, keep: usize) -> Result<Vec<HostTensor>, RtError> {
+pub fn feed_loop<E: Engine>(
+    g: &E,
+    fixed: &[&E::Value],
+    state: Vec<LoopInit<E::Value>>,
+    steps: usize,
+    keep: usize,
+) -> Result<Vec<HostTensor>, RtError> {
     {
         let mut values = state
             .into_iter()

@@ -142,7 +142,11 @@ impl TractGraph {
 
     /// [`Self::load_batched`] on `device`.
     pub fn load_batched_on(path: &Path, device: TractDevice) -> Self {
-        Self { plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) }, name: path.display().to_string(), device }
+        Self {
+            plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) },
+            name: path.display().to_string(),
+            device,
+        }
     }
 
     /// Loads and declutters the ONNX graph at `path` (external data is read beside it), and

@@ -124,7 +124,13 @@ fn uncond_inv_temp(s: &SampleSettings) -> f32 {
 }
 
 /// The layer's steps through its step graph, one run per token, the update on the host.
-fn invert_by_steps<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64], s: &SampleSettings, cache: StepCache) -> Result<(), RtError> {
+fn invert_by_steps<E: Engine>(
+    graphs: &GraphSet<E>,
+    run: LayerRun,
+    labels: &[i64],
+    s: &SampleSettings,
+    cache: StepCache,
+) -> Result<(), RtError> {
     let LayerRun { l, b, guided, seq } = run;
     let info = &graphs.model().manifest.layers[l];
     let (tokens, width) = (info.tokens, info.token_dim);
@@ -140,7 +146,9 @@ fn invert_by_steps<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64
     let len = cache.past_len(tokens, 0);
     let empty = HostTensor::F32(vec![rows, info.heads, len, info.head_dim], vec![0.0; rows * info.heads * len * info.head_dim]);
     let mut past: Vec<E::Value> = (0..2 * info.blocks).map(|_| step_g.upload(&empty)).collect::<Result<_, _>>()?;
-    let token_at = |seq: &[f32], n: usize| -> Vec<f32> { (0..b).flat_map(|r| seq[(r * tokens + n) * width..(r * tokens + n + 1) * width].to_vec()).collect() };
+    let token_at = |seq: &[f32], n: usize| -> Vec<f32> {
+        (0..b).flat_map(|r| seq[(r * tokens + n) * width..(r * tokens + n + 1) * width].to_vec()).collect()
+    };
     let steps = tokens - 1;
     for n in 0..steps {
         let mut token = token_at(seq, n);
@@ -196,7 +204,8 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     }
     let mut fixed = vec![&cond];
     fixed.extend(guidance.iter());
-    let mut state = vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], seq.to_vec())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
+    let mut state =
+        vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], seq.to_vec())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
     state.extend(empty_caches(entry, b)?);
     let out = g.run_loop(&fixed, state, steps, 1)?.remove(0).into_f32()?;
     seq.copy_from_slice(&out);

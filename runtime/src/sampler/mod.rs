@@ -168,12 +168,7 @@ impl Sampler {
             .map_err(|e| RtError::Invalid(e.to_string()))?;
         let (per_z, per_x) = (self.model().noise_len(), self.model().image_len());
         if z.len() != labels.len() * per_z {
-            return Err(RtError::Invalid(format!(
-                "prior noise has {} values; {} images need {} each",
-                z.len(),
-                labels.len(),
-                per_z
-            )));
+            return Err(RtError::Invalid(format!("prior noise has {} values; {} images need {} each", z.len(), labels.len(), per_z)));
         }
         let mut x = self.run_both(z, labels, progress)?;
         let retried = retry::resample_non_finite(
@@ -196,9 +191,9 @@ impl Sampler {
         let mut x = std::thread::scope(|scope| {
             // Phase 2's graphs get ready on another core while phase 1 runs.
             let ready = match self.denoising() {
-                Denoising::Scores(form) if self.settings.denoise_steps > 0 => Some(
-                    scope.spawn(move || with_graphs!(&self.loaded, g => prepare_phase2(g, form, b, self.settings.denoise_batch))),
-                ),
+                Denoising::Scores(form) if self.settings.denoise_steps > 0 => {
+                    Some(scope.spawn(move || with_graphs!(&self.loaded, g => prepare_phase2(g, form, b, self.settings.denoise_batch))))
+                }
                 _ => None,
             };
             let x = self.invert_all(z, labels, progress)?;

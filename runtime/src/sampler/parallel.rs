@@ -8,13 +8,16 @@ use std::sync::{Mutex, mpsc};
 use super::Progress;
 use crate::RtError;
 
+/// Phase 1 of the images [start, start + n), reporting per-layer progress: their images.
+pub(super) type ChunkWork<'a> = dyn Fn(usize, usize, &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> + Sync + 'a;
+
 /// Runs `work(start, n, report)` over `chunks` (image ranges of `per_z` noise values each) on
 /// `workers` threads and concatenates their outputs in chunk order. `work` reports per-layer
 /// progress, forwarded to `progress` with the batch numbered.
 pub(super) fn run_chunks(
     chunks: &[(usize, usize)],
     workers: usize,
-    work: &(dyn Fn(usize, usize, &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> + Sync),
+    work: &ChunkWork,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, RtError> {
     let batches = chunks.len();

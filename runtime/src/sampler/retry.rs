@@ -27,6 +27,9 @@ impl OnNonFinite {
     }
 }
 
+/// Samples images from prior noise and labels (both phases).
+pub(super) type SampleRun<'a> = dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError> + 'a;
+
 /// Replaces the non-finite images of `x` (of `per_x` values each) by images that `run` makes from
 /// new noise (`per_z` values per image, a stream of its own per attempt drawn from `seed`) with
 /// the same labels, up to `policy`'s attempts. Returns (image, attempt) for every image replaced.
@@ -36,7 +39,7 @@ pub(super) fn resample_non_finite(
     (per_z, per_x): (usize, usize),
     seed: u64,
     policy: OnNonFinite,
-    run: &mut dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError>,
+    run: &mut SampleRun,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<(usize, usize)>, RtError> {
     let mut retried = Vec::new();

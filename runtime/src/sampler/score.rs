@@ -168,7 +168,10 @@ pub fn score<E: Engine>(
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = parts.iter().map(|&p| scope.spawn(move || run(p))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(RtError::Invalid("a scoring thread panicked".into())))).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(RtError::Invalid("a scoring thread panicked".into()))))
+                    .collect()
             })
         };
         for r in results {
