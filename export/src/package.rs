@@ -10,6 +10,7 @@ use itarflow_base::manifest::{
 use itarflow_base::{Array, ModelConfig, Npz, RawTensor};
 
 use crate::ExportError;
+use crate::ir::optimize::Passes;
 use crate::ir::{Dim, Graph};
 use crate::model::{Weights, graphs};
 use crate::onnx::{self, ExternalData};
@@ -39,6 +40,8 @@ pub struct ExportOptions {
     /// Inputs and outputs of every graph kind computed by the exporting framework, written to
     /// `reference.npz` for `itarflow-rt check` (names as in `itarflow_base::reference`).
     pub reference: Vec<(String, Array)>,
+    /// Optimisation passes run on every graph (all by default).
+    pub passes: Passes,
 }
 
 impl ExportOptions {
@@ -60,6 +63,7 @@ impl ExportOptions {
                 denoise_steps: 10,
             },
             reference: Vec::new(),
+            passes: Passes::ALL,
         }
     }
 }
@@ -156,6 +160,7 @@ pub fn export(
                 (GraphKind::DenoiseStep, None) => graphs::denoise_step(&w)?,
                 _ => graphs::score(&w)?,
             };
+            let built = opts.passes.run(&built);
             progress(&built.name);
             for (k, &precision) in precisions.iter().enumerate() {
                 let half;

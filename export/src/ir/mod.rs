@@ -7,8 +7,10 @@
 //! its own file under `crate::ops`, holding its shape rule, its ONNX lowering and its adjoint.
 
 pub mod grad;
+pub mod optimize;
 pub mod simplify;
 
+use std::collections::HashMap;
 use std::fmt;
 
 pub use crate::ops::Op;
@@ -226,6 +228,50 @@ impl Graph {
     pub fn ints(&mut self, data: Vec<i64>) -> V {
         let n = data.len();
         self.constant(None, ConstData::I64(data), &[n])
+    }
+
+    /// Rebuilds the graph node by node: `rule` gets the new graph, an old node and its inputs in
+    /// the new graph, and returns the value that stands for the node's output, or None to copy
+    /// the node as it is. Inputs, constants (with their names), node names and outputs carry
+    /// over; nodes that are graph outputs are copied as they are.
+    pub fn rebuild(&self, mut rule: impl FnMut(&mut Graph, &Node, &[V]) -> Option<V>) -> Graph {
+        let mut h = Graph::new(&self.name);
+        h.counter = self.counter;
+        let mut map: HashMap<V, V> = HashMap::new();
+        for node in &self.nodes {
+            let ins: Vec<V> = node.inputs.iter().map(|i| map[i]).collect();
+            let v = match &node.op {
+                Op::Input => {
+                    let val = self.value(node.output);
+                    h.input(&val.name, val.dtype, val.shape.clone())
+                }
+                _ if self.outputs.contains(&node.output) => h.copy_node(self, node, &ins),
+                _ => match rule(&mut h, node, &ins) {
+                    Some(v) => v,
+                    None => h.copy_node(self, node, &ins),
+                },
+            };
+            map.insert(node.output, v);
+        }
+        for &o in &self.outputs {
+            h.output(map[&o], &self.value(o).name);
+        }
+        h
+    }
+
+    /// A copy of `from`'s `node` on inputs `ins` of this graph, with its name (a constant with its
+    /// data and value name).
+    pub fn copy_node(&mut self, from: &Graph, node: &Node, ins: &[V]) -> V {
+        let val = from.value(node.output);
+        let v = match &node.op {
+            Op::Const(_) => self.push_value(val.name.clone(), val.dtype, val.shape.clone()),
+            op => {
+                let (dtype, shape) = op.infer(self, ins);
+                self.push_value(val.name.clone(), dtype, shape)
+            }
+        };
+        self.nodes.push(Node { op: node.op.clone(), inputs: ins.to_vec(), output: v, name: node.name.clone() });
+        v
     }
 
     /// The node producing `v`.

@@ -2,7 +2,7 @@
 
 use itarflow_base::ModelConfig;
 
-use super::layer::{GuidanceInputs, InvertInputs, Layer, StepInputs};
+use super::layer::{Cache, GuidanceInputs, InvertInputs, Layer, StepInputs};
 use super::weights::Weights;
 use crate::ExportError;
 use crate::ir::grad::gradients;
@@ -73,8 +73,8 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
             (k, v)
         })
         .collect();
-    let io = StepInputs { token, pos, cond, inv_temp, past: &past };
-    let (a, b, presents) = layer.step(&mut g, &io, fixed);
+    let io = StepInputs { token, pos, cond, inv_temp: Some(inv_temp), past: &past };
+    let (a, b, presents) = layer.step(&mut g, &io, if fixed { Cache::Fixed } else { Cache::Growing });
     g.output(a, "a");
     g.output(b, "b");
     for (i, (k, v)) in presents.into_iter().enumerate() {
@@ -88,8 +88,9 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
 /// whose outputs are its next run's state inputs, so that a layer's T - 1 steps run without
 /// the host (see [`Layer::invert_step`]). Inputs: cond (N, C); for `guided` also cond_u (N, C)
 /// and inv_temp_u (N,) of the unconditional branch, cfg_w (T,) and starflow (scalar); then the
-/// state: seq (N, T, c), pos (int64 scalar), past_k{b}, past_v{b} (N, H, T, d), or
-/// (2, N, H, T, d) when guided (both branches' caches). Outputs: the next state, in order.
+/// state: seq (N, T, c), pos (int64 scalar), past_k{b} (N, H, d, T: keys transposed),
+/// past_v{b} (N, H, T, d), each with a leading axis of 2 when guided (both branches' caches).
+/// Outputs: the next state, in order.
 pub fn invert(w: &Weights, l: usize, guided: bool) -> Result<Graph, ExportError> {
     let c = w.config;
     let name = if guided { format!("layer{l}_invert_cfg") } else { format!("layer{l}_invert") };
@@ -104,14 +105,15 @@ pub fn invert(w: &Weights, l: usize, guided: bool) -> Result<Graph, ExportError>
     let seq = g.input("seq", DType::F32, vec![n(), Dim::N(c.tokens(l)), Dim::N(c.token_dim(l))]);
     let pos = g.input("pos", DType::I64, vec![]);
     let layer = Layer::load(w, &mut g, l)?;
-    let mut cache = layer.cache_shape(Dim::N(c.tokens(l)));
+    let (mut keys, mut values) = (layer.keys_transposed_shape(c.tokens(l)), layer.cache_shape(Dim::N(c.tokens(l))));
     if guided {
-        cache.insert(0, Dim::N(2));
+        keys.insert(0, Dim::N(2));
+        values.insert(0, Dim::N(2));
     }
     let past: Vec<(V, V)> = (0..layer.depth())
         .map(|b| {
-            let k = g.input(&format!("past_k{b}"), DType::F32, cache.clone());
-            let v = g.input(&format!("past_v{b}"), DType::F32, cache.clone());
+            let k = g.input(&format!("past_k{b}"), DType::F32, keys.clone());
+            let v = g.input(&format!("past_v{b}"), DType::F32, values.clone());
             (k, v)
         })
         .collect();

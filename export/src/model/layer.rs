@@ -8,28 +8,41 @@ use crate::model::weights::Weights;
 use crate::ops::{Op, Un};
 
 /// The inputs of one inversion step: the token (N, c) at permuted position `pos` (int64 scalar),
-/// the layer's conditioning (N, C), the per-row inverse attention temperature (N,) and the
-/// per-block past keys and values.
+/// the layer's conditioning (N, C), the per-row inverse attention temperature (N,) (None: 1)
+/// and the per-block past keys and values.
 #[derive(Clone, Copy)]
 pub struct StepInputs<'a> {
     pub token: V,
     pub pos: V,
     pub cond: V,
-    pub inv_temp: V,
+    pub inv_temp: Option<V>,
     pub past: &'a [(V, V)],
 }
 
-/// The loop inputs of one fused inversion step (fixed-length cache, the token update inside):
-/// the layer's tokens `seq` (N, T, c) in permuted order (positions up to `pos` inverted, the rest
-/// still the prior's values), `pos` (int64 scalar), the conditioning (N, C), the per-block past
-/// keys and values, and for a guided layer the guidance inputs.
+/// The KV cache of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Keys and values (N, H, P, d) grow by the token (Concat).
+    Growing,
+    /// Keys and values (N, H, T, d), the token's written at `pos` (ScatterElements), the slots
+    /// after it masked.
+    Fixed,
+    /// As `Fixed`, the keys stored transposed, (N, H, d, T): the scores q K^T need no transpose
+    /// of the whole cache each step (the loop graphs, whose caches only they read).
+    FixedKeysTransposed,
+}
+
+/// The loop inputs of one fused inversion step (fixed-length cache, keys transposed, the token
+/// update inside): the layer's tokens `seq` (N, T, c) in permuted order (positions up to `pos`
+/// inverted, the rest still the prior's values), `pos` (int64 scalar), the conditioning (N, C),
+/// the per-block past keys and values, and for a guided layer the guidance inputs.
 #[derive(Clone, Copy)]
 pub struct InvertInputs<'a> {
     pub seq: V,
     pub pos: V,
     pub cond: V,
-    /// (N, H, T, d) per block; (2, N, H, T, d) on a guided layer (conditional rows, then
-    /// unconditional).
+    /// Keys (N, H, d, T) and values (N, H, T, d) per block; with a leading axis of 2 on a
+    /// guided layer (conditional rows, then unconditional).
     pub past: &'a [(V, V)],
     pub guidance: Option<GuidanceInputs>,
 }
@@ -317,12 +330,13 @@ impl Layer {
     /// One inversion step (see [`StepInputs`]). Returns (a, b) of the next token, each (N, c),
     /// and the per-block presents.
     ///
-    /// Growing cache (`fixed` false): past (N, H, P, d) with P = pos, presents (N, H, P + 1, d)
-    /// by Concat. Fixed cache (`fixed` true): past and presents (N, H, T, d); the new key and value
-    /// are written at `pos` by ScatterElements and attention masks the slots after `pos`, so
-    /// every shape but the batch is static (what TensorRT engines want).
-    pub fn step(&self, g: &mut Graph, io: &StepInputs, fixed: bool) -> (V, V, Vec<(V, V)>) {
+    /// Growing cache: past (N, H, P, d) with P = pos, presents (N, H, P + 1, d) by Concat. Fixed
+    /// caches: past and presents (N, H, T, d) (keys (N, H, d, T) when transposed); the new key and
+    /// value are written at `pos` by ScatterElements and attention masks the slots after `pos`,
+    /// so every shape but the batch is static (what TensorRT engines want).
+    pub fn step(&self, g: &mut Graph, io: &StepInputs, cache: Cache) -> (V, V, Vec<(V, V)>) {
         let StepInputs { token, pos, cond, inv_temp, past } = *io;
+        let fixed = cache != Cache::Growing;
         g.scoped(&self.scope(), |g| {
             let x = g.reshape(token, &[0, 1, self.token_dim as i64]);
             let (w, b) = self.proj_in;
@@ -331,7 +345,7 @@ impl Layer {
             let h = g.plus(h, pe);
             let c = g.reshape(cond, &[0, 1, self.width as i64]);
             let mut h = g.plus(h, c);
-            let it = g.reshape(inv_temp, &[-1, 1, 1, 1]);
+            let it = inv_temp.map(|t| g.reshape(t, &[-1, 1, 1, 1]));
             // Fixed cache: slots after pos get a large negative score (exp underflows to 0).
             let later_mask = fixed.then(|| {
                 let slots = g.ints((0..self.tokens as i64).collect());
@@ -347,16 +361,31 @@ impl Layer {
                     let (scale, bias) = blk.ln1;
                     let xn = g.layer_norm(h, scale, bias, LN_EPS);
                     let (q, kk, vv) = self.qkv(g, xn, blk);
-                    let q = g.times(q, it);
-                    let (keys, vals) = if fixed {
-                        let p4 = g.reshape(pos, &[1, 1, 1, 1]);
-                        let idx = g.add(Op::Expand, &[p4, kk]);
-                        (g.scatter_elements(pk, idx, kk, 2), g.scatter_elements(pv, idx, vv, 2))
-                    } else {
-                        (g.concat(&[pk, kk], 2), g.concat(&[pv, vv], 2))
+                    let q = match it {
+                        Some(it) => g.times(q, it),
+                        None => q,
+                    };
+                    let p4 = g.reshape(pos, &[1, 1, 1, 1]);
+                    let (keys, vals, kt) = match cache {
+                        Cache::Growing => {
+                            let (keys, vals) = (g.concat(&[pk, kk], 2), g.concat(&[pv, vv], 2));
+                            (keys, vals, g.transpose_last(keys))
+                        }
+                        Cache::Fixed => {
+                            let idx = g.add(Op::Expand, &[p4, kk]);
+                            let (keys, vals) = (g.scatter_elements(pk, idx, kk, 2), g.scatter_elements(pv, idx, vv, 2));
+                            (keys, vals, g.transpose_last(keys))
+                        }
+                        Cache::FixedKeysTransposed => {
+                            let idx = g.add(Op::Expand, &[p4, vv]);
+                            let vals = g.scatter_elements(pv, idx, vv, 2);
+                            let kkt = g.transpose_last(kk);
+                            let idx_t = g.add(Op::Expand, &[p4, kkt]);
+                            let keys = g.scatter_elements(pk, idx_t, kkt, 3);
+                            (keys, vals, keys)
+                        }
                     };
                     presents.push((keys, vals));
-                    let kt = g.transpose_last(keys);
                     let mut scores = g.matmul(q, kt);
                     if let Some(m) = later_mask {
                         scores = g.plus(scores, m);
@@ -387,15 +416,11 @@ impl Layer {
         let c = self.token_dim as i64;
         let token = g.gather(io.seq, io.pos, 1);
         let (h, t, d) = (self.heads as i64, self.tokens as i64, self.head_dim as i64);
-        let step = |g: &mut Graph, token: V, cond: V, inv_temp: V, past: &[(V, V)]| {
-            self.step(g, &StepInputs { token, pos: io.pos, cond, inv_temp, past }, true)
+        let step = |g: &mut Graph, token: V, cond: V, inv_temp: Option<V>, past: &[(V, V)]| {
+            self.step(g, &StepInputs { token, pos: io.pos, cond, inv_temp, past }, Cache::FixedKeysTransposed)
         };
         let (a, b, presents) = match io.guidance {
-            None => {
-                let one = g.scalar(1.0);
-                let inv_temp = g.reshape(one, &[1]);
-                step(g, token, io.cond, inv_temp, io.past)
-            }
+            None => step(g, token, io.cond, None, io.past),
             Some(gi) => {
                 // 2N rows: the conditional branch, then the unconditional one.
                 let tokens = g.concat(&[token, token], 0);
@@ -404,10 +429,10 @@ impl Layer {
                 let ones = g.add(Op::Expand, &[one, gi.inv_temp_u]);
                 let inv_temp = g.concat(&[ones, gi.inv_temp_u], 0);
                 let past: Vec<(V, V)> =
-                    io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, t, d]), g.reshape(v, &[-1, h, t, d]))).collect();
-                let (a, b, presents) = step(g, tokens, cond, inv_temp, &past);
+                    io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, d, t]), g.reshape(v, &[-1, h, t, d]))).collect();
+                let (a, b, presents) = step(g, tokens, cond, Some(inv_temp), &past);
                 let presents =
-                    presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, t, d]), g.reshape(v, &[2, -1, h, t, d]))).collect();
+                    presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, d, t]), g.reshape(v, &[2, -1, h, t, d]))).collect();
                 (a, b, presents)
             }
         };
@@ -446,6 +471,11 @@ impl Layer {
     /// Shape of a KV cache with `past` tokens: (N, H, P, d).
     pub fn cache_shape(&self, past: Dim) -> Vec<Dim> {
         vec![Dim::sym("N"), Dim::N(self.heads), past, Dim::N(self.head_dim)]
+    }
+
+    /// Shape of a transposed key cache of `tokens` slots: (N, H, d, T).
+    pub fn keys_transposed_shape(&self, tokens: usize) -> Vec<Dim> {
+        vec![Dim::sym("N"), Dim::N(self.heads), Dim::N(self.head_dim), Dim::N(tokens)]
     }
 
     pub fn depth(&self) -> usize {
