@@ -10,6 +10,8 @@
 #                                         fp16, TF32, loops on/off); a sample grid per GPU provider
 #   bash scripts/gpu_check.sh s64         the S-sized benchmark model (untrained, `itarflow init`):
 #                                         export, check on cuda, bench at batch 16
+#   bash scripts/gpu_check.sh quick       a shorter recheck: check the demo on cuda (summary),
+#                                         bench it at batch 16 and 256; s64 export, check, bench
 #
 # The kit (made here by scripts/gpu_kit.sh): ort-gpu.tar.zst.NN (ONNX Runtime 1.31.1's GPU
 # libraries, other architectures' cubins zeroed), zstd, itarflow-rt.zst, itarflow.zst. On a
@@ -88,21 +90,7 @@ stage_demo() {
     say "check: demo package, every graph, fp32 and fp16, on cuda, cpu and tensorrt"
     timeout 240 "$RT" check --providers cuda,cpu,tensorrt --json > "$out/check_demo.json" 2> "$out/check_demo.err"
     echo "exit $?" >> "$out/check_demo.err"
-    python3 - "$out/check_demo.json" <<'EOF' 2>&1 | tee -a "$log"
-import json, sys
-r = json.load(open(sys.argv[1]))
-rows = r["rows"]
-for eng in sorted({x["engine"] for x in rows}):
-    for prec in ("fp32", "fp16", "tf32"):
-        sel = [x for x in rows if x["engine"] == eng and x["precision"] == prec]
-        if sel:
-            worst = max(sel, key=lambda x: x["rel"] / x["tolerance"])
-            print(f"{eng:10} {prec}: {sum(x['pass'] for x in sel)}/{len(sel)} pass; worst {worst['graph']} {worst['output']} {worst['rel']:.2e} (tol {worst['tolerance']:.0e})")
-for p, why in r["skipped"]:
-    print(f"skipped {p}: {why[:300]}")
-for u in r.get("unsupported", []):
-    print("unsupported:", str(u)[:300])
-EOF
+    summarize_check "$out/check_demo.json"
     tail -3 "$out/check_demo.err" | tee -a "$log"
     say "check: demo package on cuda with TF32"
     run 120 "$RT" check --providers cuda --tf32
@@ -144,11 +132,52 @@ stage_s64() {
     grep '^{' "$log" > "$out/bench_s64.jsonl"
 }
 
+# Per engine and precision: outputs within tolerance, the worst, skipped providers and graphs
+# that could not run, from a check report in JSON.
+summarize_check() {
+    python3 - "$1" <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+r = json.load(open(sys.argv[1]))
+rows = r["rows"]
+for eng in sorted({x["engine"] for x in rows}):
+    for prec in ("fp32", "fp16", "tf32"):
+        sel = [x for x in rows if x["engine"] == eng and x["precision"] == prec]
+        if sel:
+            worst = max(sel, key=lambda x: x["rel"] / x["tolerance"])
+            print(f"{eng:10} {prec}: {sum(x['pass'] for x in sel)}/{len(sel)} pass; worst {worst['graph']} {worst['output']} {worst['rel']:.2e} (tol {worst['tolerance']:.0e})")
+for p, why in r["skipped"]:
+    print(f"skipped {p}: {why[:300]}")
+for u in r.get("unsupported", []):
+    print("could not run:", str(u)[:300])
+EOF
+}
+
+stage_quick() {
+    load_env
+    say "check: demo package on cuda"
+    timeout 240 "$RT" check --providers cuda --json > /tmp/check_demo.json 2>> "$log"
+    summarize_check /tmp/check_demo.json
+    say "bench: demo package, CFG 2"
+    run 120 "$RT" bench --providers cuda --batch 16 --cfg 2 --json --repeats 5
+    run 120 "$RT" bench --providers cuda --batch 256 --cfg 2 --json --repeats 5
+    run 120 "$RT" bench --providers cuda --batch 16 --cfg 2 --json --repeats 5 --precision fp16
+    local dir=/root/s64q
+    mkdir -p "$dir"
+    say "s64: init, export (fp32, fp16), check on cuda, bench at batch 16"
+    run 120 "$ITARFLOW" init --model-config benches/configs/s64.json --out "$dir/s64.safetensors"
+    run 300 "$ITARFLOW" export --ckpt "$dir/s64.safetensors" --out "$dir/pkg" --precision both --cfg 2
+    timeout 240 "$RT" check --model "$dir/pkg" --providers cuda --json > /tmp/check_s64.json 2>> "$log"
+    summarize_check /tmp/check_s64.json
+    run 200 "$RT" bench --model "$dir/pkg" --providers cuda --batch 16 --cfg 2 --json --repeats 3
+    run 200 "$RT" bench --model "$dir/pkg" --providers cuda --batch 16 --cfg 2 --json --repeats 3 --precision fp16
+    grep '^{' "$log" > "$out/bench.jsonl"
+}
+
 [ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         stash) stage_stash "$2"; shift 2 ;;
-        setup|demo|s64) "stage_$1"; shift ;;
+        setup|demo|s64|quick) "stage_$1"; shift ;;
         *) echo "unknown stage $1"; exit 2 ;;
     esac
 done

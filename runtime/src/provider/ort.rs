@@ -248,16 +248,28 @@ fn session(path: &Path, load: &OrtLoad, cuda_graph: bool) -> Result<Session, RtE
     }
     .error_on_failure();
     let threads = load.threads.max(1);
-    Session::builder(env)
+    let mut builder = Session::builder(env)
         .map_err(|e| fail(p, e))?
         .with_intra_threads(threads)
         .map_err(|e| fail(p, e))?
         .with_intra_op_spinning(threads <= 1)
         .map_err(|e| fail(p, e))?
         .with_execution_providers([ep])
-        .map_err(|e| fail(p, e))?
-        .commit_from_file(path)
-        .map_err(|e| fail(p, format!("{}: {e}", path.display())))
+        .map_err(|e| fail(p, e))?;
+    if let Some(prefix) = profile_prefix(path) {
+        builder = builder.with_profiling(prefix).map_err(|e| fail(p, e))?;
+    }
+    builder.commit_from_file(path).map_err(|e| fail(p, format!("{}: {e}", path.display())))
+}
+
+/// ONNX Runtime's per-node profile for graphs whose file name contains PATTERN, from
+/// `ITARFLOW_ORT_PROFILE=PATTERN:PREFIX` (a JSON trace per session, `PREFIX<graph>_<date>.json`,
+/// written when the session ends): where a GPU's time goes, kernel by kernel.
+fn profile_prefix(path: &Path) -> Option<PathBuf> {
+    let spec = std::env::var("ITARFLOW_ORT_PROFILE").ok()?;
+    let (pattern, prefix) = spec.split_once(':')?;
+    let stem = path.file_stem()?.to_string_lossy();
+    stem.contains(pattern).then(|| PathBuf::from(format!("{prefix}{stem}")))
 }
 
 /// Run options: on a CUDA-graph session, the graph annotation `id` (-1: neither capture nor
