@@ -50,7 +50,7 @@ fn main() {
         Command::EvalNll(a) => cli::eval_nll::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", itarflow_base::report::describe(e.chain()));
         std::process::exit(1);
     }
 }

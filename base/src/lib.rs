@@ -14,6 +14,8 @@ pub mod manifest;
 pub mod noise;
 pub mod npz;
 pub mod reference;
+pub mod report;
+#[cfg(feature = "cli")]
 pub mod sample_args;
 pub mod sampling;
 pub mod weights;

@@ -22,10 +22,16 @@ pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    #[error("cannot read {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error("{path} is not a valid manifest: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source} (is {} a model package made by `itarflow export`?)", path.parent().map(|d| d.display().to_string()).unwrap_or_default())]
+    NotAPackage { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid manifest: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error(
+        "{path} is a package of format '{format}' version {version}; this build reads '{FORMAT}' up to version {FORMAT_VERSION}: update itarflow-rt or re-export the package"
+    )]
+    Format { path: PathBuf, format: String, version: u32 },
     #[error("package file {file} is missing from {dir}; re-export the package")]
     MissingFile { dir: PathBuf, file: String },
     #[error(
@@ -197,19 +203,10 @@ impl Manifest {
     /// Reads `dir/manifest.json` (without checking files).
     pub fn read(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Io {
-            path: path.clone(),
-            reason: format!("{e} (is {} a model package made by `itarflow export`?)", dir.display()),
-        })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::NotAPackage { path: path.clone(), source })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|source| ManifestError::Json { path: path.clone(), source })?;
         if m.format != FORMAT || m.format_version > FORMAT_VERSION {
-            return Err(ManifestError::Invalid {
-                path,
-                reason: format!(
-                    "format '{}' version {}; this build reads '{FORMAT}' up to version {FORMAT_VERSION}",
-                    m.format, m.format_version
-                ),
-            });
+            return Err(ManifestError::Format { path, format: m.format, version: m.format_version });
         }
         Ok(m)
     }
@@ -221,7 +218,7 @@ impl Manifest {
             if !path.exists() {
                 return Err(ManifestError::MissingFile { dir: dir.into(), file: file.clone() });
             }
-            let found = sha256_file(&path).map_err(|e| ManifestError::Io { path: path.clone(), reason: e.to_string() })?;
+            let found = sha256_file(&path).map_err(|source| ManifestError::Io { path: path.clone(), source })?;
             if &found != expected {
                 return Err(ManifestError::Checksum { dir: dir.into(), file: file.clone(), found, expected: expected.clone() });
             }

@@ -19,8 +19,8 @@ use crate::atomic::write_atomic;
 pub enum NpzError {
     #[error("cannot read npz file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is not a valid npz archive (expected a zip of .npy files, as numpy.savez writes): {reason}")]
-    NotZip { path: PathBuf, reason: String },
+    #[error("{path} is not a valid npz archive (expected a zip of .npy files, as numpy.savez writes): {source}")]
+    NotZip { path: PathBuf, source: zip::result::ZipError },
     #[error("array '{name}' in {path} is malformed: {reason}")]
     BadArray { path: PathBuf, name: String, reason: String },
     #[error("{path} has no array '{name}' (it has: {available}); {hint}")]
@@ -214,11 +214,12 @@ impl Npz {
     }
 
     fn from_reader(reader: impl Read + Seek, path: PathBuf) -> Result<Self, NpzError> {
-        let mut zip = zip::ZipArchive::new(reader).map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
+        let not_zip = |source| NpzError::NotZip { path: path.clone(), source };
+        let mut zip = zip::ZipArchive::new(reader).map_err(not_zip)?;
         let mut arrays = BTreeMap::new();
         for i in 0..zip.len() {
-            let mut entry = zip.by_index(i).map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?;
-            let entry_name = entry.name().map_err(|e| NpzError::NotZip { path: path.clone(), reason: e.to_string() })?.to_string();
+            let mut entry = zip.by_index(i).map_err(not_zip)?;
+            let entry_name = entry.name().map_err(not_zip)?.to_string();
             let name = entry_name.strip_suffix(".npy").unwrap_or(&entry_name).to_string();
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(|e| NpzError::BadArray {

@@ -25,8 +25,10 @@ use thiserror::Error;
 pub enum ExportError {
     #[error("weights do not match the config: {0}")]
     Weights(String),
-    #[error("cannot write {path}: {reason}")]
-    Write { path: std::path::PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Npz(#[from] itarflow_base::NpzError),
     #[error("{0}")]
     Invalid(String),
     #[error("check failed: {0}")]

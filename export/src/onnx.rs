@@ -160,7 +160,7 @@ pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], p
 /// Encodes `g` and writes it to `path` (atomically), with large weights in a data file of its
 /// own beside it when `external` is given.
 pub fn save(g: &Graph, path: &std::path::Path, opset: i64, external: Option<&ExternalData>) -> Result<(), crate::ExportError> {
-    let werr = |p: &std::path::Path, e: std::io::Error| crate::ExportError::Write { path: p.into(), reason: e.to_string() };
+    let werr = |p: &std::path::Path, source: std::io::Error| crate::ExportError::Write { path: p.into(), source };
     let Some(ext) = external else {
         let model = encode(g, opset, "", &[], &mut |_, _| Ok(None)).map_err(|e| werr(path, e))?;
         return itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e));
@@ -175,7 +175,7 @@ pub fn save(g: &Graph, path: &std::path::Path, opset: i64, external: Option<&Ext
 
 /// Encodes `g` and writes it to `path` (atomically), its large weights placed in `store`.
 pub fn save_shared(g: &Graph, path: &std::path::Path, opset: i64, store: &mut crate::store::WeightStore) -> Result<(), crate::ExportError> {
-    let werr = |p: &std::path::Path, e: std::io::Error| crate::ExportError::Write { path: p.into(), reason: e.to_string() };
+    let werr = |p: &std::path::Path, source: std::io::Error| crate::ExportError::Write { path: p.into(), source };
     let model = encode(g, opset, "", &[], &mut |name, bytes| store.place(name, bytes)).map_err(|e| werr(path, e))?;
     itarflow_base::write_atomic(path, |w| std::io::Write::write_all(w, &model)).map_err(|e| werr(path, e))
 }

@@ -110,7 +110,7 @@ pub fn export(
 ) -> Result<Manifest, ExportError> {
     config.validate().map_err(|e| ExportError::Invalid(e.to_string()))?;
     let w = Weights::new(config, weights);
-    let werr = |p: &Path, e: std::io::Error| ExportError::Write { path: p.into(), reason: e.to_string() };
+    let werr = |p: &Path, source: std::io::Error| ExportError::Write { path: p.into(), source };
     let tmp = out.with_file_name(format!(
         ".{}.{}.tmp",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -161,6 +161,7 @@ pub fn export(
                 _ => graphs::score(&w)?,
             };
             let built = opts.passes.run(&built);
+            built.check().map_err(ExportError::Invalid)?;
             progress(&built.name);
             for (k, &precision) in precisions.iter().enumerate() {
                 let half;
@@ -209,7 +210,7 @@ pub fn export(
         let prior_file = "prior.npz".to_string();
         let mut prior = Npz::new(tmp.join(&prior_file));
         prior.insert("var", Array::f32(&[config.tokens(last), config.token_dim(last)], var.to_vec()));
-        prior.write().map_err(|e| ExportError::Write { path: tmp.join(&prior_file), reason: e.to_string() })?;
+        prior.write()?;
 
         let reference_file = (!opts.reference.is_empty()).then(|| "reference.npz".to_string());
         if let Some(f) = &reference_file {
@@ -217,7 +218,7 @@ pub fn export(
             for (name, array) in &opts.reference {
                 npz.insert(name, array.clone());
             }
-            npz.write().map_err(|e| ExportError::Write { path: tmp.join(f), reason: e.to_string() })?;
+            npz.write()?;
         }
         let mut files = BTreeMap::new();
         let mut listed: Vec<String> = entries.iter().map(|e| e.file.clone()).collect();

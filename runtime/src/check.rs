@@ -60,7 +60,7 @@ impl<'a> Reference<'a> {
         let b = t.len();
         let y = if model.num_classes() > 0 { npz.i64(names::Y, 1, "(B,)", "the labels")?.1 } else { vec![-1; b] };
         if y.len() != b || b == 0 {
-            return Err(RtError::Invalid(format!("{}: 't' and 'y' must hold one entry per reference row", npz.path().display())));
+            return Err(RtError::Input(format!("{}: 't' and 'y' must hold one entry per reference row", npz.path().display())));
         }
         Ok(Self { npz, t, y, b })
     }
@@ -325,7 +325,7 @@ pub fn check(model: Arc<Model>, reference: &Npz, providers: &[Provider], opts: &
         }
     }
     if rows.is_empty() {
-        return Err(RtError::Invalid(format!("no provider could run the package: {skipped:?} {unsupported:?}")));
+        return Err(RtError::NoProvider(format!("{skipped:?} {unsupported:?}")));
     }
     Ok(CheckReport { rows, skipped, unsupported })
 }
@@ -333,7 +333,7 @@ pub fn check(model: Arc<Model>, reference: &Npz, providers: &[Provider], opts: &
 /// The package's own reference file (written by `itarflow export`).
 pub fn package_reference(model: &Model) -> Result<Npz, RtError> {
     let file = model.manifest.reference_file.as_ref().ok_or_else(|| {
-        RtError::Invalid(format!(
+        RtError::Package(format!(
             "{} holds no reference outputs; pass --reference FILE.npz or re-export it with `itarflow export`",
             model.dir.display()
         ))

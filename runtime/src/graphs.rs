@@ -133,11 +133,10 @@ impl Loaded {
                     }),
                 ))
             }
-            Provider::Auto => return Err(RtError::Invalid("resolve `auto` with Loaded::open_auto".into())),
+            Provider::Auto => return Err(RtError::Setting("resolve `auto` with Loaded::open_auto".into())),
             p => {
                 if p == Provider::TensorRt {
-                    std::fs::create_dir_all(&opts.trt_cache)
-                        .map_err(|e| RtError::Invalid(format!("TensorRT cache directory {}: {e}", opts.trt_cache.display())))?;
+                    std::fs::create_dir_all(&opts.trt_cache).map_err(|source| RtError::Io { path: opts.trt_cache.clone(), source })?;
                 }
                 let opts = opts.clone();
                 let threads = opts.threads();
@@ -185,7 +184,7 @@ impl Loaded {
                 Err(e) => skipped.push((p, e.to_string())),
             }
         }
-        Err(RtError::Invalid(format!("no provider could run: {skipped:?}")))
+        Err(RtError::NoProvider(format!("{skipped:?}")))
     }
 
     pub fn model(&self) -> &Model {

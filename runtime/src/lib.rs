@@ -32,18 +32,56 @@ pub use sampler::{Classes, OnNonFinite, Progress, Sampler, SamplerBuilder, Sampl
 #[derive(Debug, Error)]
 pub enum RtError {
     #[error(transparent)]
-    Manifest(#[from] itarflow_base::manifest::ManifestError),
+    Manifest(Box<itarflow_base::manifest::ManifestError>),
     #[error(transparent)]
-    Npz(#[from] itarflow_base::NpzError),
+    Npz(Box<itarflow_base::NpzError>),
     #[error("provider {provider}: {reason}")]
     Provider { provider: String, reason: String },
     /// A graph family failed to load (the message carries the provider's reason).
     #[error("{0}")]
     Load(String),
+    /// A sampler setting or option out of range, or an unknown name.
     #[error("{0}")]
-    Invalid(String),
+    Setting(String),
+    /// Inputs whose size or shape does not fit the model.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Labels(Box<itarflow_base::inputs::InputError>),
+    /// The package lacks what is asked of it, or contradicts itself.
+    #[error("{0}")]
+    Package(String),
+    #[error("cannot create {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// No provider could run, with each one's reason.
+    #[error("no provider could run: {0}")]
+    NoProvider(String),
+    /// A broken invariant inside the runtime (a worker thread panicked, a lock was poisoned, an
+    /// engine broke its contract): a bug to report.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(
         "sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise; retry with another seed or allow retries (--retries N)"
     )]
     NonFinite { index: usize, attempts: usize },
+}
+
+// The foreign errors are boxed: they carry paths and texts, and an RtError is returned by value
+// from every call.
+impl From<itarflow_base::manifest::ManifestError> for RtError {
+    fn from(e: itarflow_base::manifest::ManifestError) -> Self {
+        RtError::Manifest(Box::new(e))
+    }
+}
+
+impl From<itarflow_base::NpzError> for RtError {
+    fn from(e: itarflow_base::NpzError) -> Self {
+        RtError::Npz(Box::new(e))
+    }
+}
+
+impl From<itarflow_base::inputs::InputError> for RtError {
+    fn from(e: itarflow_base::inputs::InputError) -> Self {
+        RtError::Labels(Box::new(e))
+    }
 }

@@ -38,7 +38,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", itarflow_base::report::describe(e.chain()));
         std::process::exit(1);
     }
 }

@@ -24,10 +24,10 @@ impl Model {
         let manifest = Manifest::read(&dir)?;
         manifest.verify(&dir)?;
         let prior = Npz::read(dir.join(&manifest.prior_file))?;
-        let last = manifest.layers.last().ok_or_else(|| RtError::Invalid("the manifest lists no layers".into()))?;
+        let last = manifest.layers.last().ok_or_else(|| RtError::Package("the manifest lists no layers".into()))?;
         let (shape, var) = prior.f32("var", 2, "(T, c)", "the prior variance")?;
         if shape != [last.tokens, last.token_dim] {
-            return Err(RtError::Invalid(format!(
+            return Err(RtError::Package(format!(
                 "{}: prior variance has shape {shape:?}, the last layer's tokens are ({}, {})",
                 dir.join(&manifest.prior_file).display(),
                 last.tokens,
@@ -40,7 +40,7 @@ impl Model {
     /// The manifest entry of a graph, or an error naming what the package lacks.
     pub fn entry(&self, kind: GraphKind, layer: Option<usize>, precision: &str) -> Result<&GraphEntry, RtError> {
         self.manifest.graph(kind, layer, precision).ok_or_else(|| {
-            RtError::Invalid(format!(
+            RtError::Package(format!(
                 "{} has no {precision} {kind:?} graph{}; re-export it with this version of `itarflow export` (--precision {precision} or both)",
                 self.dir.display(),
                 layer.map(|l| format!(" for layer {l}")).unwrap_or_default()

@@ -17,8 +17,8 @@ pub use tensors::{NamedTensors, RawTensor};
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("cannot read checkpoint {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    #[error("cannot read checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("checkpoint {path} has no tensor '{name}' (expected shape {expected:?}); is it an iTARFlow checkpoint of this shape?")]

@@ -21,7 +21,8 @@ const FORMAT_KEY: &str = "format";
 const FORMAT: &str = "itarflow";
 
 /// Storage precision of a checkpoint's tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Precision {
     Fp32,
     /// IEEE half: half the size; loading converts back to f32.

@@ -30,8 +30,8 @@ impl NamedTensors {
     /// Reads `path` by its extension: `.safetensors`, or `.pth`/`.pt`/`.bin`/`.ckpt` (a torch
     /// state_dict, possibly nested under `model`/`state_dict`/`ema`).
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        if !path.exists() {
-            return Err(CheckpointError::Io { path: path.into(), reason: "no such file".into() });
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(CheckpointError::Io { path: path.into(), source });
         }
         match path.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => Self::read_safetensors(path),
@@ -41,7 +41,7 @@ impl NamedTensors {
 
     fn read_safetensors(path: &Path) -> Result<Self, CheckpointError> {
         let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
-        let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let metadata = meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;

@@ -1,19 +1,14 @@
 //! `itarflow train`: trains a model on a data set, with checkpoints, resume, metrics, bits/dim
 //! evaluations and sample grids in the run directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use itarflow::ModelConfig;
-use itarflow::data::{ImageSet, Loader, LoaderOptions, Split};
-use itarflow::sample::{Guidance, SampleOptions, class_grid, options_for};
-use itarflow::train::metrics::MetricsLog;
-use itarflow::train::nll::{NllOptions, bits_per_dim};
-use itarflow::train::{TrainConfig, Trainer};
-use serde_json::json;
+use itarflow::data::{ImageSet, Split};
+use itarflow::train::{self, Event, Limits, TrainConfig, Trainer};
 
 use super::data_args::{DataArgs, padding_for};
 use super::progress;
@@ -135,20 +130,6 @@ fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
     Ok(config)
 }
 
-fn sample_options(trainer: &Trainer, model: &itarflow::ITarFlow) -> SampleOptions {
-    let cfg = if model.config.num_classes > 0 { trainer.config.sample_cfg } else { 0.0 };
-    SampleOptions { guidance: Guidance { scale: cfg, ..Guidance::default() }, ..options_for(model) }
-}
-
-fn grid(trainer: &Trainer, run: &Path, step: u64) -> Result<PathBuf> {
-    let model = trainer.inference_model();
-    let dir = run.join("samples");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("step_{step:07}.png"));
-    class_grid(&model, 8, trainer.config.seed, &sample_options(trainer, &model), &path)?;
-    Ok(path)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let (run, mut trainer, train_set) = match &args.resume {
         Some(dir) => {
@@ -182,83 +163,44 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let config = trainer.config.clone();
-    if train_set.len() < config.batch_size {
-        bail!("the training set has {} images, fewer than one batch of {}", train_set.len(), config.batch_size);
-    }
-    let test_set = itarflow::data::load(&config.dataset, &config.data_dir, Split::Test, Some(config.model.img_size))
-        .map(|s| s.take(config.eval_images))
-        .ok();
-    let resumed_at = args.resume.as_ref().map(|_| trainer.step);
-    let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"), resumed_at)?;
-    let opts = LoaderOptions { batch_size: config.batch_size, seed: config.seed, pad: config.pad, hflip: config.hflip, prefetch: 4 };
-    let mut loader = Loader::new(Arc::new(train_set), opts, trainer.step);
-
-    let start = Instant::now();
-    let start_step = trainer.step;
+    let test_set = match itarflow::data::load(&config.dataset, &config.data_dir, Split::Test, Some(config.model.img_size)) {
+        Ok(set) => Some(set.take(config.eval_images)),
+        // A data set without a test split trains without test bits/dim, and says so; any other
+        // failure (a corrupt test file) stops the run.
+        Err(itarflow::data::DataError::NotFound { path, .. }) => {
+            eprintln!("no test split ({} not found): test bits/dim are not reported", path.display());
+            None
+        }
+        Err(itarflow::data::DataError::Io { source, path }) if source.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("no test split ({} not found): test bits/dim are not reported", path.display());
+            None
+        }
+        Err(e) => return Err(e).context("loading the test split"),
+    };
     let bar = progress::bar(config.steps, "train");
     bar.set_position(trainer.step);
-    let (mut acc_loss, mut acc_bpd, mut acc_n) = (0.0, 0.0, 0u64);
-    let mut window = Instant::now();
-    let mut window_steps = 0u64;
-    loop {
-        let done = trainer.step >= config.steps;
-        let out_of_time = args.max_minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
-        let quota = args.stop_after.is_some_and(|n| trainer.step - start_step >= n);
-        if done || out_of_time || quota {
-            break;
+    let limits = Limits { max_minutes: args.max_minutes, max_steps: args.stop_after };
+    let summary = train::run(&mut trainer, &run, Arc::new(train_set), test_set.as_ref(), limits, &mut |event| match event {
+        Event::Step(rep) => {
+            bar.inc(1);
+            if rep.skipped {
+                bar.println(format!("step {}: loss not finite, update skipped", rep.step));
+            }
         }
-        let batch = loader.next_batch();
-        let rep = trainer.train_step(&batch)?;
-        bar.inc(1);
-        window_steps += 1;
-        if rep.skipped {
-            bar.println(format!("step {}: loss not finite, update skipped", rep.step));
-        } else {
-            acc_loss += rep.loss;
-            acc_bpd += rep.bpd;
-            acc_n += 1;
+        Event::Log { loss, bpd, steps_per_second, .. } => {
+            bar.set_message(format!("loss {loss:.4} bpd {bpd:.3} {steps_per_second:.2} steps/s"))
         }
-        let step = rep.step;
-        if step % config.log_every == 0 || step == config.steps {
-            let rate = window_steps as f64 / window.elapsed().as_secs_f64();
-            let (loss, bpd) = (acc_loss / acc_n.max(1) as f64, acc_bpd / acc_n.max(1) as f64);
-            bar.set_message(format!("loss {loss:.4} bpd {bpd:.3} {rate:.2} steps/s"));
-            metrics.write(&json!({
-                "step": step, "loss": loss, "bpd_train_noisy": bpd, "lr": rep.lr,
-                "steps_per_second": rate, "elapsed_seconds": trainer.elapsed_before + start.elapsed().as_secs_f64(),
-                "skipped_total": trainer.skipped,
-            }))?;
-            (acc_loss, acc_bpd, acc_n, window_steps) = (0.0, 0.0, 0, 0);
-            window = Instant::now();
-        }
-        let last = step == config.steps;
-        if let Some(test) = &test_set
-            && ((config.eval_every > 0 && step % config.eval_every == 0) || last)
-        {
-            let opts = NllOptions { pad: config.pad, t: config.model.t_min, batch_size: 250, limit: 0, seed: 0 };
-            let r = bits_per_dim(&trainer.inference_model(), test, &opts, &mut |_, _| {});
-            bar.println(format!("step {step}: test bits/dim {:.4} at t = {} ({} images)", r.bpd, r.t, r.images));
-            metrics.write(&json!({"step": step, "test_bpd": r.bpd, "test_bpd_8bit": r.bpd_8bit, "t": r.t, "images": r.images}))?;
-        }
-        if (config.sample_every > 0 && step % config.sample_every == 0) || last {
-            let path = grid(&trainer, &run, step)?;
-            bar.println(format!("step {step}: samples in {}", path.display()));
-        }
-        if step % config.checkpoint_every == 0 || last {
-            trainer.save(&run, start.elapsed().as_secs_f64())?;
-        }
-    }
-    if trainer.step % config.checkpoint_every != 0 && trainer.step != config.steps {
-        trainer.save(&run, start.elapsed().as_secs_f64())?;
-    }
+        Event::Eval { step, bpd, t, images } => bar.println(format!("step {step}: test bits/dim {bpd:.4} at t = {t} ({images} images)")),
+        Event::Samples { step, path } => bar.println(format!("step {step}: samples in {}", path.display())),
+        Event::Checkpoint { .. } => {}
+    })?;
     bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "stopped at step {} of {} after {:.1} min ({:.2} steps/s); weights in {}",
-        trainer.step,
+        summary.end_step,
         config.steps,
-        secs / 60.0,
-        (trainer.step - start_step) as f64 / secs,
+        summary.seconds / 60.0,
+        (summary.end_step - summary.start_step) as f64 / summary.seconds,
         run.join("model.safetensors").display()
     );
     Ok(())

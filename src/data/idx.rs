@@ -69,12 +69,9 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
             return Ok(p);
         }
     }
-    Err(DataError::Io {
+    Err(DataError::NotFound {
         path: dir.join(format!("{stem}[.gz]")),
-        reason: format!(
-            "not found (for Fashion-MNIST: `apt-get install dataset-fashion-mnist`, which puts it in {})",
-            super::FASHION_MNIST_DIR
-        ),
+        hint: format!("for Fashion-MNIST: `apt-get install dataset-fashion-mnist`, which puts it in {}", super::FASHION_MNIST_DIR),
     })
 }
 

@@ -14,8 +14,10 @@ pub use loader::{Batch, Loader, LoaderOptions};
 
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} not found ({hint})")]
+    NotFound { path: PathBuf, hint: String },
     #[error("{path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -23,7 +25,7 @@ pub enum DataError {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> DataError + '_ {
-    move |e| DataError::Io { path: path.into(), reason: e.to_string() }
+    move |source| DataError::Io { path: path.into(), source }
 }
 
 /// Images held as bytes (N, C, H, W), values 0..=255, with integer labels.
@@ -63,7 +65,8 @@ impl ImageSet {
 }
 
 /// The splits of a dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -71,7 +74,8 @@ pub enum Split {
 }
 
 /// Where training data comes from.
-#[derive(Debug, Clone, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// MNIST-style IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] in the directory.

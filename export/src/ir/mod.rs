@@ -124,6 +124,8 @@ pub struct Graph {
     pub outputs: Vec<V>,
     scope: Vec<String>,
     counter: usize,
+    /// Nodes whose inputs did not fit their op (see [`Graph::check`]).
+    errors: Vec<String>,
 }
 
 impl Graph {
@@ -190,10 +192,21 @@ impl Graph {
         self.outputs.push(v);
     }
 
-    /// Adds a node computing `op` on `inputs`; its output's dtype and shape come from the op's rule.
+    /// Adds a node computing `op` on `inputs`; its output's dtype and shape come from the op's
+    /// rule. Inputs that do not fit the op are recorded against the node (see [`Graph::check`])
+    /// and building goes on with the first input's dtype and shape.
     pub fn add(&mut self, op: Op, inputs: &[V]) -> V {
-        let (dtype, shape) = op.infer(self, inputs);
         let name = self.fresh(op.kind());
+        let (dtype, shape) = match op.infer(self, inputs) {
+            Ok(ds) => ds,
+            Err(reason) => {
+                self.errors.push(format!("node {name}: {reason}"));
+                match inputs.first() {
+                    Some(&v) => (self.dtype(v), self.shape(v).clone()),
+                    None => (DType::F32, Vec::new()),
+                }
+            }
+        };
         let v = self.push_value(format!("{name}:0"), dtype, shape);
         self.nodes.push(Node { op, inputs: inputs.to_vec(), output: v, name });
         v
@@ -230,6 +243,18 @@ impl Graph {
         self.constant(None, ConstData::I64(data), &[n])
     }
 
+    /// Ok when every node's inputs fit its op, else the first misfit, naming the node.
+    pub fn check(&self) -> Result<(), String> {
+        match self.errors.first() {
+            Some(e) => Err(format!(
+                "graph {}: {e}{}",
+                self.name,
+                if self.errors.len() > 1 { format!(" (and {} more)", self.errors.len() - 1) } else { String::new() }
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Rebuilds the graph node by node: `rule` gets the new graph, an old node and its inputs in
     /// the new graph, and returns the value that stands for the node's output, or None to copy
     /// the node as it is. Inputs, constants (with their names), node names and outputs carry
@@ -237,6 +262,7 @@ impl Graph {
     pub fn rebuild(&self, mut rule: impl FnMut(&mut Graph, &Node, &[V]) -> Option<V>) -> Graph {
         let mut h = Graph::new(&self.name);
         h.counter = self.counter;
+        h.errors = self.errors.clone();
         let mut map: HashMap<V, V> = HashMap::new();
         for node in &self.nodes {
             let ins: Vec<V> = node.inputs.iter().map(|i| map[i]).collect();
@@ -265,10 +291,13 @@ impl Graph {
         let val = from.value(node.output);
         let v = match &node.op {
             Op::Const(_) => self.push_value(val.name.clone(), val.dtype, val.shape.clone()),
-            op => {
-                let (dtype, shape) = op.infer(self, ins);
-                self.push_value(val.name.clone(), dtype, shape)
-            }
+            op => match op.infer(self, ins) {
+                Ok((dtype, shape)) => self.push_value(val.name.clone(), dtype, shape),
+                Err(reason) => {
+                    self.errors.push(format!("node {}: {reason}", node.name));
+                    self.push_value(val.name.clone(), val.dtype, val.shape.clone())
+                }
+            },
         };
         self.nodes.push(Node { op: node.op.clone(), inputs: ins.to_vec(), output: v, name: node.name.clone() });
         v

@@ -7,7 +7,7 @@
 //! d(erf x) = g 2/sqrt(pi) exp(-x^2); d(cast) = cast back; d(where(c, a, b)) = (-, where(c, g, 0),
 //! where(c, 0, g)).
 
-use super::{Op, broadcast, unbroadcast};
+use super::{Op, broadcast_checked, same_dtype, unbroadcast};
 use crate::ir::{DType, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
@@ -55,18 +55,30 @@ impl Un {
     }
 }
 
-pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> (DType, Shape) {
-    match op {
-        Op::Binary(_) => (g.dtype(inputs[0]), broadcast(g.shape(inputs[0]), g.shape(inputs[1]))),
-        Op::Unary(_) => (g.dtype(inputs[0]), g.shape(inputs[0]).clone()),
-        Op::Cast(to) => (*to, g.shape(inputs[0]).clone()),
-        Op::Less => (DType::Bool, broadcast(g.shape(inputs[0]), g.shape(inputs[1]))),
-        Op::Where => {
-            let s = broadcast(g.shape(inputs[0]), &broadcast(g.shape(inputs[1]), g.shape(inputs[2])));
-            (g.dtype(inputs[1]), s)
+pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
+    let shape = |v: V| g.shape(v);
+    Ok(match op {
+        Op::Binary(_) => (same_dtype(g, inputs)?, broadcast_checked(shape(inputs[0]), shape(inputs[1]))?),
+        Op::Unary(_) => {
+            if !g.dtype(inputs[0]).is_float() {
+                return Err(format!("{} of a {} tensor", op.kind(), g.dtype(inputs[0]).name()));
+            }
+            (g.dtype(inputs[0]), shape(inputs[0]).clone())
         }
-        _ => unreachable!(),
-    }
+        Op::Cast(to) => (*to, shape(inputs[0]).clone()),
+        Op::Less => {
+            same_dtype(g, inputs)?;
+            (DType::Bool, broadcast_checked(shape(inputs[0]), shape(inputs[1]))?)
+        }
+        Op::Where => {
+            if g.dtype(inputs[0]) != DType::Bool {
+                return Err(format!("Where's condition is {}, not bool", g.dtype(inputs[0]).name()));
+            }
+            let d = same_dtype(g, &inputs[1..])?;
+            (d, broadcast_checked(shape(inputs[0]), &broadcast_checked(shape(inputs[1]), shape(inputs[2]))?)?)
+        }
+        other => return Err(format!("{} is not elementwise", other.kind())),
+    })
 }
 
 pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {

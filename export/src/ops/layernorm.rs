@@ -9,8 +9,15 @@ use super::elementwise::Un;
 use crate::ir::{DType, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
-pub fn infer(g: &Graph, inputs: &[V]) -> (DType, Shape) {
-    (g.dtype(inputs[0]), g.shape(inputs[0]).clone())
+pub fn infer(g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
+    let x = g.shape(inputs[0]);
+    let width = x.last().ok_or("LayerNormalization of a scalar")?;
+    for &p in &inputs[1..] {
+        if g.shape(p).as_slice() != std::slice::from_ref(width) {
+            return Err(format!("scale and bias must be [{width}] for an input {}, got {}", super::show(x), super::show(g.shape(p))));
+        }
+    }
+    Ok((super::same_dtype(g, inputs)?, x.clone()))
 }
 
 pub fn lower(eps: f32, node: &Node, lw: &mut Lowering) {

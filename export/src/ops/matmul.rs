@@ -2,17 +2,26 @@
 //!
 //! Adjoint: dA = dY @ B^T, dB = A^T @ dY, each summed back over broadcast batch axes.
 
-use super::{Op, broadcast, unbroadcast};
+use super::{Op, broadcast_checked, same_dtype, show, unbroadcast};
 use crate::ir::{DType, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
-pub fn infer(g: &Graph, inputs: &[V]) -> (DType, Shape) {
+pub fn infer(g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
     let (a, b) = (g.shape(inputs[0]), g.shape(inputs[1]));
-    assert!(a.len() >= 2 && b.len() >= 2, "MatMul needs rank >= 2 operands, got {a:?} and {b:?}");
-    let mut out = broadcast(&a[..a.len() - 2].to_vec(), &b[..b.len() - 2].to_vec());
+    if a.len() < 2 || b.len() < 2 {
+        return Err(format!("MatMul needs operands of rank >= 2, got {} and {}", show(a), show(b)));
+    }
+    let dtype = same_dtype(g, inputs)?;
+    let (k1, k2) = (&a[a.len() - 1], &b[b.len() - 2]);
+    if let (Some(x), Some(y)) = (k1.known(), k2.known())
+        && x != y
+    {
+        return Err(format!("inner dimensions differ: {} @ {}", show(a), show(b)));
+    }
+    let mut out = broadcast_checked(&a[..a.len() - 2].to_vec(), &b[..b.len() - 2].to_vec())?;
     out.push(a[a.len() - 2].clone());
     out.push(b[b.len() - 1].clone());
-    (g.dtype(inputs[0]), out)
+    Ok((dtype, out))
 }
 
 pub fn lower(node: &Node, lw: &mut Lowering) {

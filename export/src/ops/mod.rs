@@ -97,17 +97,36 @@ impl Op {
         }
     }
 
-    /// Output dtype and shape for `inputs`.
-    pub fn infer(&self, g: &Graph, inputs: &[V]) -> (DType, Shape) {
+    /// Output dtype and shape for `inputs`, or why the inputs do not fit the op (dtypes that
+    /// disagree, inner dimensions of a product, broadcast conflicts, ranks, index types).
+    pub fn infer(&self, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
+        let arity = match self {
+            Op::Input | Op::Const(_) => 0,
+            Op::Unary(_) | Op::Cast(_) | Op::Reshape(_) | Op::Transpose(_) | Op::Slice { .. } | Op::Pad { .. } => 1,
+            Op::Reduce { .. } | Op::Softmax(_) => 1,
+            Op::Binary(_) | Op::Less | Op::MatMul | Op::ReshapeLike | Op::Gather { .. } | Op::Expand | Op::GatherElements { .. } => 2,
+            Op::Where | Op::LayerNorm(_) | Op::ScatterElements { .. } => 3,
+            Op::Concat(_) => inputs.len().max(1),
+        };
+        if inputs.len() != arity {
+            return Err(format!("{} takes {arity} input(s), got {}", self.kind(), inputs.len()));
+        }
         match self {
-            Op::Input | Op::Const(_) => unreachable!("inputs and constants are created directly"),
+            Op::Input | Op::Const(_) => Err("inputs and constants are created directly".into()),
             Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less => elementwise::infer(self, g, inputs),
             Op::MatMul => matmul::infer(g, inputs),
             Op::Reduce { axes, .. } => reduce::infer(g, inputs, axes),
             Op::Softmax(_) => softmax::infer(g, inputs),
             Op::LayerNorm(_) => layernorm::infer(g, inputs),
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::infer(self, g, inputs),
-            _ => shape::infer(self, g, inputs),
+            Op::Reshape(_)
+            | Op::ReshapeLike
+            | Op::Transpose(_)
+            | Op::Concat(_)
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Gather { .. }
+            | Op::Expand => shape::infer(self, g, inputs),
         }
     }
 
@@ -121,7 +140,14 @@ impl Op {
             Op::Softmax(axis) => softmax::lower(*axis, node, lw),
             Op::LayerNorm(eps) => layernorm::lower(*eps, node, lw),
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::lower(self, node, lw),
-            _ => shape::lower(self, node, lw),
+            Op::Reshape(_)
+            | Op::ReshapeLike
+            | Op::Transpose(_)
+            | Op::Concat(_)
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Gather { .. }
+            | Op::Expand => shape::lower(self, node, lw),
         }
     }
 
@@ -136,9 +162,49 @@ impl Op {
             Op::Softmax(axis) => softmax::vjp(*axis, g, node, gy),
             Op::LayerNorm(eps) => layernorm::vjp(*eps, g, node, gy, wants),
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::vjp(self, g, node, gy, wants),
-            _ => shape::vjp(self, g, node, gy, wants),
+            Op::Reshape(_)
+            | Op::ReshapeLike
+            | Op::Transpose(_)
+            | Op::Concat(_)
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Gather { .. }
+            | Op::Expand => shape::vjp(self, g, node, gy, wants),
         }
     }
+}
+
+/// The dtype shared by `inputs`, or an error naming the ones that differ.
+pub fn same_dtype(g: &Graph, inputs: &[V]) -> Result<DType, String> {
+    let d = g.dtype(inputs[0]);
+    match inputs.iter().find(|&&v| g.dtype(v) != d) {
+        Some(&v) => {
+            Err(format!("inputs of dtypes {} and {} ({} and {})", d.name(), g.dtype(v).name(), g.value(inputs[0]).name, g.value(v).name))
+        }
+        None => Ok(d),
+    }
+}
+
+/// [`broadcast`], or an error where two known sizes differ and neither is 1.
+pub fn broadcast_checked(a: &Shape, b: &Shape) -> Result<Shape, String> {
+    let rank = a.len().max(b.len());
+    for i in 0..rank {
+        let da = (i + a.len()).checked_sub(rank).map(|j| &a[j]);
+        let db = (i + b.len()).checked_sub(rank).map(|j| &b[j]);
+        if let (Some(Dim::N(x)), Some(Dim::N(y))) = (da, db)
+            && x != y
+            && *x != 1
+            && *y != 1
+        {
+            return Err(format!("shapes {} and {} do not broadcast", show(a), show(b)));
+        }
+    }
+    Ok(broadcast(a, b))
+}
+
+/// A shape as text, e.g. [N, 49, 16].
+pub fn show(s: &Shape) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 /// Numpy broadcasting of two shapes; symbolic dims are assumed to agree with each other.

@@ -22,12 +22,15 @@ impl Red {
     }
 }
 
-pub fn infer(g: &Graph, inputs: &[V], axes: &[usize]) -> (DType, Shape) {
+pub fn infer(g: &Graph, inputs: &[V], axes: &[usize]) -> Result<(DType, Shape), String> {
     let mut s = g.shape(inputs[0]).clone();
     for &a in axes {
+        if a >= s.len() {
+            return Err(format!("axis {a} of a rank-{} tensor", s.len()));
+        }
         s[a] = Dim::N(1);
     }
-    (g.dtype(inputs[0]), s)
+    Ok((g.dtype(inputs[0]), s))
 }
 
 pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {

@@ -12,14 +12,26 @@ use super::Op;
 use crate::ir::{DType, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
-pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> (DType, Shape) {
-    match op {
-        // The output has the data's shape.
-        Op::ScatterElements { .. } => (g.dtype(inputs[0]), g.shape(inputs[0]).clone()),
-        // The output has the indices' shape.
-        Op::GatherElements { .. } => (g.dtype(inputs[0]), g.shape(inputs[1]).clone()),
-        _ => unreachable!(),
+pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
+    if g.dtype(inputs[1]) != DType::I64 {
+        return Err(format!("indices of dtype {}, not int64", g.dtype(inputs[1]).name()));
     }
+    let (data, idx) = (g.shape(inputs[0]), g.shape(inputs[1]));
+    if data.len() != idx.len() {
+        return Err(format!("data {} and indices {} differ in rank", super::show(data), super::show(idx)));
+    }
+    Ok(match op {
+        // The output has the data's shape.
+        Op::ScatterElements { .. } => {
+            if g.shape(inputs[2]) != idx {
+                return Err(format!("updates {} and indices {} differ in shape", super::show(g.shape(inputs[2])), super::show(idx)));
+            }
+            (super::same_dtype(g, &[inputs[0], inputs[2]])?, data.clone())
+        }
+        // The output has the indices' shape.
+        Op::GatherElements { .. } => (g.dtype(inputs[0]), idx.clone()),
+        other => return Err(format!("{} is not a scatter or gather", other.kind())),
+    })
 }
 
 pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {

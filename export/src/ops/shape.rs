@@ -4,62 +4,93 @@
 //! concat -> slices; slice -> zero padding; padding -> slice; gather with constant permutation
 //! indices -> gather with the inverse permutation; expand -> sum over the broadcast axes.
 
-use super::{Op, unbroadcast};
+use super::{Op, show, unbroadcast};
 use crate::ir::{ConstData, DType, Dim, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
-pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> (DType, Shape) {
+pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
     let x = g.shape(inputs[0]);
     let dt = g.dtype(inputs[0]);
-    match op {
+    let axis_of = |axis: usize| if axis < x.len() { Ok(axis) } else { Err(format!("axis {axis} of a tensor {}", show(x))) };
+    Ok(match op {
         Op::Reshape(target) => {
-            let mut out: Shape = target
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| match t {
-                    0 => x[i].clone(),
+            let mut out = Vec::with_capacity(target.len());
+            for (i, &t) in target.iter().enumerate() {
+                out.push(match t {
+                    0 => x.get(i).cloned().ok_or_else(|| format!("Reshape copies axis {i} of {}", show(x)))?,
                     -1 => Dim::sym("?"),
-                    n => Dim::N(n as usize),
-                })
-                .collect();
-            // Infer the -1 when every other size is known.
-            if let Some(pos) = target.iter().position(|&t| t == -1) {
-                let total: Option<usize> = x.iter().map(Dim::known).product();
-                let rest: Option<usize> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
-                if let (Some(t), Some(r)) = (total, rest) {
-                    out[pos] = Dim::N(t / r);
+                    n if n > 0 => Dim::N(n as usize),
+                    n => return Err(format!("Reshape to a size of {n}")),
+                });
+            }
+            let total: Option<usize> = x.iter().map(Dim::known).product();
+            let rest: Option<usize> = out.iter().zip(target).filter(|(_, t)| **t != -1).map(|(d, _)| d.known()).product();
+            match (target.iter().position(|&t| t == -1), total, rest) {
+                // Infer the -1 when every other size is known.
+                (Some(pos), Some(t), Some(r)) if r > 0 && t % r == 0 => out[pos] = Dim::N(t / r),
+                (Some(_), Some(t), Some(r)) => {
+                    return Err(format!("Reshape of {} ({t} values) to {target:?} ({r} values and a -1)", show(x)));
                 }
+                (None, Some(t), Some(r)) if t != r => {
+                    return Err(format!("Reshape of {} ({t} values) to {target:?} ({r} values)", show(x)));
+                }
+                _ => {}
             }
             (dt, out)
         }
-        Op::ReshapeLike | Op::Expand => (dt, g.shape(inputs[1]).clone()),
-        Op::Transpose(perm) => (dt, perm.iter().map(|&p| x[p].clone()).collect()),
+        Op::ReshapeLike => (dt, g.shape(inputs[1]).clone()),
+        Op::Expand => (dt, super::broadcast_checked(x, g.shape(inputs[1]))?),
+        Op::Transpose(perm) => {
+            let mut seen = vec![false; x.len()];
+            if perm.len() != x.len() || perm.iter().any(|&p| p >= x.len() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("Transpose {perm:?} of a tensor {}", show(x)));
+            }
+            (dt, perm.iter().map(|&p| x[p].clone()).collect())
+        }
         Op::Concat(axis) => {
+            let axis = axis_of(*axis)?;
+            super::same_dtype(g, inputs)?;
+            for &v in &inputs[1..] {
+                let y = g.shape(v);
+                let clash = y.len() != x.len() || x.iter().zip(y).enumerate().any(|(i, (a, b))| i != axis && a != b);
+                if clash {
+                    return Err(format!("Concat along axis {axis} of {} and {}", show(x), show(y)));
+                }
+            }
             let mut out = x.clone();
-            let total: Option<usize> = inputs.iter().map(|&v| g.shape(v)[*axis].known()).sum();
-            out[*axis] = total.map_or(Dim::sym("?"), Dim::N);
+            let total: Option<usize> = inputs.iter().map(|&v| g.shape(v)[axis].known()).sum();
+            out[axis] = total.map_or(Dim::sym("?"), Dim::N);
             (dt, out)
         }
         Op::Slice { axis, start, end } => {
+            let axis = axis_of(*axis)?;
+            if start >= end || x[axis].known().is_some_and(|n| *end > n) {
+                return Err(format!("Slice [{start}, {end}) of axis {axis} of {}", show(x)));
+            }
             let mut out = x.clone();
-            out[*axis] = Dim::N(end - start);
+            out[axis] = Dim::N(end - start);
             (dt, out)
         }
         Op::Pad { axis, before, after } => {
+            let axis = axis_of(*axis)?;
+            let n = x[axis].known().ok_or_else(|| format!("Pad of the symbolic axis {axis} of {}", show(x)))?;
             let mut out = x.clone();
-            let n = x[*axis].known().expect("padded axes have known sizes");
-            out[*axis] = Dim::N(n + before + after);
+            out[axis] = Dim::N(n + before + after);
             (dt, out)
         }
         Op::Gather { axis } => {
+            let axis = axis_of(*axis)?;
+            if g.dtype(inputs[1]) != DType::I64 {
+                return Err(format!("Gather indices of dtype {}, not int64", g.dtype(inputs[1]).name()));
+            }
             let idx = g.shape(inputs[1]);
-            let mut out: Shape = x[..*axis].to_vec();
+            let mut out: Shape = x[..axis].to_vec();
             out.extend(idx.iter().cloned());
             out.extend(x[axis + 1..].iter().cloned());
             (dt, out)
         }
-        _ => unreachable!(),
-    }
+        other => return Err(format!("{} is not a shape op", other.kind())),
+    })
 }
 
 pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {

@@ -6,8 +6,8 @@ use super::Op;
 use crate::ir::{DType, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
-pub fn infer(g: &Graph, inputs: &[V]) -> (DType, Shape) {
-    (g.dtype(inputs[0]), g.shape(inputs[0]).clone())
+pub fn infer(g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String> {
+    Ok((g.dtype(inputs[0]), g.shape(inputs[0]).clone()))
 }
 
 pub fn lower(axis: usize, node: &Node, lw: &mut Lowering) {

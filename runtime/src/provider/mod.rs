@@ -73,7 +73,7 @@ impl std::str::FromStr for Provider {
             "tensorrt" => Provider::TensorRt,
             "auto" => Provider::Auto,
             other => {
-                return Err(RtError::Invalid(format!("unknown provider '{other}': use tract, tract-cuda, cpu, cuda, tensorrt or auto")));
+                return Err(RtError::Setting(format!("unknown provider '{other}': use tract, tract-cuda, cpu, cuda, tensorrt or auto")));
             }
         })
     }
@@ -101,7 +101,7 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
-            other => Err(RtError::Invalid(format!("unknown precision '{other}': use fp32 or fp16"))),
+            other => Err(RtError::Setting(format!("unknown precision '{other}': use fp32 or fp16"))),
         }
     }
 }
@@ -169,7 +169,7 @@ impl HostTensor {
             "float32" => HostTensor::F32(shape, vec![0.0; n]),
             "float16" => HostTensor::F16(shape, vec![half::f16::ZERO; n]),
             "int64" => HostTensor::I64(shape, vec![0; n]),
-            other => return Err(RtError::Invalid(format!("no host tensors of dtype {other}"))),
+            other => return Err(RtError::Package(format!("no host tensors of dtype {other}"))),
         })
     }
 
@@ -200,7 +200,7 @@ impl HostTensor {
     pub fn f32(&self) -> Result<&[f32], RtError> {
         match self {
             HostTensor::F32(_, d) => Ok(d),
-            other => Err(RtError::Invalid(format!("expected a float32 tensor, got {} {:?}", other.kind(), other.shape()))),
+            other => Err(RtError::Internal(format!("expected a float32 tensor, got {} {:?}", other.kind(), other.shape()))),
         }
     }
 
@@ -209,7 +209,7 @@ impl HostTensor {
         match self {
             HostTensor::F32(_, d) => Ok(d),
             HostTensor::F16(_, d) => Ok(d.into_iter().map(f32::from).collect()),
-            other => Err(RtError::Invalid(format!("expected a float tensor, got {} {:?}", other.kind(), other.shape()))),
+            other => Err(RtError::Internal(format!("expected a float tensor, got {} {:?}", other.kind(), other.shape()))),
         }
     }
 }
@@ -284,7 +284,7 @@ pub fn feed_loop<E: Engine>(
             feeds.extend(values.iter());
             values = g.run_values(feeds)?;
             if values.len() != n {
-                return Err(RtError::Invalid(format!("a loop body returned {} values for a state of {n}", values.len())));
+                return Err(RtError::Package(format!("a loop body returned {} values for a state of {n}", values.len())));
             }
         }
         values.iter().take(keep).map(|v| g.download(v)).collect()

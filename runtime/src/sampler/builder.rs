@@ -179,23 +179,22 @@ impl SamplerBuilder {
         let s = &self.settings;
         let c = &self.model.manifest.model;
         if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max && s.t_max.is_finite()) {
-            return Err(RtError::Invalid(format!("need 0 < t_min <= t_max, got t_min {} and t_max {}", s.t_min, s.t_max)));
+            return Err(RtError::Setting(format!("need 0 < t_min <= t_max, got t_min {} and t_max {}", s.t_min, s.t_max)));
         }
         if !(s.guidance.scale >= 0.0 && s.guidance.scale.is_finite()) {
-            return Err(RtError::Invalid(format!("the guidance scale must be >= 0, got {}", s.guidance.scale)));
+            return Err(RtError::Setting(format!("the guidance scale must be >= 0, got {}", s.guidance.scale)));
         }
         if s.guidance.scale > 0.0 && c.num_classes == 0 {
-            return Err(RtError::Invalid("guidance needs a class-conditional model; this one is unconditional".into()));
+            return Err(RtError::Setting("guidance needs a class-conditional model; this one is unconditional".into()));
         }
         if s.guidance.uncond_temperature.is_nan() || s.guidance.uncond_temperature <= 0.0 {
-            return Err(RtError::Invalid(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
+            return Err(RtError::Setting(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
         }
         let (given, n) = match &self.classes {
             Classes::Given(y) => (Some(y.clone()), y.len()),
             Classes::Random(n) => (None, *n),
         };
-        let labels = itarflow_base::inputs::choose_labels(given, None, n, self.seed, c.num_classes, "the sampler's classes")
-            .map_err(|e| RtError::Invalid(e.to_string()))?;
+        let labels = itarflow_base::inputs::choose_labels(given, None, n, self.seed, c.num_classes, "the sampler's classes")?;
         let mut settings = self.settings;
         if let Some(budget) = self.memory_budget {
             settings.denoise_batch = memory::batch_for_budget(&self.model.manifest, self.score_form, budget);
@@ -205,7 +204,7 @@ impl SamplerBuilder {
         let has_loops = self.model.manifest.graphs.iter().any(|g| g.kind.is_loop());
         let resident = self.resident.unwrap_or(provider.device_resident() && has_loops);
         if resident && !has_loops {
-            return Err(RtError::Invalid(format!(
+            return Err(RtError::Package(format!(
                 "{} has no loop graphs (fused inversion and denoising steps, package format 3): re-export it with this version of `itarflow export`, or sample with resident off",
                 self.model.dir.display()
             )));

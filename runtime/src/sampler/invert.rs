@@ -51,7 +51,7 @@ pub fn invert<E: Engine>(
     let layers = m.layers.len();
     let last = &m.layers[layers - 1];
     if z.len() != b * last.tokens * last.token_dim {
-        return Err(RtError::Invalid(format!(
+        return Err(RtError::Input(format!(
             "prior noise has {} values; {b} images need (B, T, c) = ({b}, {}, {})",
             z.len(),
             last.tokens,

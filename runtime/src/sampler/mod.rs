@@ -164,11 +164,10 @@ impl Sampler {
     /// Samples images from given prior noise `z` (B, T, c) and labels (B,).
     pub fn sample_from(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Samples, RtError> {
         let c = self.model().manifest.model.clone();
-        itarflow_base::inputs::check_labels(labels, labels.len(), c.num_classes, "the labels")
-            .map_err(|e| RtError::Invalid(e.to_string()))?;
+        itarflow_base::inputs::check_labels(labels, labels.len(), c.num_classes, "the labels")?;
         let (per_z, per_x) = (self.model().noise_len(), self.model().image_len());
         if z.len() != labels.len() * per_z {
-            return Err(RtError::Invalid(format!("prior noise has {} values; {} images need {} each", z.len(), labels.len(), per_z)));
+            return Err(RtError::Input(format!("prior noise has {} values; {} images need {} each", z.len(), labels.len(), per_z)));
         }
         let mut x = self.run_both(z, labels, progress)?;
         let retried = retry::resample_non_finite(
@@ -181,7 +180,7 @@ impl Sampler {
             progress,
         )?;
         let images = Array4::from_shape_vec((labels.len(), c.in_channels, c.img_size, c.img_size), x)
-            .map_err(|e| RtError::Invalid(e.to_string()))?;
+            .map_err(|e| RtError::Internal(e.to_string()))?;
         Ok(Samples { images, labels: labels.to_vec(), retried })
     }
 
@@ -198,7 +197,7 @@ impl Sampler {
             };
             let x = self.invert_all(z, labels, progress)?;
             if let Some(handle) = ready {
-                handle.join().map_err(|_| RtError::Invalid("preparing the denoiser's graphs panicked".into()))??;
+                handle.join().map_err(|_| RtError::Internal("preparing the denoiser's graphs panicked".into()))??;
             }
             Ok::<_, RtError>(x)
         })?;
@@ -226,20 +225,20 @@ impl Sampler {
     pub fn denoise(&self, x: ArrayView4<f32>, labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Array4<f32>, RtError> {
         let mut v: Vec<f32> = x.iter().copied().collect();
         if labels.len() != x.shape()[0] {
-            return Err(RtError::Invalid(format!("{} labels for {} images", labels.len(), x.shape()[0])));
+            return Err(RtError::Input(format!("{} labels for {} images", labels.len(), x.shape()[0])));
         }
         with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &self.settings, progress))?;
         if let Some(&i) = non_finite(&v, self.model().image_len()).first() {
             return Err(RtError::NonFinite { index: i, attempts: 1 });
         }
-        Array4::from_shape_vec(x.raw_dim(), v).map_err(|e| RtError::Invalid(e.to_string()))
+        Array4::from_shape_vec(x.raw_dim(), v).map_err(|e| RtError::Internal(e.to_string()))
     }
 
     /// grad_x log p and log p of images (B, C, H, W) at noise levels `t` (B,) with labels.
     pub fn score(&self, x: ArrayView4<f32>, t: &[f32], labels: &[i64]) -> Result<(Array4<f32>, Array1<f32>), RtError> {
         let v: Vec<f32> = x.iter().copied().collect();
         let (s, lp) = with_graphs!(&self.loaded, g => score(g, self.score_form, &v, t, labels, self.settings.denoise_batch))?;
-        let s = Array4::from_shape_vec(x.raw_dim(), s).map_err(|e| RtError::Invalid(e.to_string()))?;
+        let s = Array4::from_shape_vec(x.raw_dim(), s).map_err(|e| RtError::Input(e.to_string()))?;
         Ok((s, Array1::from(lp)))
     }
 

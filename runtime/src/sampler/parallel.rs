@@ -39,7 +39,7 @@ pub(super) fn run_chunks(
                             }
                         };
                         let part = work(start, n, &mut report)?;
-                        parts.lock().map_err(|_| RtError::Invalid("phase-1 results lock poisoned".into()))?[k] = Some(part);
+                        parts.lock().map_err(|_| RtError::Internal("phase-1 results lock poisoned".into()))?[k] = Some(part);
                     }
                 })
             })
@@ -49,10 +49,10 @@ pub(super) fn run_chunks(
             progress(p);
         }
         for h in handles {
-            h.join().map_err(|_| RtError::Invalid("a phase-1 thread panicked".into()))??;
+            h.join().map_err(|_| RtError::Internal("a phase-1 thread panicked".into()))??;
         }
         Ok::<(), RtError>(())
     })?;
-    let parts = parts.into_inner().map_err(|_| RtError::Invalid("phase-1 results lock poisoned".into()))?;
+    let parts = parts.into_inner().map_err(|_| RtError::Internal("phase-1 results lock poisoned".into()))?;
     Ok(parts.into_iter().flatten().flatten().collect())
 }

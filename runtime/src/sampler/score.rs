@@ -24,7 +24,7 @@ fn cond_feeds<E: Engine>(g: &E, c: &ModelConfig, t: &[f32], labels: &[i64]) -> R
 fn check_batch(model: &Model, x: &[f32], t: &[f32], labels: &[i64]) -> Result<(), RtError> {
     let b = t.len();
     if x.len() != b * model.image_len() || labels.len() != b {
-        return Err(RtError::Invalid(format!(
+        return Err(RtError::Input(format!(
             "{} image values, {} noise levels and {} labels do not describe one batch of images of {} values",
             x.len(),
             b,
@@ -170,7 +170,7 @@ pub fn score<E: Engine>(
                 let handles: Vec<_> = parts.iter().map(|&p| scope.spawn(move || run(p))).collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(RtError::Invalid("a scoring thread panicked".into()))))
+                    .map(|h| h.join().unwrap_or_else(|_| Err(RtError::Internal("a scoring thread panicked".into()))))
                     .collect()
             })
         };
