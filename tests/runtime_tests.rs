@@ -295,7 +295,7 @@ fn a_requested_provider_that_cannot_run_fails_naming_it_and_auto_says_what_it_ch
     assert!(!tmp.path().join("never.png").exists());
     // The GPU providers run where the host has them, and otherwise fail naming themselves with
     // ONNX Runtime's reason: never a silent fallback to another provider.
-    for provider in ["cuda", "tensorrt"] {
+    for provider in ["cuda", "tensorrt", "tract-cuda"] {
         let png = format!("{provider}.png");
         let out = sample(provider, &[], &png);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use itarflow::train::config::adamw;
 use std::sync::Arc;
 
 use burn::prelude::*;
@@ -59,9 +60,9 @@ fn config(steps: u64) -> TrainConfig {
         lr: 2e-3,
         min_lr: 1e-4,
         warmup: 3,
-        weight_decay: 1e-4,
-        beta1: 0.9,
-        beta2: 0.95,
+        weight_decay: adamw::WEIGHT_DECAY,
+        beta1: adamw::BETA1,
+        beta2: adamw::BETA2,
         grad_clip: 1.0,
         ema: Some(0.9),
         label_dropout: 0.25,
@@ -140,4 +141,34 @@ fn bits_per_dim_is_minus_log_p_over_d_ln2() {
     let expected = -total / 40.0 / (64.0 * std::f64::consts::LN_2);
     assert!((report.bpd - expected).abs() < 1e-9 * expected.abs().max(1.0), "{} vs {expected}", report.bpd);
     assert!((report.bpd_8bit - report.bpd - 7.0).abs() < 1e-12);
+}
+
+#[test]
+fn the_library_training_loop_logs_checkpoints_and_stops_at_its_limits() {
+    let set = Arc::new(synthetic_set());
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(9);
+    c.checkpoint_every = 4;
+    c.log_every = 2;
+    let mut trainer = Trainer::new(c).unwrap();
+    let mut events = Vec::new();
+    let limits = itarflow::train::Limits { max_minutes: None, max_steps: Some(5) };
+    let summary = itarflow::train::run(&mut trainer, dir.path(), set.clone(), None, limits, &mut |e| events.push(e)).unwrap();
+    assert_eq!((summary.start_step, summary.end_step), (0, 5));
+    let checkpoints: Vec<u64> =
+        events.iter().filter_map(|e| if let itarflow::train::Event::Checkpoint { step } = e { Some(*step) } else { None }).collect();
+    // At its interval, and once more where the step limit stopped the run.
+    assert_eq!(checkpoints, [4, 5]);
+    assert_eq!(itarflow::train::state::read_state(dir.path()).unwrap().step, 5);
+    let logged: Vec<u64> =
+        itarflow::train::metrics::read(&dir.path().join("metrics.jsonl")).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(logged, [2, 4]);
+    // Resumed to the end: the log keeps the first invocation's lines and goes on.
+    let mut resumed = Trainer::resume(dir.path()).unwrap();
+    let summary = itarflow::train::run(&mut resumed, dir.path(), set, None, itarflow::train::Limits::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.end_step, 9);
+    let logged: Vec<u64> =
+        itarflow::train::metrics::read(&dir.path().join("metrics.jsonl")).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(logged, [2, 4, 6, 8, 9]);
+    assert!(dir.path().join("samples/step_0000009.png").exists(), "the last step's grid");
 }

@@ -1,6 +1,7 @@
 //! `itarflow bench-train`: training throughput and peak memory of a model shape on synthetic
 //! data, as JSON. Run one shape per process so the peak resident memory is that shape's alone.
 
+use itarflow::train::config::adamw;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,9 +76,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         lr: 1e-4,
         min_lr: 1e-5,
         warmup: 1,
-        weight_decay: 1e-4,
-        beta1: 0.9,
-        beta2: 0.95,
+        weight_decay: adamw::WEIGHT_DECAY,
+        beta1: adamw::BETA1,
+        beta2: adamw::BETA2,
         grad_clip: 1.0,
         ema: None,
         label_dropout: 0.1,

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use itarflow::ModelConfig;
 use itarflow::data::{ImageSet, Split};
+use itarflow::train::config::adamw;
 use itarflow::train::{self, Event, Limits, TrainConfig, Trainer};
 
 use super::data_args::{DataArgs, padding_for};
@@ -46,7 +47,7 @@ pub struct TrainArgs {
     /// Warm-up steps (default: one epoch).
     #[arg(long)]
     pub warmup: Option<u64>,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = adamw::WEIGHT_DECAY)]
     pub weight_decay: f64,
     /// Gradient clipping by global norm (0 = off).
     #[arg(long, default_value_t = 1.0)]
@@ -113,8 +114,8 @@ fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
         min_lr: args.min_lr,
         warmup: args.warmup.unwrap_or(bpe),
         weight_decay: args.weight_decay,
-        beta1: 0.9,
-        beta2: 0.95,
+        beta1: adamw::BETA1,
+        beta2: adamw::BETA2,
         grad_clip: args.grad_clip,
         ema: args.ema,
         label_dropout: args.label_dropout,

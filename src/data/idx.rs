@@ -8,13 +8,21 @@ use std::path::{Path, PathBuf};
 
 use super::{DataError, ImageSet, Split, io_err};
 
+/// The largest IDX file read (uncompressed): a gzip that expands past it is refused rather than
+/// read into memory (Fashion-MNIST's training images are 47 MB).
+const MAX_IDX_BYTES: u64 = 4 << 30;
+
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(io_err(path))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| DataError::Corrupt { path: path.into(), reason: format!("gzip: {e}") })?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            return Err(DataError::Corrupt { path: path.into(), reason: format!("more than {} GiB uncompressed", MAX_IDX_BYTES >> 30) });
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -37,7 +45,7 @@ fn header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usiz
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
     let bytes = read_maybe_gz(path)?;
     let d = header(path, &bytes, 0x0000_0803, 3)?;
-    let need = d[0] * d[1] * d[2];
+    let need = d[0].checked_mul(d[1]).and_then(|n| n.checked_mul(d[2])).unwrap_or(usize::MAX);
     let body = &bytes[16..];
     if body.len() < need {
         return Err(DataError::Corrupt {

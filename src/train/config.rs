@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::data::DatasetKind;
 
+/// The optimiser's fixed hyper-parameters (the paper's AdamW): betas (0.9, 0.95), epsilon 1e-8;
+/// the default weight decay 1e-4. Every training path takes them from here.
+pub mod adamw {
+    pub const BETA1: f64 = 0.9;
+    pub const BETA2: f64 = 0.95;
+    pub const EPSILON: f64 = 1e-8;
+    pub const WEIGHT_DECAY: f64 = 1e-4;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: ModelConfig,

@@ -55,7 +55,7 @@ fn optimizer(c: &TrainConfig) -> ModuleOptimizer {
     let mut cfg = AdamWConfig::new()
         .with_beta_1(c.beta1 as f32)
         .with_beta_2(c.beta2 as f32)
-        .with_epsilon(1e-8)
+        .with_epsilon(super::config::adamw::EPSILON as f32)
         .with_weight_decay(c.weight_decay as f32);
     if c.grad_clip > 0.0 {
         cfg = cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(c.grad_clip as f32)));

@@ -40,13 +40,14 @@ pub struct TrtProfiles {
 
 /// The optimisation profile of a graph whose inputs are `inputs` (from the manifest): the batch
 /// symbol "N" spans 1..=`max_batch` (optimised for `max_batch`), the cached-token symbol "P"
-/// spans 0..=`tokens` - 1 (optimised for the middle), numbers stay. None when every input is
-/// static.
+/// spans 0..=`tokens` - 1 (optimised for the middle), the denoising levels "K" 2..=1001
+/// (optimised for 11: ten steps), numbers stay. None when every input is static.
 pub fn trt_profiles(inputs: &[itarflow_base::manifest::TensorSpec], tokens: usize, max_batch: usize) -> Option<TrtProfiles> {
     let dim = |d: &serde_json::Value, which: usize| -> usize {
         match (d.as_u64(), d.as_str()) {
             (Some(n), _) => n as usize,
             (_, Some("P")) => [0, tokens / 2, tokens.saturating_sub(1)][which],
+            (_, Some("K")) => [2, 11, 1001][which],
             (_, _) => [1, max_batch, max_batch][which],
         }
     };
@@ -561,5 +562,10 @@ mod tests {
         assert_eq!(p.opt, "token:32x16,past_k0:32x2x24x64");
         assert_eq!(p.max, "token:32x16,past_k0:32x2x48x64");
         assert_eq!(trt_profiles(&inputs[1..2], 49, 32), None);
+        let levels = [spec("levels", vec![json!("N"), json!("K")]), spec("x", vec![json!("N"), json!(1), json!(28), json!(28)])];
+        let p = trt_profiles(&levels, 1, 256).unwrap();
+        assert_eq!(p.min, "levels:1x2,x:1x1x28x28");
+        assert_eq!(p.opt, "levels:256x11,x:256x1x28x28");
+        assert_eq!(p.max, "levels:256x1001,x:256x1x28x28");
     }
 }
