@@ -21,6 +21,8 @@ pub mod memory;
 pub mod model;
 pub mod provider;
 pub mod sampler;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use thiserror::Error;
 

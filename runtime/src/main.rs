@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "itarflow-rt",
     version,
-    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench"
+    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench, serve"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +27,8 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Measure step and score latency, images/s and peak memory per provider.
     Bench(cli::bench::BenchArgs),
+    /// Serve the package over the Open Inference Protocol (KServe v2 REST), with dynamic batching.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Score(a) => cli::io::score(a),
         Command::Check(a) => cli::check::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", itarflow_base::report::describe(e.chain()));

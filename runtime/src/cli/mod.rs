@@ -5,3 +5,4 @@ pub mod bench;
 pub mod check;
 pub mod io;
 pub mod sample;
+pub mod serve;

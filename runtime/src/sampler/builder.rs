@@ -176,20 +176,8 @@ impl SamplerBuilder {
     /// Checks the settings and loads the graphs on the provider (for `Auto`, the first that
     /// works; [`Sampler::skipped`] says why the others did not).
     pub fn build(self) -> Result<Sampler, RtError> {
-        let s = &self.settings;
         let c = &self.model.manifest.model;
-        if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max && s.t_max.is_finite()) {
-            return Err(RtError::Setting(format!("need 0 < t_min <= t_max, got t_min {} and t_max {}", s.t_min, s.t_max)));
-        }
-        if !(s.guidance.scale >= 0.0 && s.guidance.scale.is_finite()) {
-            return Err(RtError::Setting(format!("the guidance scale must be >= 0, got {}", s.guidance.scale)));
-        }
-        if s.guidance.scale > 0.0 && c.num_classes == 0 {
-            return Err(RtError::Setting("guidance needs a class-conditional model; this one is unconditional".into()));
-        }
-        if s.guidance.uncond_temperature.is_nan() || s.guidance.uncond_temperature <= 0.0 {
-            return Err(RtError::Setting(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
-        }
+        super::settings::validate(&self.settings, c.num_classes)?;
         let (given, n) = match &self.classes {
             Classes::Given(y) => (Some(y.clone()), y.len()),
             Classes::Random(n) => (None, *n),

@@ -35,7 +35,7 @@ pub use invert::{Inversion, empty_caches, invert};
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
 pub use retry::OnNonFinite;
 pub use score::{log_prob, prepare_phase2, score};
-pub use settings::{Progress, ScoreForm, StepCache, defaults};
+pub use settings::{Progress, ScoreForm, StepCache, defaults, validate};
 
 use crate::graphs::Loaded;
 use crate::model::Model;
@@ -163,20 +163,35 @@ impl Sampler {
 
     /// Samples images from given prior noise `z` (B, T, c) and labels (B,).
     pub fn sample_from(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Samples, RtError> {
+        self.sample_with(z, labels, &self.settings, progress)
+    }
+
+    /// [`Self::sample_from`] with other sampling settings than the builder's (checked first; the
+    /// phase-2 batch stays the sampler's): one sampler serves requests with their own guidance
+    /// and steps, its graphs loaded once.
+    pub fn sample_with(
+        &self,
+        z: &[f32],
+        labels: &[i64],
+        settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Samples, RtError> {
+        let settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..*settings };
+        validate(&settings, self.model().num_classes())?;
         let c = self.model().manifest.model.clone();
         itarflow_base::inputs::check_labels(labels, labels.len(), c.num_classes, "the labels")?;
         let (per_z, per_x) = (self.model().noise_len(), self.model().image_len());
         if z.len() != labels.len() * per_z {
             return Err(RtError::Input(format!("prior noise has {} values; {} images need {} each", z.len(), labels.len(), per_z)));
         }
-        let mut x = self.run_both(z, labels, progress)?;
+        let mut x = self.run_both(z, labels, &settings, progress)?;
         let retried = retry::resample_non_finite(
             &mut x,
             labels,
             (per_z, per_x),
             self.seed,
             self.on_non_finite,
-            &mut |z2, y2| self.run_both(z2, y2, &mut |_| {}),
+            &mut |z2, y2| self.run_both(z2, y2, &settings, &mut |_| {}),
             progress,
         )?;
         let images = Array4::from_shape_vec((labels.len(), c.in_channels, c.img_size, c.img_size), x)
@@ -185,30 +200,42 @@ impl Sampler {
     }
 
     /// Phase 1 in batches of `self.batch`, then phase 2 over all images.
-    fn run_both(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> {
+    fn run_both(
+        &self,
+        z: &[f32],
+        labels: &[i64],
+        settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<f32>, RtError> {
         let b = labels.len();
         let mut x = std::thread::scope(|scope| {
             // Phase 2's graphs get ready on another core while phase 1 runs.
             let ready = match self.denoising() {
-                Denoising::Scores(form) if self.settings.denoise_steps > 0 => {
-                    Some(scope.spawn(move || with_graphs!(&self.loaded, g => prepare_phase2(g, form, b, self.settings.denoise_batch))))
+                Denoising::Scores(form) if settings.denoise_steps > 0 => {
+                    Some(scope.spawn(move || with_graphs!(&self.loaded, g => prepare_phase2(g, form, b, settings.denoise_batch))))
                 }
                 _ => None,
             };
-            let x = self.invert_all(z, labels, progress)?;
+            let x = self.invert_all(z, labels, settings, progress)?;
             if let Some(handle) = ready {
                 handle.join().map_err(|_| RtError::Internal("preparing the denoiser's graphs panicked".into()))??;
             }
             Ok::<_, RtError>(x)
         })?;
-        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut x, labels, &self.settings, progress))?;
+        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut x, labels, settings, progress))?;
         Ok(x)
     }
 
     /// Phase 1 of all images: in batches of `self.batch` (default: all at once, or, on an engine
     /// whose runs proceed in parallel, one batch per thread), run by as many worker threads as the
     /// engine can use.
-    fn invert_all(&self, z: &[f32], labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, RtError> {
+    fn invert_all(
+        &self,
+        z: &[f32],
+        labels: &[i64],
+        settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<f32>, RtError> {
         let per_z = self.model().noise_len();
         let (concurrent, threads) = with_graphs!(&self.loaded, g => (g.get(GraphKind::Cond)?[0].concurrent(), g.threads()));
         let workers = if concurrent { threads } else { 1 };
@@ -216,7 +243,7 @@ impl Sampler {
         let work = |start: usize, n: usize, report: &mut dyn FnMut(Progress)| {
             let zs = &z[start * per_z..(start + n) * per_z];
             let ys = &labels[start..start + n];
-            with_graphs!(&self.loaded, g => invert(g, zs, ys, &self.settings, self.inversion(), report))
+            with_graphs!(&self.loaded, g => invert(g, zs, ys, settings, self.inversion(), report))
         };
         parallel::run_chunks(&chunks, workers, &work, progress)
     }

@@ -4,7 +4,28 @@
 use itarflow_base::manifest::GraphKind;
 
 use super::{CfgStyle, Guidance, SampleSettings};
+use crate::RtError;
 use crate::model::Model;
+
+/// Checks sampling settings for a model with `num_classes` classes (0: unconditional).
+pub fn validate(s: &SampleSettings, num_classes: usize) -> Result<(), RtError> {
+    if !(s.t_max > 0.0 && s.t_min > 0.0 && s.t_min <= s.t_max && s.t_max.is_finite()) {
+        return Err(RtError::Setting(format!("need 0 < t_min <= t_max, got t_min {} and t_max {}", s.t_min, s.t_max)));
+    }
+    if !(s.guidance.scale >= 0.0 && s.guidance.scale.is_finite()) {
+        return Err(RtError::Setting(format!("the guidance scale must be >= 0, got {}", s.guidance.scale)));
+    }
+    if s.guidance.scale > 0.0 && num_classes == 0 {
+        return Err(RtError::Setting("guidance needs a class-conditional model; this one is unconditional".into()));
+    }
+    if s.guidance.uncond_temperature.is_nan() || s.guidance.uncond_temperature <= 0.0 {
+        return Err(RtError::Setting(format!("the unconditional temperature must be > 0, got {}", s.guidance.uncond_temperature)));
+    }
+    if s.denoise_steps > 10_000 {
+        return Err(RtError::Setting(format!("{} denoising steps is past the limit of 10,000", s.denoise_steps)));
+    }
+    Ok(())
+}
 
 /// The settings recorded in a package.
 pub fn defaults(model: &Model) -> SampleSettings {

@@ -1,0 +1,119 @@
+//! `itarflow-rt serve`: the package behind the Open Inference Protocol (KServe v2 REST).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use itarflow_base::sample_args::SettingsArgs;
+use itarflow_rt::sampler;
+use itarflow_rt::serve::batcher::BatchOptions;
+use itarflow_rt::serve::models::RequestLimits;
+use itarflow_rt::serve::{ServeOptions, serve};
+
+use super::args::Run;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub run: Run,
+    /// The sampling model's name (default: the package folder's name, or its parent's for a
+    /// folder called `package`); the score and denoising models add -score and -denoise.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port (0: an ephemeral one, printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Images per sampler run: concurrent requests with the same settings are merged up to this.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// How long a waiting request waits for others to merge with, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub max_queue_delay_ms: u64,
+    /// Requests waiting for the sampler, at most (more get 429).
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Images one request may ask for or send.
+    #[arg(long, default_value_t = 256)]
+    pub max_images: usize,
+    /// Denoising steps one request may ask for.
+    #[arg(long, default_value_t = 200)]
+    pub max_denoise_steps: usize,
+    /// Request body size, at most, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mib: usize,
+    /// A request without its result after this many seconds gets 504.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_s: u64,
+    /// Seconds after SIGTERM/SIGINT during which new requests get 503 before the listener closes.
+    #[arg(long, default_value_t = 2.0)]
+    pub shutdown_grace_s: f64,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Default sampler settings (a request's cfg and denoise_steps override them).
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::stderr().is_terminal());
+    if a.log_json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+    let model = a.run.common.load()?;
+    // The package folder's name, or its parent's for a folder called `package` (the demo's
+    // models/fmnist/package serves as fmnist).
+    let name = a.name.clone().unwrap_or_else(|| {
+        let dir = std::fs::canonicalize(&model.dir).unwrap_or_else(|_| model.dir.clone());
+        let folder = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        match folder(&dir) {
+            Some(n) if n == "package" => dir.parent().and_then(folder).unwrap_or(n),
+            Some(n) => n,
+            None => "itarflow".into(),
+        }
+    });
+    let settings = a.settings.apply(sampler::defaults(&model), model.num_classes())?;
+    let sampler = a.run.open(a.run.builder(model).settings(settings))?;
+    tracing::info!(provider = %sampler.provider(), model = %name, "loaded");
+    let opts = ServeOptions {
+        name,
+        addr: SocketAddr::new(a.host, a.port),
+        batch: BatchOptions {
+            max_batch: a.max_batch.max(1),
+            max_delay: Duration::from_millis(a.max_queue_delay_ms),
+            max_queue: a.max_queue,
+        },
+        limits: RequestLimits { max_images: a.max_images.max(1), max_denoise_steps: a.max_denoise_steps },
+        max_body_bytes: a.max_body_mib << 20,
+        timeout: Duration::from_secs(a.timeout_s.max(1)),
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s.max(0.0)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(serve(Arc::new(sampler), opts, signal(), |addr| {
+        eprintln!("listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+    }))?;
+    Ok(())
+}

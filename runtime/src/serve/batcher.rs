@@ -1,0 +1,123 @@
+//! Dynamic batching of sampling requests: requests that arrive within `max_delay` of the first
+//! waiting one, with the same settings, are merged into one sampler run of at most `max_batch`
+//! images (a request larger than that runs alone). Each request keeps its own prior noise, so
+//! merging never changes which images it gets; requests with other settings wait for the next
+//! run. The queue is bounded: a full queue refuses new requests at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::metrics::Metrics;
+use super::models::SampleJob;
+use crate::Sampler;
+
+/// How requests are merged.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Images per sampler run, at most.
+    pub max_batch: usize,
+    /// How long the first waiting request waits for others.
+    pub max_delay: Duration,
+    /// Requests waiting, at most.
+    pub max_queue: usize,
+}
+
+/// A request's images (B, C, H, W), or why the run failed.
+pub type Reply = Result<Vec<f32>, String>;
+
+struct Pending {
+    job: SampleJob,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The queue in front of the sampler.
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+    metrics: Arc<Metrics>,
+    model: String,
+}
+
+/// The queue held `max_queue` requests already.
+#[derive(Debug)]
+pub struct QueueFull;
+
+impl Batcher {
+    /// Starts the batching task of `model` on the current tokio runtime.
+    pub fn start(sampler: Arc<Sampler>, opts: BatchOptions, metrics: Arc<Metrics>, model: String) -> Self {
+        let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+        tokio::spawn(run(sampler, opts, rx, metrics.clone(), model.clone()));
+        Self { tx, metrics, model }
+    }
+
+    /// Queues `job`; the receiver gets its images once its run is done.
+    pub fn submit(&self, job: SampleJob) -> Result<oneshot::Receiver<Reply>, QueueFull> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Pending { job, reply }).map_err(|_| QueueFull)?;
+        self.metrics.queue(&self.model, 1);
+        Ok(rx)
+    }
+}
+
+async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<Pending>, metrics: Arc<Metrics>, model: String) {
+    let mut held: VecDeque<Pending> = VecDeque::new();
+    loop {
+        let first = match held.pop_front() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let settings = first.job.settings;
+        let mut images = first.job.labels.len();
+        let mut batch = vec![first];
+        // Held requests with the same settings join first, in arrival order.
+        let mut rest = VecDeque::new();
+        for p in held.drain(..) {
+            if p.job.settings == settings && images + p.job.labels.len() <= opts.max_batch {
+                images += p.job.labels.len();
+                batch.push(p);
+            } else {
+                rest.push_back(p);
+            }
+        }
+        held = rest;
+        let deadline = tokio::time::Instant::now() + opts.max_delay;
+        while images < opts.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) if p.job.settings == settings && images + p.job.labels.len() <= opts.max_batch => {
+                    images += p.job.labels.len();
+                    batch.push(p);
+                }
+                Ok(Some(p)) => held.push_back(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        metrics.queue(&model, -(batch.len() as i64));
+        metrics.batch(&model, images);
+        let (z, labels): (Vec<f32>, Vec<i64>) = (
+            batch.iter().flat_map(|p| p.job.z.iter().copied()).collect(),
+            batch.iter().flat_map(|p| p.job.labels.iter().copied()).collect(),
+        );
+        let s = sampler.clone();
+        let result = tokio::task::spawn_blocking(move || s.sample_with(&z, &labels, &settings, &mut |_| {}))
+            .await
+            .map_err(|e| format!("the sampler's thread failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let per = sampler.model().image_len();
+        let mut start = 0;
+        for p in batch {
+            let n = p.job.labels.len() * per;
+            let reply = match &result {
+                Ok(samples) => Ok(samples.images.as_slice().map(|v| v[start..start + n].to_vec()).unwrap_or_default()),
+                Err(e) => Err(e.clone()),
+            };
+            start += n;
+            // A client that went away does not stop the others' replies.
+            let _ = p.reply.send(reply);
+        }
+    }
+}

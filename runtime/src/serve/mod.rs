@@ -1,0 +1,106 @@
+//! `itarflow-rt serve`: the sampler behind the Open Inference Protocol (KServe v2 REST, as
+//! Triton speaks it), so that KServe, Triton's clients and any HTTP client can use it. One
+//! package is served as three models: `{name}` (sampling, with dynamic batching), `{name}-score`
+//! and `{name}-denoise`. Behind the `serve` feature: embedders of the library do not get tokio or
+//! axum.
+//!
+//! - [`protocol`]: the protocol's messages, JSON tensors and the binary tensor data extension;
+//! - [`models`]: the three models' metadata and their requests checked into work;
+//! - [`batcher`]: concurrent sampling requests merged into sampler runs;
+//! - [`metrics`]: Prometheus counters and histograms;
+//! - [`http`]: the endpoints.
+
+pub mod batcher;
+pub mod http;
+pub mod metrics;
+pub mod models;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::{RtError, Sampler};
+use batcher::{BatchOptions, Batcher};
+use http::AppState;
+use metrics::Metrics;
+use models::RequestLimits;
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The sampling model's name (the others add `-score` and `-denoise`).
+    pub name: String,
+    pub addr: SocketAddr,
+    pub batch: BatchOptions,
+    pub limits: RequestLimits,
+    pub max_body_bytes: usize,
+    /// A request without its result after this long gets 504.
+    pub timeout: Duration,
+    /// After SIGTERM/SIGINT, how long new requests get 503 (and readiness fails) before the
+    /// listener closes; requests in flight finish either way.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `sampler` until `shutdown` resolves; `on_listening` gets the bound address (port 0
+/// binds an ephemeral one).
+pub async fn serve(
+    sampler: Arc<Sampler>,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), RtError> {
+    let metrics = Arc::new(Metrics::default());
+    let batcher = Batcher::start(sampler.clone(), opts.batch, metrics.clone(), opts.name.clone());
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let state = Arc::new(AppState {
+        name: opts.name.clone(),
+        sampler: sampler.clone(),
+        batcher,
+        metrics,
+        limits: opts.limits,
+        max_body_bytes: opts.max_body_bytes,
+        timeout: opts.timeout,
+        ready: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
+        next_seed: AtomicU64::new(seed),
+    });
+    let listener =
+        tokio::net::TcpListener::bind(opts.addr).await.map_err(|source| RtError::Io { path: opts.addr.to_string().into(), source })?;
+    let addr = listener.local_addr().map_err(|source| RtError::Io { path: opts.addr.to_string().into(), source })?;
+    on_listening(addr);
+    // Live at once; ready once every graph sampling needs is loaded and one image sampled.
+    let warm = state.clone();
+    tokio::spawn(async move {
+        let s = warm.sampler.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            s.warm_up()?;
+            let z = itarflow_base::prior_noise(0, s.model().noise_len());
+            s.sample_from(&z, &s.labels()[..1.min(s.labels().len())], &mut |_| {}).map(|_| ())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                warm.ready.store(true, Ordering::Release);
+                tracing::info!("ready");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "warming up failed; the server stays not ready"),
+            Err(e) => tracing::error!(error = %e, "warming up panicked; the server stays not ready"),
+        }
+    });
+    let closing = state.clone();
+    let grace = opts.shutdown_grace;
+    let stop = async move {
+        shutdown.await;
+        closing.shutting_down.store(true, Ordering::Release);
+        tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: new requests get 503, requests in flight finish");
+        tokio::time::sleep(grace).await;
+    };
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|source| RtError::Io { path: addr.to_string().into(), source })?;
+    tracing::info!("stopped");
+    Ok(())
+}

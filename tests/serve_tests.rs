@@ -1,0 +1,331 @@
+//! `itarflow-rt serve` end to end: the server started on an ephemeral port, called by NVIDIA
+//! Triton's Python client (health, metadata, every model with JSON and binary tensors, a seeded
+//! request equal to `itarflow-rt sample`), every bad request with its status and message,
+//! dynamic batching that never changes a result, the queue limit, Prometheus metrics, and a
+//! graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn rt() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|d| d.parent()).unwrap().join("itarflow-rt")
+}
+
+fn package(dir: &Path) {
+    let m = tiny(false);
+    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    opts.reference = itarflow::deploy::reference(&m, 3, 0.15, 1);
+    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), dir, &opts, &mut |_| {}).unwrap();
+}
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(pkg: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(rt())
+        .args(["serve", "--name", "tiny", "--port", "0", "--model"])
+        .arg(pkg)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    // Keep draining the server's log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get(&server, "/v2/health/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "the server did not get ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+/// One HTTP/1.1 exchange: (status, headers in lower case, body).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string())).collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+fn get(s: &Server, path: &str) -> (u16, Value) {
+    let (status, _, body) = http(s.addr, "GET", path, &[], b"");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn infer(addr: SocketAddr, model: &str, request: &Value) -> (u16, Value) {
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        &format!("/v2/models/{model}/infer"),
+        &[("Content-Type", "application/json".into())],
+        request.to_string().as_bytes(),
+    );
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn sample_request(class: &[i64], seed: Option<i64>) -> Value {
+    let mut inputs = vec![json!({"name": "class", "shape": [class.len()], "datatype": "INT64", "data": class})];
+    if let Some(s) = seed {
+        inputs.push(json!({"name": "seed", "shape": [1], "datatype": "INT64", "data": [s]}));
+    }
+    json!({ "inputs": inputs })
+}
+
+fn images(v: &Value) -> Vec<f32> {
+    v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn run_cli(args: &[&str]) {
+    let out = Command::new(rt()).args(args).output().unwrap();
+    assert!(out.status.success(), "itarflow-rt {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tritons_python_client_gets_what_the_command_line_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let pkgs = pkg.display().to_string();
+    // What the command line computes for the same inputs.
+    run_cli(&["sample", "--model", &pkgs, "--seed", "7", "--class", "3", "--num", "3", "--cfg", "1.5", "--output", &p("sample.npz")]);
+    let v = vectors();
+    let mut inputs = itarflow_base::Npz::new(tmp.path().join("in.npz"));
+    for name in ["x", "t", "y"] {
+        inputs.insert(name, v.get(name).unwrap().clone());
+    }
+    inputs.write().unwrap();
+    run_cli(&["score", "--model", &pkgs, "--input", &p("in.npz"), "--output", &p("score.npz")]);
+    let mut noisy = itarflow_base::Npz::new(tmp.path().join("noisy.npz"));
+    noisy.insert("x", v.get("itd_x_init").unwrap().clone());
+    noisy.insert("y", v.get("y").unwrap().clone());
+    noisy.write().unwrap();
+    run_cli(&["denoise", "--model", &pkgs, "--input", &p("noisy.npz"), "--output", &p("denoised.npz")]);
+    let mut expected = itarflow_base::Npz::new(tmp.path().join("expected.npz"));
+    let read = |f: &str| itarflow_base::Npz::read(tmp.path().join(f)).unwrap();
+    expected.insert("sample_x", read("sample.npz").get("x").unwrap().clone());
+    for (ours, theirs) in [("score_x", "x"), ("score_t", "t"), ("score_y", "y")] {
+        expected.insert(ours, v.get(theirs).unwrap().clone());
+    }
+    expected.insert("score", read("score.npz").get("score").unwrap().clone());
+    expected.insert("logp", read("score.npz").get("logp").unwrap().clone());
+    expected.insert("denoise_x", v.get("itd_x_init").unwrap().clone());
+    expected.insert("denoise_y", v.get("y").unwrap().clone());
+    expected.insert("denoised", read("denoised.npz").get("x").unwrap().clone());
+    expected.write().unwrap();
+
+    let server = start(&pkg, &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve/triton_client.py");
+    let out = Command::new("python3").arg(script).arg(server.addr.to_string()).arg("tiny").arg(p("expected.npz")).output().unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "the Triton client's checks failed (tritonclient[http] comes from scripts/setup.sh):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_requests_get_their_status_and_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let server = start(&pkg, &["--max-body-mib", "1", "--max-images", "8"]);
+    let a = server.addr;
+    let refused = |model: &str, req: Value, status: u16, words: &[&str]| {
+        let (s, body) = infer(a, model, &req);
+        let msg = body["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(s, status, "{req}: {body}");
+        for w in words {
+            assert!(msg.contains(w), "{req}: '{msg}' lacks '{w}'");
+        }
+    };
+    refused("nope", sample_request(&[1], None), 400, &["unknown model 'nope'", "tiny-score"]);
+    refused(
+        "tiny",
+        json!({"inputs": [{"name": "class", "shape": [1], "datatype": "FP32", "data": [1.0]}]}),
+        400,
+        &["datatype FP32", "INT64"],
+    );
+    refused("tiny", json!({"inputs": [{"name": "class", "shape": [1, 1], "datatype": "INT64", "data": [1]}]}), 400, &["shape [1, 1]"]);
+    refused(
+        "tiny",
+        json!({"inputs": [{"name": "class", "shape": [2], "datatype": "INT64", "data": [1]}]}),
+        400,
+        &["1 values for shape [2]"],
+    );
+    refused("tiny", sample_request(&[10], None), 400, &["class 10 is out of range", "10 classes"]);
+    refused("tiny", json!({"inputs": []}), 400, &["missing input 'class'"]);
+    refused("tiny", sample_request(&[1; 9], None), 400, &["9 images", "1 to 8"]);
+    refused(
+        "tiny",
+        json!({"inputs": [{"name": "class", "shape": [1], "datatype": "INT64", "data": [1]}, {"name": "colour", "shape": [1], "datatype": "INT64", "data": [1]}]}),
+        400,
+        &["unknown input 'colour'"],
+    );
+    let x = |v: f64| json!({"name": "x", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": vec![v; 256]});
+    let t = json!({"name": "t", "shape": [1], "datatype": "FP32", "data": [0.1]});
+    refused("tiny-score", json!({"inputs": [x(0.1)]}), 400, &["missing input 't'"]);
+    refused(
+        "tiny-score",
+        json!({"inputs": [x(0.1), {"name": "t", "shape": [1], "datatype": "FP32", "data": [-1.0]}]}),
+        400,
+        &["noise level -1"],
+    );
+    // JSON has no NaN: binary data carries one.
+    let head = json!({"inputs": [{"name": "x", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}, t]})
+        .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend((0..256).flat_map(|i| if i == 5 { f32::NAN } else { 0.1f32 }.to_le_bytes()));
+    let (s, _, resp) =
+        http(a, "POST", "/v2/models/tiny-score/infer", &[("Inference-Header-Content-Length", head.len().to_string())], &body);
+    let resp: Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!(s, 400, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("NaN"), "{resp}");
+    refused(
+        "tiny-denoise",
+        json!({"inputs": [{"name": "x", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": vec![0.0; 768]}]}),
+        400,
+        &["[B, 1, 16, 16]"],
+    );
+    let (s, _, resp) = http(a, "POST", "/v2/models/tiny/infer", &[], b"{not json");
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&resp));
+    let (s, _, _) = http(a, "POST", "/v2/models/tiny/infer", &[], &vec![b' '; 2 << 20]);
+    assert_eq!(s, 413);
+    // The server is still serving.
+    let (s, body) = infer(a, "tiny", &sample_request(&[1, 2], Some(3)));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([2, 1, 16, 16]));
+    assert_eq!(get(&server, "/v2/models/nope").0, 400);
+    let (s, meta) = get(&server, "/v2/models/tiny");
+    assert_eq!(s, 200);
+    assert_eq!(meta["inputs"][0]["name"], "class");
+}
+
+#[test]
+fn batching_merges_requests_without_changing_their_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let server = start(&pkg, &["--max-queue-delay-ms", "400", "--max-batch", "64"]);
+    let a = server.addr;
+    let requests: Vec<Value> = (0..4).map(|k| sample_request(&[k, (k + 1) % 10], Some(100 + k))).collect();
+    // Each alone first (a delay of 400 ms, but nothing to merge with), then all at once.
+    let alone: Vec<Vec<f32>> = requests.iter().map(|r| images(&infer(a, "tiny", r).1)).collect();
+    let together: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests.iter().map(|r| s.spawn(move || infer(a, "tiny", r))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .map(|(st, v)| {
+                assert_eq!(st, 200, "{v}");
+                images(&v)
+            })
+            .collect()
+    });
+    for (k, (x, y)) in alone.iter().zip(&together).enumerate() {
+        let e = rel_err(y, x);
+        assert!(e < 1e-5, "request {k}: merged and alone differ by {e:.2e}");
+    }
+    let (_, _, metrics) = http(a, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    // The four concurrent requests ran as fewer sampler runs than requests.
+    let runs = metrics.lines().find(|l| l.starts_with("itarflow_batch_images_count{model=\"tiny\"}")).unwrap();
+    let runs: u64 = runs.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(runs < 8, "{runs} sampler runs for 8 requests: the concurrent ones were not merged\n{metrics}");
+    assert!(metrics.contains("itarflow_requests_total{model=\"tiny\",code=\"200\"} 8"), "{metrics}");
+    assert!(metrics.contains("itarflow_images_generated_total{model=\"tiny\"} 16"), "{metrics}");
+}
+
+#[test]
+fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let mut server = start(&pkg, &["--max-queue", "1", "--max-batch", "4", "--shutdown-grace-s", "3"]);
+    let a = server.addr;
+    // A long run (many steps) holds the sampler while more requests arrive.
+    let slow = json!({"inputs": [
+        {"name": "class", "shape": [4], "datatype": "INT64", "data": [1, 2, 3, 4]},
+        {"name": "denoise_steps", "shape": [1], "datatype": "INT32", "data": [150]}
+    ]});
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|k| {
+                let slow = &slow;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(60 * k));
+                    infer(a, "tiny", slow).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.contains(&429), "no request was refused by the full queue: {statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    // SIGTERM while a request runs: it finishes; a new one gets 503 during the grace period.
+    let in_flight = std::thread::spawn(move || {
+        infer(
+            a,
+            "tiny",
+            &json!({"inputs": [
+                {"name": "class", "shape": [16], "datatype": "INT64", "data": vec![1; 16]},
+                {"name": "denoise_steps", "shape": [1], "datatype": "INT32", "data": [200]}
+            ]}),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let (s, body) = infer(a, "tiny", &sample_request(&[1], None));
+    assert_eq!(s, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("shutting down"), "{body}");
+    assert_eq!(get(&server, "/v2/health/ready").0, 503);
+    let (s, body) = in_flight.join().unwrap();
+    assert_eq!(s, 200, "the request in flight did not finish: {body}");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "the server did not stop cleanly: {exit:?}");
+}
