@@ -9,8 +9,10 @@
 //! - [`model`]: patches, flow layers, the whole model, log p and the score.
 //! - [`sample`]: autoregressive inversion with guidance, iterative denoising.
 //! - [`checkpoint`]: the project's safetensors format and import of reference checkpoints.
+//! - [`classifier`]: the quality classifier (training, its directory for `itarflow-rt`).
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod deploy;

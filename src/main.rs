@@ -33,6 +33,10 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Write a randomly initialised (untrained) checkpoint of a preset or config.
     Init(cli::init::InitArgs),
+    /// Train the quality classifier (LeNet-style) and write its directory for eval-quality.
+    TrainClassifier(cli::train_classifier::TrainClassifierArgs),
+    /// Sample N images (checkpoint or package) and measure them: FLD with its floor, class accuracy.
+    EvalQuality(cli::eval_quality::EvalQualityArgs),
 }
 
 fn main() {
@@ -48,6 +52,8 @@ fn main() {
         Command::Convert(a) => cli::convert::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::EvalNll(a) => cli::eval_nll::run(a),
+        Command::TrainClassifier(a) => cli::train_classifier::run(a),
+        Command::EvalQuality(a) => cli::eval_quality::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", itarflow_base::report::describe(e.chain()));

@@ -38,6 +38,22 @@ where
     result
 }
 
+/// Moves `from` to `to`, replacing a previous `to` (kept aside until the move succeeded).
+pub fn replace_dir(from: &Path, to: &Path) -> io::Result<()> {
+    let old: PathBuf = to.with_file_name(format!(".{}.old", to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    if old.exists() {
+        fs::remove_dir_all(&old)?;
+    }
+    if to.exists() {
+        fs::rename(to, &old)?;
+    }
+    fs::rename(from, to)?;
+    if old.exists() {
+        fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod check;
+pub mod classifier;
 pub mod config;
 pub mod grid;
 pub mod inputs;
@@ -21,6 +22,7 @@ pub mod sampling;
 pub mod weights;
 
 pub use atomic::write_atomic;
+pub use classifier::ClassifierConfig;
 pub use config::ModelConfig;
 pub use grid::{GridError, save_grid};
 pub use noise::{GaussianNoise, prior_noise, random_labels};

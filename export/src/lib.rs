@@ -8,8 +8,9 @@
 //! Layers: [`proto`] (protobuf wire format) -> [`ir`] (typed graph, reverse-mode gradients,
 //! simplification) with [`ops`] (one file per op family: shape rule, ONNX lowering, adjoint) ->
 //! [`onnx`] (lowering to ONNX) -> [`model`] (the iTARFlow graphs) -> [`package`] (files and
-//! manifest).
+//! manifest). [`classifier`]: the quality classifier's graph.
 
+pub mod classifier;
 pub mod half;
 pub mod ir;
 pub mod model;

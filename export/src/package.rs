@@ -2,7 +2,7 @@
 //! `manifest.json`, built in a temporary directory and renamed into place.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use itarflow_base::manifest::{
     FORMAT, FORMAT_VERSION, GraphEntry, GraphKind, LayerInfo, MANIFEST_FILE, Manifest, SamplerDefaults, TensorSpec, sha256_file,
@@ -265,22 +265,6 @@ pub fn export(
             return Err(e);
         }
     };
-    replace_dir(&tmp, out).map_err(|e| werr(out, e))?;
+    itarflow_base::atomic::replace_dir(&tmp, out).map_err(|e| werr(out, e))?;
     Ok(manifest)
-}
-
-/// Moves `from` to `to`, replacing a previous `to` (kept aside until the move succeeded).
-fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    let old: PathBuf = to.with_file_name(format!(".{}.old", to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    if to.exists() {
-        std::fs::rename(to, &old)?;
-    }
-    std::fs::rename(from, to)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
 }

@@ -77,7 +77,7 @@ fn arithmetic_with_broadcasting() {
 #[test]
 fn unary_math() {
     type Case = (&'static str, Un, fn(f32) -> f32);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("neg", Un::Neg, |x| x),
         ("exp", Un::Exp, |x| x),
         ("log", Un::Log, |x| x.abs() + 0.5),
@@ -85,6 +85,8 @@ fn unary_math() {
         ("cos", Un::Cos, |x| x),
         ("sqrt", Un::Sqrt, |x| x.abs() + 0.5),
         ("erf", Un::Erf, |x| x),
+        // Away from the kink at 0, where finite differences straddle it.
+        ("relu", Un::Relu, |x| if x >= 0.0 { x + 0.2 } else { x - 0.2 }),
     ];
     for (name, op, domain) in cases {
         check(name, &[3, 5], domain, |g, x| g.unary(op, x));

@@ -20,6 +20,7 @@ pub mod graphs;
 pub mod memory;
 pub mod model;
 pub mod provider;
+pub mod quality;
 pub mod sampler;
 #[cfg(feature = "serve")]
 pub mod serve;

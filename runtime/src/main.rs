@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "itarflow-rt",
     version,
-    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench, serve"
+    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench, serve, eval-quality, ablate"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +29,11 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Serve the package over the Open Inference Protocol (KServe v2 REST), with dynamic batching.
     Serve(cli::serve::ServeArgs),
+    /// Sample N images and measure them: FLD against the test set (with its floor), class accuracy.
+    EvalQuality(cli::quality::EvalQualityArgs),
+    /// The paper's sampler ablations: FLD and class accuracy against denoising steps, guidance
+    /// scale and style (JSON, Markdown table, PNG plot).
+    Ablate(cli::ablate::AblateArgs),
 }
 
 fn main() {
@@ -39,6 +44,8 @@ fn main() {
         Command::Check(a) => cli::check::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::EvalQuality(a) => cli::quality::run(a),
+        Command::Ablate(a) => cli::ablate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", itarflow_base::report::describe(e.chain()));

@@ -185,14 +185,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Event::Step(rep) => {
             bar.inc(1);
             if rep.skipped {
-                bar.println(format!("step {}: loss not finite, update skipped", rep.step));
+                bar.suspend(|| eprintln!("step {}: loss not finite, update skipped", rep.step));
             }
         }
         Event::Log { loss, bpd, steps_per_second, .. } => {
             bar.set_message(format!("loss {loss:.4} bpd {bpd:.3} {steps_per_second:.2} steps/s"))
         }
-        Event::Eval { step, bpd, t, images } => bar.println(format!("step {step}: test bits/dim {bpd:.4} at t = {t} ({images} images)")),
-        Event::Samples { step, path } => bar.println(format!("step {step}: samples in {}", path.display())),
+        Event::Eval { step, bpd, t, images } => {
+            bar.suspend(|| eprintln!("step {step}: test bits/dim {bpd:.4} at t = {t} ({images} images)"))
+        }
+        Event::Samples { step, path } => bar.suspend(|| eprintln!("step {step}: samples in {}", path.display())),
         Event::Checkpoint { .. } => {}
     })?;
     bar.finish_and_clear();

@@ -89,6 +89,30 @@ pub enum DatasetKind {
 /// The directory the Debian package `dataset-fashion-mnist` installs.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// Fashion-MNIST's class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// CIFAR-10's class names, in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+/// Names of a set's classes: the folders' for image folders, Fashion-MNIST's for 10-class IDX
+/// files from its Debian directory, CIFAR-10's for CIFAR, else "class k".
+pub fn class_names(set: &ImageSet, kind: &DatasetKind, dir: &std::path::Path) -> Vec<String> {
+    if set.class_names.len() == set.num_classes {
+        return set.class_names.clone();
+    }
+    let known: Option<&[&str]> = match kind {
+        DatasetKind::Idx if set.num_classes == 10 && dir == std::path::Path::new(FASHION_MNIST_DIR) => Some(&FASHION_MNIST_CLASSES),
+        DatasetKind::Cifar10 => Some(&CIFAR10_CLASSES),
+        _ => None,
+    };
+    match known {
+        Some(names) => names.iter().map(|s| s.to_string()).collect(),
+        None => (0..set.num_classes).map(|k| format!("class {k}")).collect(),
+    }
+}
+
 /// Loads a split of a dataset; `size` resizes folder images (IDX and CIFAR keep their own size).
 pub fn load(kind: &DatasetKind, dir: &std::path::Path, split: Split, size: Option<usize>) -> Result<ImageSet, DataError> {
     match kind {

@@ -157,9 +157,13 @@ impl Trainer {
         Ok(StepReport { step: self.step, loss: mean_loss, weighted_loss: w_loss, bpd, lr, skipped })
     }
 
-    /// Writes the checkpoint (model, optimizer, EMA, state) and `model.safetensors`, the
-    /// inference weights in the project's format, into the run directory.
+    /// Writes `model.safetensors` (the inference weights in the project's format), then the
+    /// checkpoint (model, optimizer, EMA, state) into the run directory. In this order, a run
+    /// killed between the two resumes from the previous checkpoint and writes both again; the
+    /// other order could leave a finished checkpoint beside stale inference weights that a
+    /// resumed run, with no step left to take, would never rewrite.
     pub fn save(&self, run: &Path, elapsed_now: f64) -> Result<(), TrainError> {
+        checkpoint::save(&self.inference_model(), &run.join("model.safetensors"))?;
         let st = TrainState {
             step: self.step,
             config: self.config.clone(),
@@ -179,7 +183,6 @@ impl Trainer {
             }
             Ok(())
         })?;
-        checkpoint::save(&self.inference_model(), &run.join("model.safetensors"))?;
         Ok(())
     }
 }

@@ -39,6 +39,8 @@ pub enum Un {
     Cos,
     Sqrt,
     Erf,
+    /// max(x, 0); its adjoint passes the gradient where x > 0.
+    Relu,
 }
 
 impl Un {
@@ -51,6 +53,7 @@ impl Un {
             Un::Cos => "Cos",
             Un::Sqrt => "Sqrt",
             Un::Erf => "Erf",
+            Un::Relu => "Relu",
         }
     }
 }
@@ -185,6 +188,12 @@ pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Op
                     let e = g.unary(Un::Exp, n);
                     let d = g.scale(e, std::f32::consts::FRAC_2_SQRT_PI);
                     g.times(gy, d)
+                }
+                Un::Relu => {
+                    let zero = g.scalar(0.0);
+                    let zero = g.cast(zero, g.dtype(gy));
+                    let positive = g.add(Op::Less, &[zero, x]);
+                    g.add(Op::Where, &[positive, gy, zero])
                 }
             };
             vec![Some(gx)]

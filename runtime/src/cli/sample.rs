@@ -64,7 +64,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
             bar.set_message(format!("denoise {step}/{steps}"));
             bar.inc(1);
         }
-        Progress::Retry { images, attempt } => bar.println(format!("{images} image(s) not finite: sampling again (attempt {attempt})")),
+        Progress::Retry { images, attempt } => {
+            bar.suspend(|| eprintln!("{images} image(s) not finite: sampling again (attempt {attempt})"))
+        }
     };
     let samples = sampler.sample_from(&z, &labels, &mut report)?;
     bar.finish_and_clear();

@@ -250,11 +250,36 @@ impl Sampler {
 
     /// Phase 2 alone: denoises images (B, C, H, W) with labels from t_max to t_min.
     pub fn denoise(&self, x: ArrayView4<f32>, labels: &[i64], progress: &mut dyn FnMut(Progress)) -> Result<Array4<f32>, RtError> {
+        self.denoise_with(x, labels, &self.settings, progress)
+    }
+
+    /// [`Self::denoise`] with other settings than the builder's (its noise levels, steps and
+    /// clipping; checked first; the batch stays the sampler's): phase 2 of one phase-1 result
+    /// run with several step counts, as the quality ablations do.
+    pub fn denoise_with(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[i64],
+        settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Array4<f32>, RtError> {
+        let settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..*settings };
+        validate(&settings, self.model().num_classes())?;
         let mut v: Vec<f32> = x.iter().copied().collect();
         if labels.len() != x.shape()[0] {
             return Err(RtError::Input(format!("{} labels for {} images", labels.len(), x.shape()[0])));
         }
-        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &self.settings, progress))?;
+        let c = &self.model().manifest.model;
+        if x.shape()[1..] != [c.in_channels, c.img_size, c.img_size] {
+            return Err(RtError::Input(format!(
+                "images of {:?}; the model's are {}x{}x{}",
+                &x.shape()[1..],
+                c.in_channels,
+                c.img_size,
+                c.img_size
+            )));
+        }
+        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &settings, progress))?;
         if let Some(&i) = non_finite(&v, self.model().image_len()).first() {
             return Err(RtError::NonFinite { index: i, attempts: 1 });
         }
