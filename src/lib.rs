@@ -10,12 +10,14 @@
 //! - [`sample`]: autoregressive inversion with guidance, iterative denoising.
 //! - [`checkpoint`]: the project's safetensors format and import of reference checkpoints.
 //! - [`classifier`]: the quality classifier (training, its directory for `itarflow-rt`).
+//! - [`device`]: the Burn device (Flex CPU, Vulkan, CUDA) chosen once per process.
 
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod deploy;
+pub mod device;
 pub mod model;
 pub mod nn;
 pub mod sample;
@@ -24,15 +26,4 @@ pub mod train;
 pub use config::ModelConfig;
 pub use model::{ITarFlow, Labels};
 
-/// The device models run and train on: Burn's Flex CPU backend, or the first CUDA GPU when the
-/// crate is built with the `cuda` feature.
-pub fn default_device() -> burn::prelude::Device {
-    #[cfg(feature = "cuda")]
-    {
-        burn::prelude::Device::cuda(0)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        burn::prelude::Device::flex()
-    }
-}
+pub use device::{DeviceKind, default_device};

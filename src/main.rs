@@ -1,4 +1,5 @@
-//! `itarflow`: evaluate, sample from and denoise with iTARFlow models on the CPU.
+//! `itarflow`: train, evaluate, sample from, denoise with and export iTARFlow models (Burn on the
+//! CPU, or on a GPU through Vulkan or CUDA with `--device`).
 
 mod cli;
 
@@ -7,6 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "itarflow", version, about = "iTARFlow normalizing-flow image models: likelihood, score, sampling and denoising")]
 struct Cli {
+    /// Burn device for every command: cpu (Flex), vulkan (the `vulkan` build) or cuda (the `cuda`
+    /// build). Default: cuda in a cuda build, else cpu.
+    #[arg(long, global = true, value_name = "cpu|vulkan|cuda")]
+    device: Option<itarflow::DeviceKind>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +46,12 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(kind) = cli.device
+        && let Err(e) = itarflow::device::select(kind)
+    {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Eval(a) => cli::eval::run(a),
         Command::Sample(a) => cli::sample::run(a),

@@ -120,9 +120,14 @@ fn a_directory_reads_back_and_judges_the_test_set_as_the_test_set() {
     // The test set against its own statistics: FLD 0, overall and per class; the accuracy the card's.
     let x = scaled(&test);
     let r = quality::evaluate(&clf, ArrayView4::from_shape((100, 1, 16, 16), &x).unwrap(), &test.labels).unwrap();
-    println!("test set against itself: FLD {:.3e}", r.fld);
-    assert!(r.fld < 1e-6, "{}", r.fld);
-    assert!(r.per_class.iter().all(|c| c.count == 10 && c.fld.unwrap() < 1e-6), "{:?}", r.per_class);
+    // Not exactly 0: the features are computed again (other batches; tract's kernels split and
+    // sum differently with batch size and load), and the square root of a product of
+    // near-singular covariances (10 images per class in 84 dimensions) turns float rounding into
+    // FLD of order 1e-6 (seen: 4e-9 run alone, 2.2e-6 beside the other tests). 1e-4 is still
+    // 1,800x below the smallest FLD between real image sets (the classifier's floor, 0.18).
+    println!("test set against itself: FLD {:.3e}, per class {:?}", r.fld, r.per_class.iter().map(|c| c.fld).collect::<Vec<_>>());
+    assert!(r.fld < 1e-4, "{}", r.fld);
+    assert!(r.per_class.iter().all(|c| c.count == 10 && c.fld.unwrap() < 1e-4), "{:?}", r.per_class);
     assert_eq!(r.class_accuracy, Some(clf.card.test_accuracy));
     assert!((r.predicted_share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     // Other images are farther: the training set is near, noise far.

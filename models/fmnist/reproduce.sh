@@ -32,3 +32,10 @@ run="${RUN_DIR:-runs/fmnist}"
 
 # 5. The package that itarflow-rt samples from by default, checked against Burn.
 "$bin" export --ckpt models/fmnist/model.safetensors --out models/fmnist/package --cfg 2 --precision both --check
+
+# 6. Sample quality with the shipped classifier (models/classifier; `itarflow train-classifier
+#    --out models/classifier` retrains it): FLD and class accuracy of 10,000 samples, then the
+#    ablations at 2,000 images per row (table, JSON and plot in models/fmnist/quality).
+rt="$CARGO_TARGET_DIR/release/itarflow-rt"
+"$rt" eval-quality --provider cpu --num 10000 --json
+"$rt" ablate --provider cpu --num 2000 --out models/fmnist/quality

@@ -103,6 +103,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let result = json!({
         "bench": "train_step",
+        "device": itarflow::device::selected().name(),
         "model": name,
         "parameters": model.num_params(),
         "tokens": model.tokens(0),
