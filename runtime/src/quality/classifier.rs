@@ -51,7 +51,8 @@ impl Outputs {
 impl Classifier {
     /// Loads a classifier directory (`classifier.onnx`, `card.json`, `reference.npz`).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, RtError> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.as_ref();
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let card = reference::read_card(&dir)?;
         let stats = ReferenceStats::read(&dir.join(reference::REFERENCE_FILE), &card.config)?;
         let graph = ClassifierGraph::load(&dir.join(reference::GRAPH_FILE), card.config)?;

@@ -54,10 +54,11 @@ pub fn evaluate(classifier: &Classifier, images: ArrayView4<f32>, labels: &[i64]
     let predicted = out.predictions();
     let features = out.features.as_slice().expect("standard layout");
     let fld = frechet_distance(&Gaussian::fit(features, f)?, &classifier.reference.test)?;
-    let mut share = vec![0.0; k];
+    let mut counts = vec![0usize; k];
     for &p in &predicted {
-        share[p] += 1.0 / n as f64;
+        counts[p] += 1;
     }
+    let share: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
     let floor = card.floor(n);
     let mut per_class = Vec::new();
     let (mut hits, mut conditional) = (0usize, 0usize);
