@@ -5,7 +5,7 @@
 # Prepare here:  bash scripts/gpu_vulkan.sh pack DIR   (vulkan builds of `itarflow` and the test,
 #                stripped and xz-compressed, with the Vulkan loader and glvnd's libGLdispatch)
 # Run there, one call per part of DIR (a call carries at most 64 MiB with the checkout):
-#   bash scripts/gpu_vulkan.sh stage DIR        copy what this call carried to /tmp/vk, unpacked
+#   bash scripts/gpu_vulkan.sh stage DIR/pN     copy what this call carried to /tmp/vk, unpacked
 #   bash scripts/gpu_vulkan.sh run /tmp/vk OUT SECONDS [probe] [parity] [bench] [train]
 #   (stops itself within SECONDS; train: the demo config at batch 256 for the time left, its weights,
 #   log and last grid written to OUT/run)
@@ -15,6 +15,8 @@ mode=${1:?pack DIR | run DIR OUT [SECONDS]}
 kit=${2:?kit directory}
 
 if [[ $mode == pack ]]; then
+    # Three parts, one per call: p1 the itarflow build and libraries, p2 the parity test, p3 the
+    # training images.
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/itarflow-target}"
     set -e
     cargo build --release --features vulkan --bin itarflow
@@ -23,20 +25,22 @@ if [[ $mode == pack ]]; then
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="vulkan_tests" and m.get("executable"): print(m["executable"])')
-    mkdir -p "$kit/lib"
-    for b in "$CARGO_TARGET_DIR/release/itarflow" "$test_bin"; do
-        name=$(basename "$b"); name=${name%%-*}
-        strip -o "$kit/$name" "$b"
-        xz -T2 -9e -f "$kit/$name"
-    done
+    mkdir -p "$kit/p1/lib/x11" "$kit/p2" "$kit/p3/fmnist"
+    strip -o "$kit/p1/itarflow" "$CARGO_TARGET_DIR/release/itarflow"
+    strip -o "$kit/p2/vulkan_tests" "$test_bin"
+    xz -T2 -9e -f "$kit/p1/itarflow" "$kit/p2/vulkan_tests"
     # The Vulkan loader, and glvnd's dispatch library that NVIDIA's libGLX_nvidia (the Vulkan ICD)
-    # links against; hosts that install only the loader lack the latter.
-    cp -L /usr/lib/x86_64-linux-gnu/libvulkan.so.1 /usr/lib/x86_64-linux-gnu/libGLdispatch.so.0 "$kit/lib/"
-    # Fashion-MNIST's training images, for the training run.
-    mkdir -p "$kit/fmnist"
-    gunzip -c /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz | xz -T2 -9e > "$kit/fmnist/train-images-idx3-ubyte.xz"
-    gunzip -c /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz > "$kit/fmnist/train-labels-idx1-ubyte"
-    du -sh "$kit"/*
+    # links against; hosts that install only the loader lack the latter. libGLX_nvidia's other
+    # needs (X11 client libraries) in case the host lacks them too: `run` prints what is still
+    # missing (ldd), and these sit last on the library path.
+    lib=/usr/lib/x86_64-linux-gnu
+    cp -L $lib/libvulkan.so.1 $lib/libGLdispatch.so.0 "$kit/p1/lib/"
+    for l in libX11.so.6 libXext.so.6 libxcb.so.1 libXau.so.6 libXdmcp.so.6 libbsd.so.0 libmd.so.0; do
+        [[ -e $lib/$l ]] && cp -L "$lib/$l" "$kit/p1/lib/x11/"
+    done
+    gunzip -c /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz | xz -T2 -9e > "$kit/p3/fmnist/train-images-idx3-ubyte.xz"
+    gunzip -c /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz > "$kit/p3/fmnist/train-labels-idx1-ubyte"
+    du -sh "$kit"/p*
     exit 0
 fi
 
@@ -73,7 +77,7 @@ echo "libGLX_nvidia: ${glx:-none}; ICD manifest: ${icd:-none}"
 [[ -n $icd ]] && cat "$icd"
 
 export LD_LIBRARY_PATH="$kit/lib:${LD_LIBRARY_PATH:-}"
-for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do [[ -d $d ]] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"; done
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib "$kit/lib/x11"; do [[ -d $d ]] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"; done
 if [[ -n $glx ]]; then
     echo "== libraries libGLX_nvidia needs that are missing"
     ldd "$glx" | grep -i "not found" || echo "(none)"
