@@ -156,6 +156,7 @@ impl Loaded {
                             threads: if small { 1 } else { threads },
                             cuda_graph: opts.cuda_graphs && e.kind.is_loop(),
                             io_binding: opts.io_binding,
+                            release_memory: matches!(e.kind, GraphKind::Forward | GraphKind::LayerVjp),
                         };
                         OrtGraph::load_with(&m.dir.join(&e.file), &load)
                     }),

@@ -1,0 +1,64 @@
+//! Per-node time of one ONNX graph on tract, by operator: where tract's time goes.
+//!
+//!     cargo run --release -p itarflow-rt --example tract_profile -- GRAPH.onnx BATCH [PAST] [RUNS]
+//!
+//! Inputs are random (x, t in (0, 1), labels 0); a symbol P (cached tokens) is set to PAST.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::{SimplePlan, SimpleState, eval};
+
+fn main() -> TractResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = &args[1];
+    let batch: i64 = args[2].parse()?;
+    let past: i64 = args.get(3).map_or(Ok(0), |s| s.parse())?;
+    let runs: usize = args.get(4).map_or(Ok(10), |s| s.parse())?;
+    let model = tract_onnx::onnx().model_for_path(path)?.into_typed()?.into_decluttered()?;
+    let mut values = HashMap::new();
+    values.insert(model.symbols.sym("N"), TDim::Val(batch));
+    values.insert(model.symbols.sym("P"), TDim::Val(past));
+    let model = model.set_symbols(&values)?.into_optimized()?;
+    let inputs: TVec<TValue> = model
+        .input_outlets()?
+        .iter()
+        .map(|o| {
+            let fact = model.outlet_fact(*o)?;
+            let shape: Vec<usize> = fact.shape.as_concrete().unwrap().to_vec();
+            let n: usize = shape.iter().product();
+            let t = match fact.datum_type {
+                DatumType::I64 => Tensor::from_shape(&shape, &vec![0i64; n])?,
+                _ => Tensor::from_shape(&shape, &(0..n).map(|i| ((i * 7919 % 1000) as f32) / 1000.0).collect::<Vec<_>>())?,
+            };
+            Ok(t.into_tvalue())
+        })
+        .collect::<TractResult<_>>()?;
+    let plan = SimplePlan::new(model)?;
+    let mut state = SimpleState::new(&plan)?;
+    let mut by_op: HashMap<String, (Duration, usize)> = HashMap::new();
+    let mut total = Duration::ZERO;
+    for r in 0..runs + 1 {
+        let start = Instant::now();
+        state.run_plan_with_eval(inputs.clone(), |ctx, st, node, input| {
+            let t = Instant::now();
+            let out = eval(ctx, st, node, input);
+            if r > 0 {
+                let e = by_op.entry(node.op().name().to_string()).or_default();
+                e.0 += t.elapsed();
+                e.1 += 1;
+            }
+            out
+        })?;
+        if r > 0 {
+            total += start.elapsed();
+        }
+    }
+    let mut rows: Vec<_> = by_op.into_iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
+    println!("{path}: {:.2} ms per run", total.as_secs_f64() * 1e3 / runs as f64);
+    for (op, (d, n)) in rows.iter().take(25) {
+        println!("{:>9.3} ms {:>5} nodes  {op}", d.as_secs_f64() * 1e3 / runs as f64, n / runs);
+    }
+    Ok(())
+}
