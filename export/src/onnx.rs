@@ -52,6 +52,24 @@ impl<'a> Lowering<'a> {
         name
     }
 
+    /// The dtype of a value.
+    pub fn dtype(&self, v: V) -> DType {
+        self.g.dtype(v)
+    }
+
+    /// A float scalar constant (shape []) of `dtype` (f32 or f16) as an initializer.
+    pub fn const_scalar(&mut self, x: f32, dtype: DType) -> String {
+        self.counter += 1;
+        let name = format!("{}.k{}", self.g.name, self.counter);
+        let bytes = match dtype {
+            DType::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+            _ => x.to_le_bytes().to_vec(),
+        };
+        let dtype = if dtype == DType::F16 { DType::F16 } else { DType::F32 };
+        self.initializers.push((name.clone(), dtype, vec![], bytes));
+        name
+    }
+
     pub fn attr_int(name: &str, v: i64) -> Msg {
         Msg::new().string(1, name).int(3, v).int(20, 2)
     }

@@ -4,7 +4,7 @@
 //! Adjoints: d(a+b) = (g, g); d(a-b) = (g, -g); d(ab) = (g b, g a); d(a/b) = (g/b, -g a/b^2),
 //! each summed back over broadcast axes; d(-x) = -g; d(exp x) = g exp(x); d(log x) = g/x;
 //! d(sin x) = g cos x; d(cos x) = -g sin x; d(sqrt x) = g / (2 sqrt x);
-//! d(erf x) = g 2/sqrt(pi) exp(-x^2); d(cast) = cast back; d(where(c, a, b)) = (-, where(c, g, 0),
+//! d(erf x) = g 2/sqrt(pi) exp(-x^2); d(gelu x) = g (Phi(x) + x phi(x)); d(cast) = cast back; d(where(c, a, b)) = (-, where(c, g, 0),
 //! where(c, 0, g)).
 
 use super::{Op, broadcast_checked, same_dtype, unbroadcast};
@@ -41,6 +41,12 @@ pub enum Un {
     Erf,
     /// max(x, 0); its adjoint passes the gradient where x > 0.
     Relu,
+    /// Exact GELU, x * 0.5 * (1 + erf(x / sqrt(2))): one IR op lowered to the five ONNX nodes
+    /// that ONNX Runtime fuses into one (Bias)Gelu kernel and tract into GeluExact. As five IR
+    /// ops, a score graph's backward shared their intermediates, which kept the engines from
+    /// fusing the forward and left ten elementwise ops in the backward; this op's adjoint is
+    /// the closed form in ten, with the forward fused.
+    Gelu,
 }
 
 impl Un {
@@ -54,6 +60,7 @@ impl Un {
             Un::Sqrt => "Sqrt",
             Un::Erf => "Erf",
             Un::Relu => "Relu",
+            Un::Gelu => "Gelu",
         }
     }
 }
@@ -89,12 +96,33 @@ pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
     let out = lw.name(node.output);
     match op {
         Op::Binary(b) => lw.node(b.onnx(), &node.name, &ins, &out, vec![]),
+        Op::Unary(Un::Gelu) => lower_gelu(node, lw),
         Op::Unary(u) => lw.node(u.onnx(), &node.name, &ins, &out, vec![]),
         Op::Cast(to) => lw.node("Cast", &node.name, &ins, &out, vec![Lowering::attr_int("to", to.onnx())]),
         Op::Less => lw.node("Less", &node.name, &ins, &out, vec![]),
         Op::Where => lw.node("Where", &node.name, &ins, &out, vec![]),
         _ => unreachable!(),
     }
+}
+
+/// GELU as Div by sqrt(2), Erf, Add 1, Mul by 0.5, Mul: the pattern both engines fuse (ONNX
+/// Runtime matches the division, not a product by 1/sqrt(2); tract rewrites the division as that
+/// product and matches it).
+fn lower_gelu(node: &Node, lw: &mut Lowering) {
+    let x = lw.name(node.inputs[0]);
+    let out = lw.name(node.output);
+    let dtype = lw.dtype(node.inputs[0]);
+    let part = |p: &str| (format!("{}.{p}", node.name), format!("{out}.{p}"));
+    let (sqrt2, one, half) = (lw.const_scalar(std::f32::consts::SQRT_2, dtype), lw.const_scalar(1.0, dtype), lw.const_scalar(0.5, dtype));
+    let (div_node, s) = part("div");
+    let (erf_node, e) = part("erf");
+    let (add_node, e1) = part("add");
+    let (half_node, h) = part("half");
+    lw.node("Div", &div_node, &[x.clone(), sqrt2], &s, vec![]);
+    lw.node("Erf", &erf_node, &[s], &e, vec![]);
+    lw.node("Add", &add_node, &[e, one], &e1, vec![]);
+    lw.node("Mul", &half_node, &[x, half], &h, vec![]);
+    lw.node("Mul", &node.name, &[h, e1], &out, vec![]);
 }
 
 impl Graph {
@@ -132,13 +160,9 @@ impl Graph {
         }
         self.add(Op::Cast(to), &[x])
     }
-    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))).
+    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))) ([`Un::Gelu`]).
     pub fn gelu(&mut self, x: V) -> V {
-        let s = self.scale(x, std::f32::consts::FRAC_1_SQRT_2);
-        let e = self.unary(Un::Erf, s);
-        let e1 = self.shift(e, 1.0);
-        let h = self.scale(x, 0.5);
-        self.times(h, e1)
+        self.unary(Un::Gelu, x)
     }
 }
 
@@ -188,6 +212,22 @@ pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Op
                     let e = g.unary(Un::Exp, n);
                     let d = g.scale(e, std::f32::consts::FRAC_2_SQRT_PI);
                     g.times(gy, d)
+                }
+                Un::Gelu => {
+                    // 2 gelu'(x) = 1 + erf(s) + x sqrt(2/pi) exp(-s^2), s = x / sqrt(2); the
+                    // constant enters the exponent as its log, saving a product.
+                    let r2 = g.scalar(std::f32::consts::SQRT_2);
+                    let s = g.divide(x, r2);
+                    let e = g.unary(Un::Erf, s);
+                    let e1 = g.shift(e, 1.0);
+                    let sq = g.times(s, s);
+                    let ln_k = g.scalar((2.0 / std::f32::consts::PI).sqrt().ln());
+                    let arg = g.minus(ln_k, sq);
+                    let ex = g.unary(Un::Exp, arg);
+                    let xe = g.times(x, ex);
+                    let d2 = g.plus(e1, xe);
+                    let gd = g.times(gy, d2);
+                    g.scale(gd, 0.5)
                 }
                 Un::Relu => {
                     let zero = g.scalar(0.0);
