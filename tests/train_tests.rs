@@ -76,6 +76,15 @@ fn config(steps: u64) -> TrainConfig {
     }
 }
 
+/// Burn's random initialisation draws from one process-wide generator that `Trainer::new`
+/// seeds: trainers made on concurrent test threads would interleave their draws.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn new_trainer(c: TrainConfig) -> Trainer {
+    let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    Trainer::new(c).unwrap()
+}
+
 fn run(trainer: &mut Trainer, set: &Arc<ImageSet>, n: u64) -> Vec<f64> {
     let c = &trainer.config;
     let opts = LoaderOptions { batch_size: c.batch_size, seed: c.seed, pad: c.pad, hflip: c.hflip, prefetch: 2 };
@@ -90,11 +99,11 @@ fn weights(model: &itarflow::ITarFlow) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn resume_after_stop_follows_the_uninterrupted_run() {
     let set = Arc::new(synthetic_set());
-    let mut straight = Trainer::new(config(10)).unwrap();
+    let mut straight = new_trainer(config(10));
     let losses = run(&mut straight, &set, 10);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Trainer::new(config(10)).unwrap();
+    let mut first = new_trainer(config(10));
     let mut resumed_losses = run(&mut first, &set, 4);
     first.save(dir.path(), 1.0).unwrap();
     drop(first);
@@ -106,10 +115,62 @@ fn resume_after_stop_follows_the_uninterrupted_run() {
     assert_eq!(weights(straight.ema.as_ref().unwrap()), weights(second.ema.as_ref().unwrap()));
 }
 
+/// A step's gradients in the model's parameter order (None where the step reaches none).
+struct Collect<'a>(&'a burn::optim::GradientsParams, Vec<Option<Vec<f32>>>);
+
+impl burn::module::ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        self.1.push(self.0.get::<D>(param.id).map(|g| g.into_data().try_to_vec::<f32>().unwrap()));
+    }
+}
+
+fn gradient_list(trainer: &Trainer, grads: &burn::optim::GradientsParams) -> Vec<Option<Vec<f32>>> {
+    let mut c = Collect(grads, Vec::new());
+    burn::module::Module::visit(&trainer.model, &mut c);
+    c.1
+}
+
+#[test]
+fn a_batch_split_over_workers_has_the_whole_batch_gradient() {
+    // The whole batch differentiated in one graph (one worker) against the sum of three parts'
+    // gradients (3 + 3 + 2 images on forks of the model, on three threads).
+    let set = Arc::new(synthetic_set());
+    let mut trainer = new_trainer(config(4));
+    let c = &trainer.config;
+    let opts = LoaderOptions { batch_size: c.batch_size, seed: c.seed, pad: c.pad, hflip: c.hflip, prefetch: 2 };
+    let batch = Loader::new(set.clone(), opts, 0).next_batch();
+    trainer.workers = 1;
+    let a = trainer.gradients(&batch);
+    trainer.workers = 3;
+    let b = trainer.gradients(&batch);
+    assert!(
+        (a.weighted_loss - b.weighted_loss).abs() < 1e-6 * a.weighted_loss.abs().max(1.0),
+        "{} vs {}",
+        a.weighted_loss,
+        b.weighted_loss
+    );
+    assert!((a.mean_loss - b.mean_loss).abs() < 1e-6 * a.mean_loss.abs().max(1.0), "{} vs {}", a.mean_loss, b.mean_loss);
+    let (ga, gb) = (gradient_list(&trainer, &a.grads), gradient_list(&trainer, &b.grads));
+    assert_eq!(ga.len(), gb.len());
+    let mut compared = 0;
+    for (k, (x, y)) in ga.iter().zip(&gb).enumerate() {
+        let (x, y) = match (x, y) {
+            (Some(x), Some(y)) => (x, y),
+            (None, None) => continue,
+            _ => panic!("parameter {k} has a gradient in one step only"),
+        };
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let gap = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(gap / scale < 1e-5, "parameter {k}: relative gradient difference {:.2e}", gap / scale);
+        compared += 1;
+    }
+    assert!(compared > 10, "compared {compared} parameters");
+}
+
 #[test]
 fn loss_decreases_on_synthetic_data() {
     let set = Arc::new(synthetic_set());
-    let mut trainer = Trainer::new(config(60)).unwrap();
+    let mut trainer = new_trainer(config(60));
     let losses = run(&mut trainer, &set, 60);
     let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
     let last: f64 = losses[50..].iter().sum::<f64>() / 10.0;
@@ -150,7 +211,7 @@ fn the_library_training_loop_logs_checkpoints_and_stops_at_its_limits() {
     let mut c = config(9);
     c.checkpoint_every = 4;
     c.log_every = 2;
-    let mut trainer = Trainer::new(c).unwrap();
+    let mut trainer = new_trainer(c);
     let mut events = Vec::new();
     let limits = itarflow::train::Limits { max_minutes: None, max_steps: Some(5) };
     let summary = itarflow::train::run(&mut trainer, dir.path(), set.clone(), None, limits, &mut |e| events.push(e)).unwrap();

@@ -29,6 +29,9 @@ pub struct BenchTrainArgs {
     /// Unmeasured steps first.
     #[arg(long, default_value_t = 3)]
     pub warmup_steps: u64,
+    /// Threads each step's batch is split over (default: as `itarflow train`).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Append the JSON result as one line to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -91,6 +94,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         sample_cfg: 0.0,
     };
     let mut trainer = Trainer::new(config.clone())?;
+    if let Some(w) = args.workers {
+        trainer.workers = w.max(1);
+    }
     let opts = LoaderOptions { batch_size: args.batch_size, seed: 0, pad: 0, hflip: true, prefetch: 4 };
     let mut loader = Loader::new(Arc::new(set), opts, 0);
     for _ in 0..args.warmup_steps {
@@ -113,6 +119,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "images_per_second": (args.steps as usize * args.batch_size) as f64 / secs,
         "peak_rss_mib": peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "workers": trainer.workers,
     });
     println!("{result}");
     if let Some(path) = &args.out {

@@ -83,6 +83,11 @@ pub struct TrainArgs {
     /// Stop (after a checkpoint) after this many steps in this invocation.
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Threads each step's batch is split over (default: the cores, at most 8, on the CPU; 1 on
+    /// a GPU). Runs with different counts differ in float rounding; a resumed run continues
+    /// bit for bit with the same count.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
@@ -163,6 +168,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (run, Trainer::new(config)?, set)
         }
     };
+    if let Some(w) = args.workers {
+        trainer.workers = w.max(1);
+    }
     let config = trainer.config.clone();
     let test_set = match itarflow::data::load(&config.dataset, &config.data_dir, Split::Test, Some(config.model.img_size)) {
         Ok(set) => Some(set.take(config.eval_images)),

@@ -18,6 +18,14 @@ impl Labels {
         Labels::Classes(vec![-1; batch])
     }
 
+    /// The labels of images `start..start + len` of the batch.
+    pub fn part(&self, start: usize, len: usize) -> Self {
+        match self {
+            Labels::None => Labels::None,
+            Labels::Classes(v) => Labels::Classes(v[start..start + len].to_vec()),
+        }
+    }
+
     /// Per-image label, -1 for unconditional.
     pub fn to_vec(&self, batch: usize) -> Vec<i64> {
         match self {

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 pub use config::TrainConfig;
 pub use run::{Event, Limits, Summary, run};
-pub use trainer::{StepReport, Trainer};
+pub use trainer::{StepGradients, StepReport, Trainer, default_workers};
 
 #[derive(Debug, Error)]
 pub enum TrainError {

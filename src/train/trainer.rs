@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use itarflow_base::GaussianNoise;
 
@@ -34,6 +34,15 @@ pub struct StepReport {
     pub skipped: bool,
 }
 
+/// A step's gradient and losses ([`Trainer::gradients`]).
+pub struct StepGradients {
+    pub grads: GradientsParams,
+    /// The optimised, t-weighted batch loss.
+    pub weighted_loss: f64,
+    /// Batch mean of the unweighted per-image loss.
+    pub mean_loss: f64,
+}
+
 pub struct Trainer {
     pub config: TrainConfig,
     /// The model being trained, on an autodiff device.
@@ -46,6 +55,34 @@ pub struct Trainer {
     consecutive_bad: u32,
     /// Wall time of all previous segments of this run.
     pub elapsed_before: f64,
+    /// Threads a step's batch is split over ([`default_workers`]). A step's gradient is the sum
+    /// of its parts' gradients, so runs with different counts differ in rounding; a resumed run
+    /// repeats an uninterrupted one bit for bit on the same count.
+    pub workers: usize,
+}
+
+/// The CPU's cores (at most 8) on the CPU device, where one thread per part of the batch keeps
+/// every core busy (Flex runs most ops of a small model on one thread); one on a GPU.
+pub fn default_workers() -> usize {
+    match crate::device::selected() {
+        crate::device::DeviceKind::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
+        _ => 1,
+    }
+}
+
+/// `(start, len)` of each part of a batch of `b` split over `workers` threads: contiguous, the
+/// first ones one image longer, never empty.
+fn batch_parts(b: usize, workers: usize) -> Vec<(usize, usize)> {
+    let n = workers.clamp(1, b.max(1));
+    let mut start = 0;
+    (0..n)
+        .map(|k| {
+            let len = b / n + usize::from(k < b % n);
+            let part = (start, len);
+            start += len;
+            part
+        })
+        .collect()
 }
 
 /// Give up after this many non-finite losses in a row.
@@ -75,7 +112,17 @@ impl Trainer {
         device.seed(config.seed);
         let model = ITarFlow::new(&config.model, &device.autodiff()).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let ema = config.ema.map(|_| ema::snapshot(&model));
-        Ok(Self { optim: optimizer(&config), config, model, ema, step: 0, skipped: 0, consecutive_bad: 0, elapsed_before: 0.0 })
+        Ok(Self {
+            optim: optimizer(&config),
+            config,
+            model,
+            ema,
+            step: 0,
+            skipped: 0,
+            consecutive_bad: 0,
+            elapsed_before: 0.0,
+            workers: default_workers(),
+        })
     }
 
     /// Continues the run in `run`, from its last checkpoint.
@@ -111,9 +158,10 @@ impl Trainer {
         }
     }
 
-    /// One optimisation step on `batch` (which must be the batch of step `self.step`).
-    pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
-        debug_assert_eq!(batch.step, self.step);
+    /// The gradient of step `self.step`'s objective on `batch` (its noise levels, noise and
+    /// label dropout drawn from the step's seed), summed over the parts of the batch the
+    /// [`Self::workers`] differentiate, and the losses; nothing is updated.
+    pub fn gradients(&self, batch: &Batch) -> StepGradients {
         let c = &self.config;
         let m = &c.model;
         let b = batch.shape[0];
@@ -128,14 +176,56 @@ impl Trainer {
         let per_image = batch.images.len() / b;
         let eps = rng.sample_f32(batch.images.len());
         let xt: Vec<f32> = batch.images.iter().zip(&eps).enumerate().map(|(i, (x, e))| x + t[i / per_image] * e).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(xt, batch.shape), &device);
-        let t = Tensor::<1>::from_data(TensorData::new(t, [b]), &device);
 
-        let fwd = self.model.forward(x, t.clone(), &labels);
-        let loss = self.model.likelihood(&fwd).loss;
-        let weighted = (loss.clone() * t).mean();
-        let values = Tensor::cat(vec![weighted.clone().detach(), loss.detach().mean()], 0).try_into_vec_as::<f32>().expect("f32 loss");
-        let (w_loss, mean_loss) = (values[0] as f64, values[1] as f64);
+        // The batch in parts, one per worker thread, each differentiated on its own fork of the
+        // model (its own autodiff graph: graphs that share parameter nodes are one graph under
+        // one lock in Burn, whose backward would then run one at a time); the gradient is the
+        // sum of the parts' gradients of sum(t * loss) / b, added in part order.
+        let parts = batch_parts(b, self.workers);
+        let model = &self.model;
+        let run_part = |start: usize, len: usize, model: ITarFlow| {
+            let [_, c, h, w] = batch.shape;
+            let xs = xt[start * per_image..(start + len) * per_image].to_vec();
+            let x = Tensor::<4>::from_data(TensorData::new(xs, [len, c, h, w]), &device);
+            let tp = Tensor::<1>::from_data(TensorData::new(t[start..start + len].to_vec(), [len]), &device);
+            let fwd = model.forward(x, tp.clone(), &labels.part(start, len));
+            let loss = model.likelihood(&fwd).loss;
+            // The whole batch in one part: mean(t * loss), the arithmetic of one graph per step.
+            let weighted = if len == b { (loss.clone() * tp).mean() } else { (loss.clone() * tp).sum().div_scalar(b as f32) };
+            let values = Tensor::cat(vec![weighted.clone().detach(), loss.detach().mean()], 0).try_into_vec_as::<f32>().expect("f32 loss");
+            let grads = GradientsParams::from_grads(weighted.backward(), &model);
+            // Part means weighted by the part's share of the batch: their sum is the batch mean.
+            (grads, values[0] as f64, values[1] as f64 * len as f64 / b as f64)
+        };
+        let results: Vec<(GradientsParams, f64, f64)> = if parts.len() == 1 {
+            vec![run_part(0, b, model.clone())]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .map(|&(start, len)| {
+                        let fork = model.clone().fork(&device);
+                        let run_part = &run_part;
+                        scope.spawn(move || run_part(start, len, fork))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("a training worker panicked")).collect()
+            })
+        };
+        let weighted_loss: f64 = results.iter().map(|r| r.1).sum();
+        let mean_loss: f64 = results.iter().map(|r| r.2).sum();
+        let mut sum = GradientsAccumulator::<ITarFlow>::new();
+        for (grads, ..) in results {
+            sum.accumulate(&self.model, grads);
+        }
+        StepGradients { grads: sum.grads(), weighted_loss, mean_loss }
+    }
+
+    /// One optimisation step on `batch` (which must be the batch of step `self.step`).
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
+        debug_assert_eq!(batch.step, self.step);
+        let StepGradients { grads, weighted_loss: w_loss, mean_loss } = self.gradients(batch);
+        let c = &self.config;
         let lr = schedule::learning_rate(self.step, c.steps, c.warmup, c.lr, c.min_lr);
         let bpd = (mean_loss + 0.5 * (2.0 * std::f64::consts::PI).ln()) / std::f64::consts::LN_2;
         let skipped = !(w_loss.is_finite() && mean_loss.is_finite());
@@ -147,7 +237,6 @@ impl Trainer {
             }
         } else {
             self.consecutive_bad = 0;
-            let grads = GradientsParams::from_grads(weighted.backward(), &self.model);
             self.model = self.optim.step(lr, self.model.clone(), grads);
             if let (Some(e), Some(decay)) = (self.ema.take(), c.ema) {
                 self.ema = Some(ema::update(e, &self.model, decay));
