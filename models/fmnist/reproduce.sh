@@ -13,7 +13,7 @@ run="${RUN_DIR:-runs/fmnist}"
 # 1. Train (seed 0). The run was stopped after 62 minutes and resumed, which is bit-exact:
 #    `--max-minutes` only decides where the pause falls. `--workers 1`: one autodiff graph per
 #    step, the arithmetic the shipped weights were trained with (without it the batch is split
-#    over the cores: 1.7x faster, equal to float rounding).
+#    over the cores: 1.8x faster, equal to float rounding).
 "$bin" train --workers 1 --out-dir "$run" --model-config models/fmnist/model.json \
     --steps 4500 --batch-size 64 --lr 5e-4 --min-lr 1e-5 --warmup 300 --ema 0.999 \
     --grad-clip 1.0 --label-dropout 0.1 --seed 0 --checkpoint-every 250 \
