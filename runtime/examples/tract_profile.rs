@@ -3,6 +3,9 @@
 //!     cargo run --release -p itarflow-rt --example tract_profile -- GRAPH.onnx BATCH [PAST] [RUNS]
 //!
 //! Inputs are random (x, t in (0, 1), labels 0); a symbol P (cached tokens) is set to PAST.
+//! Environment: `BY_NODE=1` lists every node with its input and output shapes instead of totals
+//! per operator; `SYMBOLIC_P=1` leaves P symbolic in the plan (as itarflow-rt does) and feeds
+//! PAST cached tokens; `NO_REWRITE=1` skips itarflow-rt's softmax rewrite (tract's own Softmax).
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -18,14 +21,25 @@ fn main() -> TractResult<()> {
     let model = tract_onnx::onnx().model_for_path(path)?.into_typed()?.into_decluttered()?;
     let mut values = HashMap::new();
     values.insert(model.symbols.sym("N"), TDim::Val(batch));
-    values.insert(model.symbols.sym("P"), TDim::Val(past));
-    let model = model.set_symbols(&values)?.into_optimized()?;
+    if std::env::var("SYMBOLIC_P").is_err() {
+        values.insert(model.symbols.sym("P"), TDim::Val(past));
+    }
+    let mut model = model.set_symbols(&values)?;
+    if std::env::var("NO_REWRITE").is_err() {
+        let n = itarflow_rt::provider::tract::rewrite_softmaxes(&mut model)?;
+        eprintln!("{n} softmaxes rewritten");
+    }
+    let model = model.into_optimized()?;
     let inputs: TVec<TValue> = model
         .input_outlets()?
         .iter()
         .map(|o| {
             let fact = model.outlet_fact(*o)?;
-            let shape: Vec<usize> = fact.shape.as_concrete().unwrap().to_vec();
+            let shape: Vec<usize> = fact
+                .shape
+                .iter()
+                .map(|d| d.eval(&SymbolValues::default().with(&model.symbols.sym("P"), past)).to_i64().unwrap() as usize)
+                .collect();
             let n: usize = shape.iter().product();
             let t = match fact.datum_type {
                 DatumType::I64 => Tensor::from_shape(&shape, &vec![0i64; n])?,
@@ -41,10 +55,17 @@ fn main() -> TractResult<()> {
     for r in 0..runs + 1 {
         let start = Instant::now();
         state.run_plan_with_eval(inputs.clone(), |ctx, st, node, input| {
+            let shapes: Vec<Vec<usize>> = input.iter().map(|t| t.shape().to_vec()).collect();
             let t = Instant::now();
             let out = eval(ctx, st, node, input);
             if r > 0 {
-                let e = by_op.entry(node.op().name().to_string()).or_default();
+                let key = if std::env::var("BY_NODE").is_ok() {
+                    let outs = out.as_ref().map(|o| o.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()).unwrap_or_default();
+                    format!("{} {} {:?} -> {:?}", node.op().name(), node.name, shapes, outs)
+                } else {
+                    node.op().name().to_string()
+                };
+                let e = by_op.entry(key).or_default();
                 e.0 += t.elapsed();
                 e.1 += 1;
             }
@@ -57,7 +78,7 @@ fn main() -> TractResult<()> {
     let mut rows: Vec<_> = by_op.into_iter().collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
     println!("{path}: {:.2} ms per run", total.as_secs_f64() * 1e3 / runs as f64);
-    for (op, (d, n)) in rows.iter().take(25) {
+    for (op, (d, n)) in rows.iter().take(if std::env::var("BY_NODE").is_ok() { usize::MAX } else { 25 }) {
         println!("{:>9.3} ms {:>5} nodes  {op}", d.as_secs_f64() * 1e3 / runs as f64, n / runs);
     }
     Ok(())
