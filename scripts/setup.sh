@@ -13,6 +13,16 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
         echo "note: Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)"
     fi
 fi
+# A Vulkan loader and Mesa's lavapipe (Vulkan on the CPU), for the parity test of Burn's wgpu
+# backend (`cargo test --release --features wgpu --test vulkan_tests`), which CI runs.
+if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ! ldconfig -p | grep -q libvulkan.so.1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && apt-get install -y -qq libvulkan1 mesa-vulkan-drivers) \
+            || echo "note: could not install libvulkan1 and mesa-vulkan-drivers; the wgpu parity test needs them"
+    else
+        echo "note: no lavapipe (sudo apt-get install libvulkan1 mesa-vulkan-drivers)"
+    fi
+fi
 # ONNX Runtime for the runtime's cpu provider (and its tests), loaded at run time by itarflow-rt
 # from the wheel's capi/ directory; GPU hosts install onnxruntime-gpu instead (see the README).
 if ! python3 -c "import onnxruntime; assert onnxruntime.__version__ == '1.31.1'" 2>/dev/null; then

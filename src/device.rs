@@ -4,6 +4,10 @@
 //! - `vulkan`: Burn's wgpu backend pinned to Vulkan (SPIR-V kernels, no LLVM, builds offline):
 //!   any GPU with a Vulkan driver, or Mesa's software rasteriser lavapipe. Needs the `vulkan`
 //!   cargo feature and a Vulkan loader (`libvulkan.so.1`) with an ICD at run time.
+//! - `wgpu`: Burn's wgpu backend with WGSL kernels (the `wgpu` feature), translated by wgpu's naga
+//!   for the platform's API (Vulkan on Linux). In a build without `vulkan` cubecl has no SPIR-V
+//!   compiler of its own, so this is the path for Vulkan drivers that cannot compile cubecl's
+//!   SPIR-V (Mesa's lavapipe crashes on its matmul kernel).
 //! - `cuda`: Burn's CUDA backend (the `cuda` feature; its build script downloads LLVM, so it is
 //!   built on a networked GPU host).
 //!
@@ -26,13 +30,16 @@ pub enum DeviceKind {
     /// wgpu on Vulkan, adapter chosen by wgpu (a discrete GPU first; `CUBECL_WGPU_DEFAULT_DEVICE`
     /// overrides).
     Vulkan,
+    /// wgpu with WGSL kernels, API and adapter chosen by wgpu (`CUBECL_WGPU_DEFAULT_DEVICE`
+    /// overrides the adapter).
+    Wgpu,
     /// The first CUDA GPU.
     Cuda,
 }
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
-    #[error("unknown device '{0}': expected cpu, vulkan or cuda")]
+    #[error("unknown device '{0}': expected cpu, vulkan, wgpu or cuda")]
     Unknown(String),
     #[error("--device {kind} needs a build with the `{kind}` feature: cargo build --release --features {kind}")]
     NotBuilt { kind: DeviceKind },
@@ -50,6 +57,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Vulkan => "vulkan",
+            DeviceKind::Wgpu => "wgpu",
             DeviceKind::Cuda => "cuda",
         }
     }
@@ -59,6 +67,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Cpu => true,
             DeviceKind::Vulkan => cfg!(feature = "vulkan"),
+            DeviceKind::Wgpu => cfg!(feature = "wgpu"),
             DeviceKind::Cuda => cfg!(feature = "cuda"),
         }
     }
@@ -69,6 +78,8 @@ impl DeviceKind {
             DeviceKind::Cpu => Ok(Device::flex()),
             #[cfg(feature = "vulkan")]
             DeviceKind::Vulkan => Ok(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => Ok(Device::cuda(0)),
             #[allow(unreachable_patterns)]
@@ -128,6 +139,7 @@ impl FromStr for DeviceKind {
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "flex" => Ok(DeviceKind::Cpu),
             "vulkan" => Ok(DeviceKind::Vulkan),
+            "wgpu" => Ok(DeviceKind::Wgpu),
             "cuda" => Ok(DeviceKind::Cuda),
             other => Err(DeviceError::Unknown(other.to_string())),
         }
@@ -167,13 +179,17 @@ mod tests {
 
     #[test]
     fn names_parse_and_unbuilt_kinds_say_the_feature() {
-        for kind in [DeviceKind::Cpu, DeviceKind::Vulkan, DeviceKind::Cuda] {
+        for kind in [DeviceKind::Cpu, DeviceKind::Vulkan, DeviceKind::Wgpu, DeviceKind::Cuda] {
             assert_eq!(kind.name().parse::<DeviceKind>().unwrap(), kind);
         }
         assert!(matches!("metal".parse::<DeviceKind>(), Err(DeviceError::Unknown(_))));
         if !cfg!(feature = "vulkan") {
             let e = DeviceKind::Vulkan.open().unwrap_err().to_string();
             assert!(e.contains("--features vulkan"), "{e}");
+        }
+        if !cfg!(feature = "wgpu") {
+            let e = DeviceKind::Wgpu.open().unwrap_err().to_string();
+            assert!(e.contains("--features wgpu"), "{e}");
         }
         assert!(DeviceKind::Cpu.open().is_ok());
     }

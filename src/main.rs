@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "itarflow", version, about = "iTARFlow normalizing-flow image models: likelihood, score, sampling and denoising")]
 struct Cli {
-    /// Burn device for every command: cpu (Flex), vulkan (the `vulkan` build) or cuda (the `cuda`
-    /// build). Default: cuda in a cuda build, else cpu.
-    #[arg(long, global = true, value_name = "cpu|vulkan|cuda")]
+    /// Burn device for every command: cpu (Flex), vulkan (the `vulkan` build: cubecl's SPIR-V),
+    /// wgpu (the `wgpu` build: WGSL kernels through wgpu's naga) or cuda (the `cuda` build).
+    /// Default: cuda in a cuda build, else cpu.
+    #[arg(long, global = true, value_name = "cpu|vulkan|wgpu|cuda")]
     device: Option<itarflow::DeviceKind>,
     #[command(subcommand)]
     command: Command,

@@ -1,8 +1,9 @@
-//! The Vulkan device (Burn's wgpu backend with SPIR-V kernels) against the PyTorch reference vectors
-//! and against Flex: forward, likelihood, score, guided inversion, denoising, and the parameter
-//! gradients training takes. Built only with `--features vulkan`; it needs a Vulkan device (a GPU's
-//! driver, or Mesa's lavapipe on a CPU) and fails, naming the missing driver, without one.
-#![cfg(feature = "vulkan")]
+//! Burn's GPU backend against the PyTorch reference vectors and against Flex: forward, likelihood,
+//! score, guided inversion, denoising, and the parameter gradients training takes. Built with
+//! `--features vulkan` (the Vulkan device, cubecl's SPIR-V kernels) or `--features wgpu` (the wgpu
+//! device, WGSL kernels through naga; the vulkan device when both are on). It needs a GPU driver or
+//! Mesa's lavapipe on a CPU, and fails, naming the missing driver, without one.
+#![cfg(any(feature = "vulkan", feature = "wgpu"))]
 
 mod common;
 
@@ -15,9 +16,10 @@ use itarflow::sample::{CfgStyle, Guidance, SampleOptions, denoise, reverse};
 
 const TOL: f64 = 1e-4;
 
-/// Makes the Vulkan device the tests' `device()`.
+/// Makes the GPU device of this build the tests' `device()`.
 fn on_vulkan() {
-    itarflow::device::select(DeviceKind::Vulkan).unwrap_or_else(|e| panic!("{e}"));
+    let kind = if cfg!(feature = "vulkan") { DeviceKind::Vulkan } else { DeviceKind::Wgpu };
+    itarflow::device::select(kind).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
