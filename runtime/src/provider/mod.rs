@@ -2,6 +2,7 @@
 //! type, so that outputs (e.g. a step's present K/V) can feed the next run without a copy
 //! through host memory.
 
+pub mod denormals;
 pub mod ort;
 pub mod tract;
 

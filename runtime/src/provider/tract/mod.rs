@@ -261,6 +261,9 @@ impl TractGraph {
     fn run_inner(&self, inputs: Vec<&TValue>) -> Result<Vec<TValue>, RtError> {
         // TValues share their data: these clones copy no tensor.
         let inputs: TVec<TValue> = inputs.into_iter().cloned().collect();
+        // Subnormals flushed on this thread for the run (see `denormals`); tract-cuda computes on
+        // the device.
+        let _flush = (self.device == TractDevice::Cpu).then(super::denormals::FlushToZero::new);
         let outs = match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs, &self.name)?,
             Plans::PerBatch { path, plans } => {
