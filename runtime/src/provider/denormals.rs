@@ -13,8 +13,7 @@
 /// While alive, the calling thread flushes subnormal inputs and results to zero (x86-64; a no-op
 /// elsewhere).
 pub struct FlushToZero {
-    #[cfg(target_arch = "x86_64")]
-    saved: u32,
+    _restore: KeepMode,
 }
 
 /// MXCSR bits: FTZ (results) and DAZ (inputs).
@@ -69,27 +68,16 @@ impl Drop for KeepMode {
 
 impl FlushToZero {
     pub fn new() -> Self {
+        let restore = KeepMode::new();
         #[cfg(target_arch = "x86_64")]
-        {
-            let saved = mxcsr();
-            set_mxcsr(saved | FTZ_DAZ);
-            Self { saved }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        Self {}
+        set_mxcsr(mxcsr() | FTZ_DAZ);
+        Self { _restore: restore }
     }
 }
 
 impl Default for FlushToZero {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for FlushToZero {
-    fn drop(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        set_mxcsr(self.saved);
     }
 }
 
