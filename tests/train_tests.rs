@@ -35,6 +35,7 @@ fn synthetic_set() -> ImageSet {
 
 fn config(steps: u64) -> TrainConfig {
     TrainConfig {
+        init: None,
         model: ModelConfig {
             img_size: 8,
             in_channels: 1,
@@ -232,4 +233,55 @@ fn the_library_training_loop_logs_checkpoints_and_stops_at_its_limits() {
         itarflow::train::metrics::read(&dir.path().join("metrics.jsonl")).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(logged, [2, 4, 6, 8, 9]);
     assert!(dir.path().join("samples/step_0000009.png").exists(), "the last step's grid");
+}
+
+#[test]
+fn a_run_started_from_a_checkpoint_starts_from_its_weights_and_resumes_without_it() {
+    let set = Arc::new(synthetic_set());
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = new_trainer(config(6));
+    run(&mut first, &set, 6);
+    let ckpt = dir.path().join("first.safetensors");
+    itarflow::checkpoint::save(&first.inference_model(), &ckpt).unwrap();
+
+    let mut c = config(8);
+    c.seed = 4;
+    c.init = Some(ckpt.clone());
+    let started = new_trainer(c.clone());
+    let trained = weights(&first.inference_model());
+    assert_eq!(weights(&started.model.valid()), trained, "the weights are the checkpoint's");
+    assert_eq!(weights(started.ema.as_ref().unwrap()), trained, "the EMA starts from them too");
+    let mut fresh = c.clone();
+    fresh.init = None;
+    assert_ne!(weights(&new_trainer(fresh).model.valid()), trained, "seed 4's own initialisation differs");
+
+    // Stopped and resumed after the checkpoint it started from is gone: the same run.
+    let mut straight = new_trainer(c.clone());
+    let losses = run(&mut straight, &set, 8);
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let mut part = new_trainer(c);
+    let mut resumed_losses = run(&mut part, &set, 3);
+    part.save(&run_dir, 1.0).unwrap();
+    drop(part);
+    std::fs::remove_file(&ckpt).unwrap();
+    let mut rest = Trainer::resume(&run_dir).unwrap();
+    resumed_losses.extend(run(&mut rest, &set, 5));
+    assert_eq!(losses, resumed_losses);
+    assert_eq!(weights(&straight.model.valid()), weights(&rest.model.valid()));
+}
+
+#[test]
+fn a_run_cannot_start_from_a_checkpoint_of_another_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = config(1).model;
+    other.widths = vec![16];
+    other.head_dim = 8;
+    let ckpt = dir.path().join("narrow.safetensors");
+    itarflow::checkpoint::save(&random_model(&other, 2), &ckpt).unwrap();
+    let mut c = config(4);
+    c.init = Some(ckpt.clone());
+    let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let err = Trainer::new(c).err().expect("a checkpoint of width 16 cannot start a width-32 run").to_string();
+    assert!(err.contains("narrow.safetensors") && err.contains("differs from the run's"), "{err}");
 }

@@ -69,6 +69,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     };
     let total = args.warmup_steps + args.steps;
     let config = TrainConfig {
+        init: None,
         model: model.clone(),
         dataset: DatasetKind::Idx,
         data_dir: PathBuf::new(),

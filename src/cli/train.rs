@@ -28,6 +28,11 @@ pub struct TrainArgs {
     /// Model config JSON file instead of a preset.
     #[arg(long)]
     pub model_config: Option<PathBuf>,
+    /// Start from this checkpoint's weights (and model config) instead of a random
+    /// initialisation: a longer schedule after a finished run, or fine-tuning. The optimiser and
+    /// the EMA start afresh.
+    #[arg(long, value_name = "CKPT", conflicts_with_all = ["model_config", "resume", "t_max"])]
+    pub init: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Pad images to this side (e.g. 32 for 28 px Fashion-MNIST); default: the data's own size.
@@ -91,12 +96,19 @@ pub struct TrainArgs {
 }
 
 fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
-    let mut model = match &args.model_config {
-        Some(path) => {
+    let mut model = match (&args.init, &args.model_config) {
+        (Some(ckpt), _) => {
+            let device = itarflow::default_device();
+            itarflow::checkpoint::load(ckpt, &Default::default(), &device)
+                .with_context(|| format!("reading the --init checkpoint {}", ckpt.display()))?
+                .model
+                .config
+        }
+        (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str::<ModelConfig>(&text).with_context(|| format!("{} is not a model config", path.display()))?
         }
-        None => ModelConfig::preset(&args.preset)?,
+        (None, None) => ModelConfig::preset(&args.preset)?,
     };
     let size = args.img_size.unwrap_or(train.size);
     let pad = padding_for(train.size, size)?;
@@ -108,6 +120,7 @@ fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
     }
     let bpe = (train.len() / args.batch_size.max(1)) as u64;
     let config = TrainConfig {
+        init: args.init.clone(),
         model,
         dataset: args.data.dataset.clone(),
         data_dir: args.data.data_dir.clone(),

@@ -20,6 +20,11 @@ pub mod adamw {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: ModelConfig,
+    /// Checkpoint whose weights start the run (fine-tuning, or a longer schedule after a finished
+    /// run) instead of a random initialisation from `seed`; its config must equal `model`. The
+    /// optimiser and the EMA start afresh from these weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     pub dataset: DatasetKind,
     pub data_dir: PathBuf,
     /// Padding on each side of every image (e.g. 2: 28 -> 32 px).

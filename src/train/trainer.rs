@@ -100,13 +100,41 @@ fn optimizer(c: &TrainConfig) -> ModuleOptimizer {
     cfg.init()
 }
 
+/// The weights of checkpoint `path` as a trainable model; its config must be `expected`.
+fn init_model(path: &Path, expected: &crate::ModelConfig) -> Result<ITarFlow, TrainError> {
+    let device = crate::default_device().autodiff();
+    let loaded = checkpoint::load(path, &ImportOptions::default(), &device)?;
+    if loaded.model.config != *expected {
+        return Err(TrainError::State {
+            path: path.into(),
+            reason: format!(
+                "its model config {} differs from the run's {}; start from a checkpoint of the same shape",
+                serde_json::to_string(&loaded.model.config).unwrap_or_default(),
+                serde_json::to_string(expected).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(loaded.model)
+}
+
 fn step_seed(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ step.wrapping_mul(0xE703_7ED1_A0B4_28DB).rotate_left(17)
 }
 
 impl Trainer {
-    /// A fresh run: the model initialised from `config.seed`.
+    /// A fresh run: the model initialised from `config.seed`, or from the weights of
+    /// `config.init` when set.
     pub fn new(config: TrainConfig) -> Result<Self, TrainError> {
+        let mut trainer = Self::blank(config)?;
+        if let Some(path) = trainer.config.init.clone() {
+            trainer.model = init_model(&path, &trainer.config.model)?;
+            trainer.ema = trainer.config.ema.map(|_| ema::snapshot(&trainer.model));
+        }
+        Ok(trainer)
+    }
+
+    /// A run at step 0 with randomly initialised weights (what `resume` overwrites).
+    fn blank(config: TrainConfig) -> Result<Self, TrainError> {
         config.validate()?;
         let device = crate::default_device();
         device.seed(config.seed);
@@ -129,7 +157,7 @@ impl Trainer {
     pub fn resume(run: &Path) -> Result<Self, TrainError> {
         let st = state::read_state(run)?;
         let dir = state::checkpoint_dir(run)?;
-        let mut trainer = Self::new(st.config.clone())?;
+        let mut trainer = Self::blank(st.config.clone())?;
         let model_path = dir.join(state::MODEL_FILE);
         trainer.model = trainer
             .model
