@@ -46,7 +46,12 @@ run="${RUN_DIR2:-runs/fmnist2}"
 
 # 6. Sample quality with the shipped classifier (models/classifier; `itarflow train-classifier
 #    --out models/classifier` retrains it): FLD and class accuracy of 10,000 samples, then the
-#    ablations at 2,000 images per row (table, JSON and plot in models/fmnist/quality).
+#    ablations at 1,000 images per row (table, JSON and plot in models/fmnist/quality).
 rt="$CARGO_TARGET_DIR/release/itarflow-rt"
 "$rt" eval-quality --provider cpu --num 10000 --json
-"$rt" ablate --provider cpu --num 2000 --out models/fmnist/quality
+"$rt" ablate --provider cpu --num 1000 --scales 2 --out models/fmnist/quality
+# One run per other guidance scale (w = 3 stops on a non-finite image, see the card).
+for w in 0 1 4; do
+    "$rt" ablate --provider cpu --num 1000 --scales "$w" --steps 10 --out "/tmp/ablate_cfg$w"
+    cp "/tmp/ablate_cfg$w/ablation.json" "models/fmnist/quality/ablation_cfg$w.json"
+done
