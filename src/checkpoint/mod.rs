@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use infer::{ImportOptions, infer_config};
-pub use native::{LoadedModel, Precision, load, save, save_as};
+pub use native::{LoadedModel, Precision, load, read_config, save, save_as};
 pub use tensors::{NamedTensors, RawTensor};
 
 #[derive(Debug, Error)]

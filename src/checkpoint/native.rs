@@ -77,17 +77,29 @@ pub struct LoadedModel {
 /// a config) and must agree with a stored config.
 pub fn load(path: &Path, opts: &ImportOptions, device: &Device) -> Result<LoadedModel, CheckpointError> {
     let src = NamedTensors::read(path)?;
-    let (config, from_file) = match src.metadata.get(CONFIG_KEY) {
-        Some(json) => {
-            let config: ModelConfig = serde_json::from_str(json)
-                .map_err(|e| CheckpointError::Config { path: path.into(), reason: format!("stored config is not valid: {e}") })?;
-            check_agrees(path, &config, opts)?;
-            (config, true)
-        }
-        None => (infer_config(&src, opts)?, false),
-    };
+    let (config, from_file) = config_of(&src, opts)?;
     let model = from_named(&src, &config, device)?;
     Ok(LoadedModel { model, config_from_file: from_file })
+}
+
+/// The model config of the checkpoint at `path` (stored, or inferred from its tensors as `load`
+/// does), without building the model.
+pub fn read_config(path: &Path, opts: &ImportOptions) -> Result<ModelConfig, CheckpointError> {
+    Ok(config_of(&NamedTensors::read(path)?, opts)?.0)
+}
+
+/// `src`'s config, and whether it was stored in the file (else inferred from the shapes).
+fn config_of(src: &NamedTensors, opts: &ImportOptions) -> Result<(ModelConfig, bool), CheckpointError> {
+    let path = &src.path;
+    match src.metadata.get(CONFIG_KEY) {
+        Some(json) => {
+            let config: ModelConfig = serde_json::from_str(json)
+                .map_err(|e| CheckpointError::Config { path: path.clone(), reason: format!("stored config is not valid: {e}") })?;
+            check_agrees(path, &config, opts)?;
+            Ok((config, true))
+        }
+        None => Ok((infer_config(src, opts)?, false)),
+    }
 }
 
 fn check_agrees(path: &Path, c: &ModelConfig, opts: &ImportOptions) -> Result<(), CheckpointError> {

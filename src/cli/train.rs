@@ -97,13 +97,8 @@ pub struct TrainArgs {
 
 fn new_config(args: &TrainArgs, train: &ImageSet) -> Result<TrainConfig> {
     let mut model = match (&args.init, &args.model_config) {
-        (Some(ckpt), _) => {
-            let device = itarflow::default_device();
-            itarflow::checkpoint::load(ckpt, &Default::default(), &device)
-                .with_context(|| format!("reading the --init checkpoint {}", ckpt.display()))?
-                .model
-                .config
-        }
+        (Some(ckpt), _) => itarflow::checkpoint::read_config(ckpt, &Default::default())
+            .with_context(|| format!("reading the --init checkpoint {}", ckpt.display()))?,
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str::<ModelConfig>(&text).with_context(|| format!("{} is not a model config", path.display()))?
