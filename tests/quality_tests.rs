@@ -234,6 +234,7 @@ fn eval_quality_gives_the_figures_of_the_same_images_sampled_by_the_library_and_
     let per_class = cli["report"]["per_class"].as_array().unwrap();
     assert_eq!(per_class.len(), 10);
     assert!(per_class.iter().all(|c| c["count"] == 3));
+    assert_eq!(cli["redrawn"], serde_json::json!([]));
     // Burn's reference sampler from the checkpoint the package was exported from: same noise,
     // same images to float precision, so the same figures.
     let burn = json_of(
@@ -249,6 +250,41 @@ fn eval_quality_gives_the_figures_of_the_same_images_sampled_by_the_library_and_
     let burn_fld = burn["report"]["fld"].as_f64().unwrap();
     println!("Burn's sampler: FLD {burn_fld}");
     assert!((burn_fld - fld).abs() <= 1e-3 * fld, "{burn_fld} vs {fld}");
+}
+
+#[test]
+fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_whole_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let model = std::sync::Arc::new(Model::load(&pkg).unwrap());
+    let mut settings = itarflow_rt::sampler::defaults(&model);
+    settings.denoise_steps = 2;
+    let per = model.noise_len();
+    let labels = quality::balanced_labels(9, 10);
+    let clean = itarflow_base::prior_noise(5, 9 * per);
+    let mut z = clean.clone();
+    // Image 6 (the third of the second chunk of 4) cannot come out finite from NaN noise.
+    z[6 * per + 2] = f32::NAN;
+    let sampler =
+        |policy| Sampler::builder(model.clone()).provider(Provider::Tract).settings(settings).on_non_finite(policy).build().unwrap();
+    match quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Fail), &z, &labels, &settings, 4, &mut |_| {}) {
+        Err(itarflow_rt::RtError::NonFinite { index, attempts }) => assert_eq!((index, attempts), (6, 1)),
+        other => panic!("expected NonFinite for image 6, got {:?}", other.map(|g| g.redrawn)),
+    }
+    let got = quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Retry(1)), &z, &labels, &settings, 4, &mut |_| {}).unwrap();
+    assert_eq!(got.redrawn, vec![6]);
+    assert!(got.images.iter().all(|v| v.is_finite()));
+    // Every other image is the one the clean noise gives.
+    let reference = quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Fail), &clean, &labels, &settings, 4, &mut |_| {}).unwrap();
+    let n = model.image_len();
+    let (ours, theirs) = (got.images.as_slice().unwrap(), reference.images.as_slice().unwrap());
+    for i in (0..9).filter(|&i| i != 6) {
+        let e = rel_err(&ours[i * n..(i + 1) * n], &theirs[i * n..(i + 1) * n]);
+        assert!(e < 1e-5, "image {i}: {e:.2e}");
+    }
+    assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
+    assert!(reference.redrawn.is_empty());
 }
 
 #[test]
@@ -274,6 +310,7 @@ fn ablate_measures_every_configuration_and_draws_them() {
     assert_eq!(steps.iter().map(|r| r["denoise_steps"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
     assert_eq!(scales.len(), 2);
     assert_eq!(styles.len(), 2);
+    assert!(rows.iter().all(|r| r["redrawn"] == 0), "no image of the tiny model diverges");
     // The centre (cfg 2, 2 steps, tarflow) is measured once and shared by the studies.
     assert_eq!(scales[1]["fld"], steps[2]["fld"]);
     assert_eq!(styles[0]["fld"], steps[2]["fld"]);

@@ -64,7 +64,7 @@ pub enum RtError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(
-        "sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise; retry with another seed or allow retries (--retries N)"
+        "sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise (usually denoising an off-range phase-1 image at a high guidance scale); allow retries (--retries N), clip the denoiser's estimates to the data range (--clip) or use another seed"
     )]
     NonFinite { index: usize, attempts: usize },
 }

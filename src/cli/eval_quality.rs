@@ -94,7 +94,7 @@ fn sample_package(
     let sampler = Sampler::builder(model.clone()).provider(provider).settings(settings).seed(a.seed).build()?;
     let labels = labels_for(c.num_classes);
     let bar = progress::bar(labels.len() as u64, "sample");
-    let x = quality::generate(&sampler, &labels, &settings, a.seed, a.chunk, &mut |done| bar.set_position(done as u64))?;
+    let x = quality::generate(&sampler, &labels, &settings, a.seed, a.chunk, &mut |done| bar.set_position(done as u64))?.images;
     bar.finish_and_clear();
     let g = settings.guidance;
     let s = serde_json::json!({"cfg": g.scale, "cfg_style": g.style, "denoise_steps": settings.denoise_steps, "t_max": settings.t_max,

@@ -52,6 +52,9 @@ fn pct(v: Option<f64>) -> String {
 /// The rows as a Markdown table, one section per study.
 pub fn table(rows: &[Row], floor: Option<f64>, num: usize) -> String {
     let mut s = format!("FLD (lower is better) and class accuracy of {num} images per row");
+    if rows.iter().any(|r| r.redrawn > 0) {
+        s += " ('redrawn': images whose guided inversion came out NaN/Inf, sampled again from new noise)";
+    }
     if let Some(f) = floor {
         s += &format!("; FLD floor at {num} images (training images against the test set): {f:.3}");
     }
@@ -65,15 +68,18 @@ pub fn table(rows: &[Row], floor: Option<f64>, num: usize) -> String {
         if part.is_empty() {
             continue;
         }
-        s += &format!("\n{title}:\n\n| cfg | style | denoising steps | FLD | class accuracy | sampling s |\n|---|---|---|---|---|---|\n");
+        s += &format!(
+            "\n{title}:\n\n| cfg | style | denoising steps | FLD | class accuracy | redrawn | sampling s |\n|---|---|---|---|---|---|---|\n"
+        );
         for r in part {
             s += &format!(
-                "| {} | {:?} | {} | {:.3} | {} | {:.1} |\n",
+                "| {} | {:?} | {} | {:.3} | {} | {} | {:.1} |\n",
                 r.cfg,
                 r.cfg_style,
                 r.denoise_steps,
                 r.fld,
                 pct(r.class_accuracy),
+                r.redrawn,
                 r.seconds
             )
             .to_lowercase();
@@ -93,7 +99,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
         bail!("guidance scales need a class-conditional model; pass --scales 0");
     }
     let base = a.settings.apply(sampler::defaults(&model), c.num_classes)?;
-    let sampler = a.run.open(a.run.builder(model.clone()).settings(base).seed(a.quality.seed))?;
+    let sampler = a.run.open(a.run.builder(model.clone()).settings(base).seed(a.quality.seed).on_non_finite(a.quality.on_non_finite()))?;
     sampler.warm_up()?;
     let labels = quality::balanced_labels(a.num, c.num_classes);
     let plan = Plan { base, steps: a.steps.clone(), scales: a.scales.clone(), styles: a.styles.clone() };

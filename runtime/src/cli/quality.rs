@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use itarflow_base::sample_args::SettingsArgs;
 use itarflow_rt::quality::{self, Classifier};
-use itarflow_rt::sampler;
+use itarflow_rt::{OnNonFinite, sampler};
 
 use super::args::Run;
 
@@ -27,12 +27,20 @@ pub struct QualityArgs {
     /// Images per sampler run (bounds memory; the images do not depend on it).
     #[arg(long, default_value_t = 500)]
     pub chunk: usize,
+    /// Sample an image again from new noise when it comes out NaN/Inf, up to N times, and report
+    /// how many were (default: fail at once, naming the image).
+    #[arg(long, default_value_t = 0)]
+    pub retries: usize,
     /// Print JSON (the whole report, per class included).
     #[arg(long)]
     pub json: bool,
 }
 
 impl QualityArgs {
+    pub fn on_non_finite(&self) -> OnNonFinite {
+        if self.retries > 0 { OnNonFinite::Retry(self.retries) } else { OnNonFinite::Fail }
+    }
+
     pub fn classifier(&self) -> Result<Classifier> {
         let dir = self.classifier.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLASSIFIER));
         Classifier::load(&dir).with_context(|| format!("loading the classifier {}", dir.display()))
@@ -88,12 +96,13 @@ pub fn run(a: EvalQualityArgs) -> Result<()> {
         );
     }
     let settings = a.settings.apply(sampler::defaults(&model), c.num_classes)?;
-    let sampler = a.run.open(a.run.builder(model.clone()).settings(settings).seed(a.quality.seed))?;
+    let sampler =
+        a.run.open(a.run.builder(model.clone()).settings(settings).seed(a.quality.seed).on_non_finite(a.quality.on_non_finite()))?;
     sampler.warm_up()?;
     let labels = quality::balanced_labels(a.num, c.num_classes);
     let bar = bar(a.num as u64, "sample");
     let start = Instant::now();
-    let images =
+    let quality::Generated { images, redrawn } =
         quality::generate(&sampler, &labels, &settings, a.quality.seed, a.quality.chunk, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
@@ -111,10 +120,13 @@ pub fn run(a: EvalQualityArgs) -> Result<()> {
                 "model": a.run.common.model, "classifier": classifier.dir,
                 "settings": {"cfg": g.scale, "cfg_style": g.style, "guide_layers": g.layers, "denoise_steps": settings.denoise_steps,
                     "t_max": settings.t_max, "t_min": settings.t_min, "clip": settings.clip},
-                "sampling_seconds": seconds, "images_per_second": a.num as f64 / seconds})
+                "redrawn": redrawn, "sampling_seconds": seconds, "images_per_second": a.num as f64 / seconds})
         );
     } else {
         println!("{}", report.summary());
+        if !redrawn.is_empty() {
+            println!("{} image(s) came out NaN/Inf and were sampled again from new noise: {redrawn:?}", redrawn.len());
+        }
         println!("sampled {} images in {:.1} s on {} ({:.1} images/s)", a.num, seconds, sampler.provider(), a.num as f64 / seconds);
     }
     Ok(())

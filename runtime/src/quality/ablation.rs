@@ -43,6 +43,9 @@ pub struct Row {
     pub denoise_steps: usize,
     pub fld: f64,
     pub class_accuracy: Option<f64>,
+    /// Images whose phase-1 result came out NaN/Inf and were sampled again from new noise (the
+    /// sampler's retry policy; 0 when it fails instead).
+    pub redrawn: usize,
     /// Sampling time of this configuration (phase 1 counted once per guidance setting).
     pub seconds: f64,
     #[serde(skip)]
@@ -66,8 +69,9 @@ pub fn run(
         let g = settings.guidance;
         progress(format!("phase 1, cfg {} {:?}", g.scale, g.style));
         let start = Instant::now();
-        let noisy = generate(sampler, labels, &SampleSettings { denoise_steps: 0, ..*settings }, seed, chunk, &mut |_| {})?;
-        let phase1 = start.elapsed().as_secs_f64();
+        let phase1 = generate(sampler, labels, &SampleSettings { denoise_steps: 0, ..*settings }, seed, chunk, &mut |_| {})?;
+        let (noisy, redrawn) = (phase1.images, phase1.redrawn.len());
+        let phase1_s = start.elapsed().as_secs_f64();
         for &k in steps {
             progress(format!("cfg {} {:?}, {k} denoising steps", g.scale, g.style));
             let start = Instant::now();
@@ -76,7 +80,7 @@ pub fn run(
             } else {
                 denoise_chunked(sampler, noisy.view(), labels, &SampleSettings { denoise_steps: k, ..*settings }, chunk)?
             };
-            let seconds = phase1 + start.elapsed().as_secs_f64();
+            let seconds = phase1_s + start.elapsed().as_secs_f64();
             let report = evaluate(classifier, x.view(), labels)?;
             rows.push(Row {
                 study,
@@ -85,6 +89,7 @@ pub fn run(
                 denoise_steps: k,
                 fld: report.fld,
                 class_accuracy: report.class_accuracy,
+                redrawn,
                 seconds,
                 report,
             });

@@ -19,6 +19,6 @@ pub mod report;
 
 pub use classifier::{Classifier, ClassifierGraph, Outputs};
 pub use frechet::{Gaussian, frechet_distance};
-pub use generate::{balanced_labels, generate};
+pub use generate::{Generated, balanced_labels, generate, generate_from};
 pub use reference::{ClassifierCard, Floor, ReferenceStats};
 pub use report::{ClassQuality, QualityReport, evaluate};
