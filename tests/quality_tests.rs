@@ -14,6 +14,7 @@ use itarflow::classifier::{self, ClassifierTraining, LeNet, weights};
 use itarflow::data::ImageSet;
 use itarflow_base::{ClassifierConfig, GaussianNoise};
 use itarflow_rt::quality::{self, Classifier, ClassifierGraph};
+use itarflow_rt::sampler::SampleSettings;
 use itarflow_rt::{Model, Provider, Sampler};
 use ndarray::ArrayView4;
 use serde_json::Value;
@@ -285,6 +286,53 @@ fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_
     }
     assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
     assert!(reference.redrawn.is_empty());
+}
+
+#[test]
+fn the_ablations_redraw_images_whose_denoising_diverges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let model = std::sync::Arc::new(Model::load(&pkg).unwrap());
+    let mut settings = itarflow_rt::sampler::defaults(&model);
+    settings.denoise_steps = 2;
+    let labels = quality::balanced_labels(9, 10);
+    let sampler =
+        |policy| Sampler::builder(model.clone()).provider(Provider::Tract).settings(settings).on_non_finite(policy).build().unwrap();
+    let noisy = quality::generate(
+        &sampler(itarflow_rt::OnNonFinite::Fail),
+        &labels,
+        &SampleSettings { denoise_steps: 0, ..settings },
+        2,
+        9,
+        &mut |_| {},
+    )
+    .unwrap()
+    .images;
+    let mut broken = noisy.clone();
+    broken[[6, 0, 3, 3]] = f32::NAN;
+    let fail = sampler(itarflow_rt::OnNonFinite::Fail);
+    let (kept, bad) = fail.denoise_keeping_non_finite(broken.view(), &labels, &settings, &mut |_| {}).unwrap();
+    assert_eq!(bad, vec![6]);
+    assert!(kept.slice(ndarray::s![6, .., .., ..]).iter().any(|v| !v.is_finite()));
+    match quality::ablation::denoise_redrawing(&fail, broken.view(), &labels, &settings, 2, 4) {
+        Err(itarflow_rt::RtError::NonFinite { index, .. }) => assert_eq!(index, 6),
+        other => panic!("expected NonFinite for image 6, got {:?}", other.map(|(_, n)| n)),
+    }
+    let (x, redrawn) =
+        quality::ablation::denoise_redrawing(&sampler(itarflow_rt::OnNonFinite::Retry(1)), broken.view(), &labels, &settings, 2, 4)
+            .unwrap();
+    assert_eq!(redrawn, 1);
+    assert!(x.iter().all(|v| v.is_finite()));
+    // The other images are the clean ones denoised; image 6 is a new sample of its class.
+    let clean = fail.denoise_with(noisy.view(), &labels, &settings, &mut |_| {}).unwrap();
+    let n = model.image_len();
+    let (ours, theirs) = (x.as_slice().unwrap(), clean.as_slice().unwrap());
+    for i in (0..9).filter(|&i| i != 6) {
+        let e = rel_err(&ours[i * n..(i + 1) * n], &theirs[i * n..(i + 1) * n]);
+        assert!(e < 1e-5, "image {i}: {e:.2e}");
+    }
+    assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
 }
 
 #[test]

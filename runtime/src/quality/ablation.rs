@@ -7,12 +7,14 @@
 
 use std::time::Instant;
 
-use ndarray::{Array4, ArrayView4};
+use itarflow_base::GaussianNoise;
+use ndarray::{Array4, ArrayView4, s};
 use serde::Serialize;
 
 use super::classifier::Classifier;
 use super::generate::generate;
 use super::report::{QualityReport, evaluate};
+use crate::OnNonFinite;
 use crate::RtError;
 use crate::sampler::{CfgStyle, SampleSettings, Sampler};
 
@@ -43,8 +45,8 @@ pub struct Row {
     pub denoise_steps: usize,
     pub fld: f64,
     pub class_accuracy: Option<f64>,
-    /// Images whose phase-1 result came out NaN/Inf and were sampled again from new noise (the
-    /// sampler's retry policy; 0 when it fails instead).
+    /// Images that came out NaN/Inf (in phase 1, or in this row's phase 2) and were sampled again
+    /// from new noise (the sampler's retry policy; 0 when it fails instead).
     pub redrawn: usize,
     /// Sampling time of this configuration (phase 1 counted once per guidance setting).
     pub seconds: f64,
@@ -75,10 +77,10 @@ pub fn run(
         for &k in steps {
             progress(format!("cfg {} {:?}, {k} denoising steps", g.scale, g.style));
             let start = Instant::now();
-            let x = if k == 0 {
-                noisy.clone()
+            let (x, again) = if k == 0 {
+                (noisy.clone(), 0)
             } else {
-                denoise_chunked(sampler, noisy.view(), labels, &SampleSettings { denoise_steps: k, ..*settings }, chunk)?
+                denoise_redrawing(sampler, noisy.view(), labels, &SampleSettings { denoise_steps: k, ..*settings }, seed, chunk)?
             };
             let seconds = phase1_s + start.elapsed().as_secs_f64();
             let report = evaluate(classifier, x.view(), labels)?;
@@ -89,7 +91,7 @@ pub fn run(
                 denoise_steps: k,
                 fld: report.fld,
                 class_accuracy: report.class_accuracy,
-                redrawn,
+                redrawn: redrawn + again,
                 seconds,
                 report,
             });
@@ -121,20 +123,45 @@ pub fn run(
     Ok(rows)
 }
 
-/// Phase 2 of `x` in runs of `chunk` images.
-fn denoise_chunked(
+/// Noise stream of the images drawn again after a non-finite phase 2 (seed ^ this).
+const REDRAW_STREAM: u64 = 0x2f6b_d1e3_a5c7_0941;
+
+/// Phase 2 of `x` in runs of `chunk` images. Images that come out NaN/Inf are sampled again, both
+/// phases with these settings, from new noise (a stream of its own drawn from `seed`), as the
+/// sampler's [`OnNonFinite`] policy allows (with none, the first is named in the error). Returns
+/// the images and how many were drawn again.
+pub fn denoise_redrawing(
     sampler: &Sampler,
     x: ArrayView4<f32>,
     labels: &[i64],
     settings: &SampleSettings,
+    seed: u64,
     chunk: usize,
-) -> Result<Array4<f32>, RtError> {
+) -> Result<(Array4<f32>, usize), RtError> {
     let n = labels.len();
     let mut out = Array4::zeros(x.raw_dim());
+    let mut bad = Vec::new();
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
-        let part = sampler.denoise_with(x.slice(ndarray::s![start..end, .., .., ..]), &labels[start..end], settings, &mut |_| {})?;
-        out.slice_mut(ndarray::s![start..end, .., .., ..]).assign(&part);
+        let (part, b) =
+            sampler.denoise_keeping_non_finite(x.slice(s![start..end, .., .., ..]), &labels[start..end], settings, &mut |_| {})?;
+        out.slice_mut(s![start..end, .., .., ..]).assign(&part);
+        bad.extend(b.into_iter().map(|i| start + i));
     }
-    Ok(out)
+    if bad.is_empty() {
+        return Ok((out, 0));
+    }
+    if sampler.on_non_finite() == OnNonFinite::Fail {
+        return Err(RtError::NonFinite { index: bad[0], attempts: 1 });
+    }
+    let z = GaussianNoise::new(seed ^ REDRAW_STREAM).sample_f32(bad.len() * sampler.model().noise_len());
+    let ys: Vec<i64> = bad.iter().map(|&i| labels[i]).collect();
+    let again = sampler.sample_with(&z, &ys, settings, &mut |_| {}).map_err(|e| match e {
+        RtError::NonFinite { index, attempts } => RtError::NonFinite { index: bad[index], attempts: attempts + 1 },
+        other => other,
+    })?;
+    for (k, &i) in bad.iter().enumerate() {
+        out.slice_mut(s![i, .., .., ..]).assign(&again.images.slice(s![k, .., .., ..]));
+    }
+    Ok((out, bad.len()))
 }

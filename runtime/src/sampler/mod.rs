@@ -263,6 +263,22 @@ impl Sampler {
         settings: &SampleSettings,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Array4<f32>, RtError> {
+        let (x, bad) = self.denoise_keeping_non_finite(x, labels, settings, progress)?;
+        match bad.first() {
+            Some(&i) => Err(RtError::NonFinite { index: i, attempts: 1 }),
+            None => Ok(x),
+        }
+    }
+
+    /// [`Self::denoise_with`] that returns images which came out NaN/Inf as they are, with their
+    /// indices, instead of failing: for callers that redraw them (the quality ablations).
+    pub fn denoise_keeping_non_finite(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[i64],
+        settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Array4<f32>, Vec<usize>), RtError> {
         let settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..*settings };
         validate(&settings, self.model().num_classes())?;
         let mut v: Vec<f32> = x.iter().copied().collect();
@@ -280,10 +296,13 @@ impl Sampler {
             )));
         }
         with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &settings, progress))?;
-        if let Some(&i) = non_finite(&v, self.model().image_len()).first() {
-            return Err(RtError::NonFinite { index: i, attempts: 1 });
-        }
-        Array4::from_shape_vec(x.raw_dim(), v).map_err(|e| RtError::Internal(e.to_string()))
+        let bad = non_finite(&v, self.model().image_len());
+        Ok((Array4::from_shape_vec(x.raw_dim(), v).map_err(|e| RtError::Internal(e.to_string()))?, bad))
+    }
+
+    /// What the sampler does with a NaN/Inf sample (the builder's [`OnNonFinite`]).
+    pub fn on_non_finite(&self) -> OnNonFinite {
+        self.on_non_finite
     }
 
     /// grad_x log p and log p of images (B, C, H, W) at noise levels `t` (B,) with labels.
