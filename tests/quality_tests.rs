@@ -286,6 +286,11 @@ fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_
     }
     assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
     assert!(reference.redrawn.is_empty());
+    // An image's new noise is its own: the same images whatever the chunk size.
+    let whole = quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Retry(1)), &z, &labels, &settings, 9, &mut |_| {}).unwrap();
+    assert_eq!(whole.redrawn, vec![6]);
+    let e = rel_err(&ours[6 * n..7 * n], &whole.images.as_slice().unwrap()[6 * n..7 * n]);
+    assert!(e < 1e-5, "image 6 redrawn in chunks of 4 and of 9: {e:.2e}");
 }
 
 #[test]

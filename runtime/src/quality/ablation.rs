@@ -127,7 +127,7 @@ pub fn run(
 const REDRAW_STREAM: u64 = 0x2f6b_d1e3_a5c7_0941;
 
 /// Phase 2 of `x` in runs of `chunk` images. Images that come out NaN/Inf are sampled again, both
-/// phases with these settings, from new noise (a stream of its own drawn from `seed`), as the
+/// phases with these settings, from new noise (a stream per image drawn from `seed`), as the
 /// sampler's [`OnNonFinite`] policy allows (with none, the first is named in the error). Returns
 /// the images and how many were drawn again.
 pub fn denoise_redrawing(
@@ -154,7 +154,12 @@ pub fn denoise_redrawing(
     if sampler.on_non_finite() == OnNonFinite::Fail {
         return Err(RtError::NonFinite { index: bad[0], attempts: 1 });
     }
-    let z = GaussianNoise::new(seed ^ REDRAW_STREAM).sample_f32(bad.len() * sampler.model().noise_len());
+    // One stream per image, from its index: the new images do not depend on the chunk size.
+    let per_z = sampler.model().noise_len();
+    let z: Vec<f32> = bad
+        .iter()
+        .flat_map(|&i| GaussianNoise::new(seed ^ REDRAW_STREAM ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).sample_f32(per_z))
+        .collect();
     let ys: Vec<i64> = bad.iter().map(|&i| labels[i]).collect();
     let again = sampler.sample_with(&z, &ys, settings, &mut |_| {}).map_err(|e| match e {
         RtError::NonFinite { index, attempts } => RtError::NonFinite { index: bad[index], attempts: attempts + 1 },

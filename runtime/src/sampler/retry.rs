@@ -31,10 +31,14 @@ impl OnNonFinite {
 pub(super) type SampleRun<'a> = dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError> + 'a;
 
 /// Replaces the non-finite images of `x` (of `per_x` values each) by images that `run` makes from
-/// new noise (`per_z` values per image, a stream of its own per attempt drawn from `seed`) with
-/// the same labels, up to `policy`'s attempts. Returns (image, attempt) for every image replaced.
+/// new noise with the same labels, up to `policy`'s attempts. An image's new noise is drawn from
+/// `seed`, the attempt and its own prior noise in `z` (`per_z` values per image), so it does not
+/// depend on which other images share the run: an evaluation gives the same images whatever its
+/// chunk size, and two images never get the same new noise. Returns (image, attempt) for every
+/// image replaced.
 pub(super) fn resample_non_finite(
     x: &mut [f32],
+    z: &[f32],
     labels: &[i64],
     (per_z, per_x): (usize, usize),
     seed: u64,
@@ -51,8 +55,9 @@ pub(super) fn resample_non_finite(
         }
         attempt += 1;
         progress(Progress::Retry { images: bad.len(), attempt });
-        let mut noise = GaussianNoise::new(seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(attempt as u64));
-        let z2: Vec<f32> = bad.iter().flat_map(|_| noise.sample_f32(per_z)).collect();
+        let stream = seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(attempt as u64);
+        let z2: Vec<f32> =
+            bad.iter().flat_map(|&i| GaussianNoise::new(stream ^ fingerprint(&z[i * per_z..(i + 1) * per_z])).sample_f32(per_z)).collect();
         let y2: Vec<i64> = bad.iter().map(|&i| labels[i]).collect();
         let x2 = run(&z2, &y2)?;
         let still = non_finite(&x2, per_x);
@@ -65,4 +70,9 @@ pub(super) fn resample_non_finite(
         bad = still.into_iter().map(|k| bad[k]).collect();
     }
     Ok(retried)
+}
+
+/// FNV-1a over the bits of an image's prior noise: tells images apart, deterministically.
+fn fingerprint(z: &[f32]) -> u64 {
+    z.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3))
 }
