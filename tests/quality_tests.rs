@@ -253,14 +253,29 @@ fn eval_quality_gives_the_figures_of_the_same_images_sampled_by_the_library_and_
     assert!((burn_fld - fld).abs() <= 1e-3 * fld, "{burn_fld} vs {fld}");
 }
 
-#[test]
-fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_whole_set() {
+/// The tiny model's package (kept alive by the returned directory), loaded, with 2 denoising steps.
+fn tiny_package_two_steps() -> (tempfile::TempDir, std::sync::Arc<Model>, SampleSettings) {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("pkg");
     package(&pkg);
     let model = std::sync::Arc::new(Model::load(&pkg).unwrap());
     let mut settings = itarflow_rt::sampler::defaults(&model);
     settings.denoise_steps = 2;
+    (tmp, model, settings)
+}
+
+/// Every image of `n` values in `ours` equals `theirs`' (1e-5) but image `k`, which differs.
+fn only_image_differs(ours: &[f32], theirs: &[f32], n: usize, k: usize) {
+    for i in (0..ours.len() / n).filter(|&i| i != k) {
+        let e = rel_err(&ours[i * n..(i + 1) * n], &theirs[i * n..(i + 1) * n]);
+        assert!(e < 1e-5, "image {i}: {e:.2e}");
+    }
+    assert!(rel_err(&ours[k * n..(k + 1) * n], &theirs[k * n..(k + 1) * n]) > 1e-2, "image {k} was not drawn again");
+}
+
+#[test]
+fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_whole_set() {
+    let (_tmp, model, settings) = tiny_package_two_steps();
     let per = model.noise_len();
     let labels = quality::balanced_labels(9, 10);
     let clean = itarflow_base::prior_noise(5, 9 * per);
@@ -280,11 +295,7 @@ fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_
     let reference = quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Fail), &clean, &labels, &settings, 4, &mut |_| {}).unwrap();
     let n = model.image_len();
     let (ours, theirs) = (got.images.as_slice().unwrap(), reference.images.as_slice().unwrap());
-    for i in (0..9).filter(|&i| i != 6) {
-        let e = rel_err(&ours[i * n..(i + 1) * n], &theirs[i * n..(i + 1) * n]);
-        assert!(e < 1e-5, "image {i}: {e:.2e}");
-    }
-    assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
+    only_image_differs(ours, theirs, n, 6);
     assert!(reference.redrawn.is_empty());
     // An image's new noise is its own: the same images whatever the chunk size.
     let whole = quality::generate_from(&sampler(itarflow_rt::OnNonFinite::Retry(1)), &z, &labels, &settings, 9, &mut |_| {}).unwrap();
@@ -295,12 +306,7 @@ fn an_evaluation_redraws_non_finite_images_and_names_them_by_their_place_in_the_
 
 #[test]
 fn the_ablations_redraw_images_whose_denoising_diverges() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let model = std::sync::Arc::new(Model::load(&pkg).unwrap());
-    let mut settings = itarflow_rt::sampler::defaults(&model);
-    settings.denoise_steps = 2;
+    let (_tmp, model, settings) = tiny_package_two_steps();
     let labels = quality::balanced_labels(9, 10);
     let sampler =
         |policy| Sampler::builder(model.clone()).provider(Provider::Tract).settings(settings).on_non_finite(policy).build().unwrap();
@@ -333,11 +339,7 @@ fn the_ablations_redraw_images_whose_denoising_diverges() {
     let clean = fail.denoise_with(noisy.view(), &labels, &settings, &mut |_| {}).unwrap();
     let n = model.image_len();
     let (ours, theirs) = (x.as_slice().unwrap(), clean.as_slice().unwrap());
-    for i in (0..9).filter(|&i| i != 6) {
-        let e = rel_err(&ours[i * n..(i + 1) * n], &theirs[i * n..(i + 1) * n]);
-        assert!(e < 1e-5, "image {i}: {e:.2e}");
-    }
-    assert!(rel_err(&ours[6 * n..7 * n], &theirs[6 * n..7 * n]) > 1e-2, "image 6 was not drawn again");
+    only_image_differs(ours, theirs, n, 6);
 }
 
 #[test]

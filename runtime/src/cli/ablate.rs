@@ -53,7 +53,7 @@ fn pct(v: Option<f64>) -> String {
 pub fn table(rows: &[Row], floor: Option<f64>, num: usize) -> String {
     let mut s = format!("FLD (lower is better) and class accuracy of {num} images per row");
     if rows.iter().any(|r| r.redrawn > 0) {
-        s += " ('redrawn': images whose guided inversion came out NaN/Inf, sampled again from new noise)";
+        s += " ('redrawn': images that came out NaN/Inf, in phase 1 or while denoising, and were sampled again from new noise)";
     }
     if let Some(f) = floor {
         s += &format!("; FLD floor at {num} images (training images against the test set): {f:.3}");

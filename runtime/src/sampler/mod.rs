@@ -187,8 +187,7 @@ impl Sampler {
         let mut x = self.run_both(z, labels, &settings, progress)?;
         let retried = retry::resample_non_finite(
             &mut x,
-            z,
-            labels,
+            (z, labels),
             (per_z, per_x),
             self.seed,
             self.on_non_finite,
