@@ -5,7 +5,7 @@
 //! Inputs are random (x, t in (0, 1), labels 0); a symbol P (cached tokens) is set to PAST.
 //! Environment: `BY_NODE=1` lists every node with its input and output shapes instead of totals
 //! per operator; `SYMBOLIC_P=1` leaves P symbolic in the plan (as itarflow-rt does) and feeds
-//! PAST cached tokens; `NO_REWRITE=1` skips itarflow-rt's softmax rewrite (tract's own Softmax).
+//! PAST cached tokens; `NO_REWRITE=1` skips itarflow-rt's load-time rewrites (tract's own attention and Softmax).
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ fn main() -> TractResult<()> {
     let batch: i64 = args[2].parse()?;
     let past: i64 = args.get(3).map_or(Ok(0), |s| s.parse())?;
     let runs: usize = args.get(4).map_or(Ok(10), |s| s.parse())?;
-    let model = tract_onnx::onnx().model_for_path(path)?.into_typed()?.into_decluttered()?;
+    let model = tract_onnx::onnx().model_for_path(path)?.into_typed()?;
     let mut values = HashMap::new();
     values.insert(model.symbols.sym("N"), TDim::Val(batch));
     if std::env::var("SYMBOLIC_P").is_err() {
@@ -26,8 +26,9 @@ fn main() -> TractResult<()> {
     }
     let mut model = model.set_symbols(&values)?;
     if std::env::var("NO_REWRITE").is_err() {
-        let n = itarflow_rt::provider::tract::rewrite_softmaxes(&mut model)?;
-        eprintln!("{n} softmaxes rewritten");
+        let (rewritten, r) = itarflow_rt::provider::tract::rewrite_for_cpu(model)?;
+        eprintln!("rewritten: {r:?}");
+        model = rewritten;
     }
     let model = model.into_optimized()?;
     let inputs: TVec<TValue> = model

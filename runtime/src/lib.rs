@@ -14,6 +14,7 @@
 //! # Ok::<(), itarflow_rt::RtError>(())
 //! ```
 
+pub mod allocator;
 pub mod bench;
 pub mod check;
 pub mod graphs;

@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() {
+    itarflow_rt::allocator::retain_freed_memory();
     let result = match Cli::parse().command {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::io::denoise(a),

@@ -2,8 +2,9 @@
 //! at most the past length P (cond, forward, step, VJP, score) get one optimised plan per batch
 //! size they run with, made from the file on first use (N made concrete: tract then fuses and
 //! vectorises the elementwise ops it leaves generic under a symbol, 1.7x faster on the score
-//! graph; P stays symbolic, it changes every step). Before optimisation, softmaxes over a known
-//! length are rewritten into ops tract runs vectorised ([`rewrite_softmaxes`]).
+//! graph; P stays symbolic, it changes every step). Before optimisation, attention over a KV
+//! cache becomes one op ([`fuse_kv_attention`]) and softmaxes over a known length are rewritten
+//! into ops tract runs vectorised ([`rewrite_softmaxes`]).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
 //! steps share one state instead of allocating one per step.
@@ -18,8 +19,39 @@ use tract_onnx::tract_core::runtime::{DefaultRuntime, Runnable, Runtime, State};
 use super::{Engine, HostTensor};
 use crate::RtError;
 
+mod attention;
+mod gemm;
+mod linear;
+mod matmul;
 mod softmax;
+pub use attention::{KvAttention, fuse_kv_attention};
+pub use gemm::fast_path as avx512_kernels;
+pub use linear::{ConstLinear, fuse_const_linears};
+pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
 pub use softmax::rewrite_softmaxes;
+
+/// How many nodes [`rewrite_for_cpu`] replaced, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    pub attentions: usize,
+    pub softmaxes: usize,
+    pub linears: usize,
+    pub matmuls: usize,
+}
+
+/// tract's CPU plans get load-time rewrites before optimisation. On the model as typed from
+/// ONNX (its symbols set): attention over a KV cache as one [`KvAttention`] op. Then, on the
+/// decluttered model (constants folded, weights visible): softmaxes over a known length as
+/// vectorised ops and, on CPUs with AVX-512F, products by a constant matrix and batched
+/// products of two activations as [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the
+/// rewritten model, decluttered, for tract's optimisation.
+pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
+    let attentions = fuse_kv_attention(&mut model)?;
+    let mut model = model.into_decluttered()?;
+    let softmaxes = rewrite_softmaxes(&mut model)?;
+    let (linears, matmuls) = if gemm::fast_path() { (fuse_const_linears(&mut model)?, fuse_batched_matmuls(&mut model)?) } else { (0, 0) };
+    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls }))
+}
 
 /// Batch sizes with a plan of their own, at most (each holds its own packed weights).
 const MAX_BATCH_PLANS: usize = 4;
@@ -128,9 +160,9 @@ pub struct TractGraph {
 }
 
 impl TractGraph {
-    /// The graph at `path` as a typed model. On the CPU it is not decluttered here: tract's
-    /// optimisation declutters it again anyway (the demo's score plan: 0.39 -> 0.34 s to make);
-    /// tract-cuda's runtime gets it decluttered.
+    /// The graph at `path` as a typed model. On the CPU it is decluttered once its batch is set
+    /// ([`Self::plan_for`], before the load-time rewrites), not here; tract-cuda's runtime gets it
+    /// decluttered.
     fn typed(&self, path: &Path) -> Result<TypedModel, RtError> {
         Self::typed_for(path, self.device)
     }
@@ -212,7 +244,7 @@ impl TractGraph {
             .set_symbols(&HashMap::from([(batch, TDim::Val(n as i64))]))
             .map_err(|e| fail(&format!("setting the batch of {} to {n}", self.name), e))?;
         if self.device == TractDevice::Cpu {
-            rewrite_softmaxes(&mut concrete).map_err(|e| fail(&format!("rewriting the softmaxes of {}", self.name), e))?;
+            concrete = rewrite_for_cpu(concrete).map_err(|e| fail(&format!("rewriting {} for tract's CPU runtime", self.name), e))?.0;
         }
         let plan = Arc::new(Plan::new(concrete, &self.name, self.device)?);
         if plans.len() >= MAX_BATCH_PLANS {

@@ -1,0 +1,341 @@
+//! Attention over a KV cache as one tract op, rewritten in at load.
+//!
+//! A growing-cache step graph attends with one query per row to every cached key:
+//! `softmax(q kᵀ) v` with q (N, H, 1, d) and k, v (N, H, P + 1, d). tract runs it as two batched
+//! matrix products of N H pairs with M = 1 each, and per pair it packs both operands and calls
+//! a kernel meant for large tiles; the concatenated cache is first copied into the (N H, P + 1,
+//! d) layout its matmul wants (a copy, because the cache is also a graph output). On the demo's
+//! deepest step graph (32 rows, 24 cached) that attention was ~0.65 ms of 2.7 ms per block stack
+//! of 3, for ~0.2 M multiply-adds. [`KvAttention`] computes it directly from the cache tensors:
+//! per (row, head) the dot products of the query with each key, the row softmax (subtract the
+//! maximum, exponentiate, normalise), and the weighted sum of the values, with no packing and no
+//! copy.
+//!
+//! [`fuse_kv_attention`] finds the pattern in a typed model before optimisation:
+//! `EinSum(q, Move(k)) -> Softmax(last axis) -> EinSum(·, v)` with the matmul axes of ONNX
+//! MatMul (`abmk,abkn->abmn`), f32, and no mask or other use of the scores in between (the
+//! full-sequence forward graphs add a causal mask before their softmax and are left alone). It
+//! runs on the model as loaded from ONNX, before decluttering folds the query axis of length 1
+//! into the einsums in ways that vary.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+/// `softmax(q kᵀ) v` over the last two axes, every query attending to every key, no scale
+/// (the query comes scaled) and no mask: q (.., M, d), k (.., L, d), v (.., L, e) -> (.., M, e),
+/// f32, the leading axes equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct KvAttention;
+
+impl Op for KvAttention {
+    fn name(&self) -> StaticName {
+        "KvAttention".into()
+    }
+
+    op_as_typed_op!();
+}
+
+/// The sizes of one evaluation: `pairs` independent (.., M, ·) blocks.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    pairs: usize,
+    queries: usize,
+    keys: usize,
+    depth: usize,
+    out: usize,
+}
+
+impl Dims {
+    fn of(q: &[usize], k: &[usize], v: &[usize]) -> TractResult<Self> {
+        let r = q.len();
+        ensure!(r >= 2 && k.len() == r && v.len() == r, "KvAttention: q, k, v of ranks {}, {}, {}", q.len(), k.len(), v.len());
+        ensure!(q[..r - 2] == k[..r - 2] && q[..r - 2] == v[..r - 2], "KvAttention: leading axes of {q:?}, {k:?}, {v:?} differ");
+        ensure!(q[r - 1] == k[r - 1] && k[r - 2] == v[r - 2], "KvAttention: q {q:?}, k {k:?}, v {v:?} do not chain");
+        Ok(Self { pairs: q[..r - 2].iter().product(), queries: q[r - 2], keys: k[r - 2], depth: q[r - 1], out: v[r - 1] })
+    }
+}
+
+impl EvalOp for KvAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 3, "KvAttention takes q, k, v");
+        let dims = Dims::of(inputs[0].shape(), inputs[1].shape(), inputs[2].shape())?;
+        let (qv, kv, vv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?, inputs[2].try_as_plain_ram()?);
+        let (q, k, v) = (qv.as_slice::<f32>()?, kv.as_slice::<f32>()?, vv.as_slice::<f32>()?);
+        let mut shape: TVec<usize> = inputs[0].shape().into();
+        let last = shape.len() - 1;
+        shape[last] = dims.out;
+        let mut out = vec![0.0f32; dims.pairs * dims.queries * dims.out];
+        attend(q, k, v, &mut out, dims);
+        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for KvAttention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 3, "KvAttention takes q, k, v");
+        ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "KvAttention computes in f32");
+        let (q, k, v) = (&inputs[0].shape, &inputs[1].shape, &inputs[2].shape);
+        let r = q.rank();
+        ensure!(r >= 2 && k.rank() == r && v.rank() == r, "KvAttention: q, k, v of ranks {}, {}, {}", q.rank(), k.rank(), v.rank());
+        let mut shape: TVec<TDim> = q.iter().cloned().collect();
+        shape[r - 1] = v[r - 1].clone();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (q, k, v) = (&inputs[0].shape, &inputs[1].shape, &inputs[2].shape);
+        let r = q.rank();
+        let keys = k[r - 2].clone();
+        let fma = q.iter().take(r - 1).product::<TDim>() * keys * (q[r - 1].clone() + v[r - 1].clone());
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fma)))
+    }
+
+    as_op!();
+}
+
+/// The attention of every (pair, query), written into `out`.
+fn attend(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { attend_avx2(q, k, v, out, dims) };
+        return;
+    }
+    attend_portable(q, k, v, out, dims)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
+    attend_portable(q, k, v, out, dims)
+}
+
+/// The loops, inlined into each target-feature entry so the compiler vectorises them for it.
+#[inline(always)]
+fn attend_portable(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
+    let Dims { pairs, queries, keys, depth, out: width } = dims;
+    let mut weights = vec![0.0f32; keys];
+    for p in 0..pairs {
+        let kp = &k[p * keys * depth..(p + 1) * keys * depth];
+        let vp = &v[p * keys * width..(p + 1) * keys * width];
+        for m in 0..queries {
+            let row = (p * queries + m) * depth;
+            let qm = &q[row..row + depth];
+            let mut max = f32::NEG_INFINITY;
+            for (w, key) in weights.iter_mut().zip(kp.chunks_exact(depth)) {
+                *w = dot(qm, key);
+                max = max.max(*w);
+            }
+            let mut sum = 0.0f32;
+            for w in weights.iter_mut() {
+                *w = (*w - max).exp();
+                sum += *w;
+            }
+            let o = &mut out[(p * queries + m) * width..(p * queries + m + 1) * width];
+            for (&w, value) in weights.iter().zip(vp.chunks_exact(width)) {
+                for (o, &x) in o.iter_mut().zip(value) {
+                    *o += w * x;
+                }
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
+/// Σ a_i b_i with 16 independent partial sums (so the loop vectorises).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The einsums of ONNX MatMul on rank-4 operands as tract types them: (.., M, K) x (.., K, N),
+/// and the same with the second operand transposed, (.., M, K) x (.., N, K).
+const MATMUL: &str = "abmk,abkn->abmn";
+const MATMUL_BT: &str = "abmk,abnk->abmn";
+
+/// The single node reading `outlet`, if exactly one node does and it is not a model output.
+fn only_reader(model: &TypedModel, outlet: OutletId) -> Option<usize> {
+    match model.outlet_successors(outlet) {
+        [one] if !model.outputs.contains(&outlet) => Some(one.node),
+        _ => None,
+    }
+}
+
+/// An attention found in a model: its q, k, v and the node computing its output.
+struct Found {
+    q: OutletId,
+    k: OutletId,
+    v: OutletId,
+    out: usize,
+}
+
+/// The attention whose Softmax is node `id`, if it is the middle of `softmax(q kᵀ) v` as
+/// described in the module notes.
+fn match_attention(model: &TypedModel, id: usize) -> TractResult<Option<Found>> {
+    let node = model.node(id);
+    let Some(sm) = node.op_as::<Softmax>() else { return Ok(None) };
+    let fact = model.outlet_fact(node.inputs[0])?;
+    if sm.kind != SoftmaxKind::Softmax || sm.quant_output_dt.is_some() || fact.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    if fact.rank() != 4 || sm.axes.as_slice() != [3] {
+        return Ok(None);
+    }
+    let scores = model.node(node.inputs[0].node);
+    let Some(qk) = scores.op_as::<EinSum>() else { return Ok(None) };
+    if scores.inputs.len() != 2 || qk.q_params.is_some() || only_reader(model, node.inputs[0]) != Some(id) {
+        return Ok(None);
+    }
+    let axes = qk.axes.to_string();
+    let k = if axes == MATMUL_BT {
+        scores.inputs[1]
+    } else if axes == MATMUL {
+        let kt = model.node(scores.inputs[1].node);
+        match kt.op_as::<AxisOp>() {
+            Some(AxisOp::Move(2, 3)) | Some(AxisOp::Move(3, 2)) => kt.inputs[0],
+            _ => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    let Some(out) = only_reader(model, OutletId::new(id, 0)) else { return Ok(None) };
+    let weighted = model.node(out);
+    let Some(av) = weighted.op_as::<EinSum>() else { return Ok(None) };
+    if weighted.inputs.len() != 2 || av.q_params.is_some() || weighted.inputs[0] != OutletId::new(id, 0) || av.axes.to_string() != MATMUL {
+        return Ok(None);
+    }
+    let (q, v) = (scores.inputs[0], weighted.inputs[1]);
+    let ok = [q, k, v].iter().all(|&o| model.outlet_fact(o).is_ok_and(|f| f.datum_type == f32::datum_type() && f.rank() == 4));
+    Ok(ok.then_some(Found { q, k, v, out }))
+}
+
+/// `model` with every attention over a KV cache (see the module notes) computed by one
+/// [`KvAttention`] node. Returns how many were replaced.
+pub fn fuse_kv_attention(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let Some(found) = match_attention(model, id)? else { continue };
+        let name = model.node(id).name.clone();
+        let mut patch = TypedModelPatch::default();
+        let inputs = [found.q, found.k, found.v].iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+        let y = patch.wire_node(format!("{name}.kv_attention"), KvAttention, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(found.out, 0), y)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i + seed) * 7919 % 1009) as f32) / 250.0 - 2.0).collect()
+    }
+
+    /// softmax(q kᵀ) v in f64, row by row.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], (pairs, m, l, d, e): (usize, usize, usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0.0f64; pairs * m * e];
+        for p in 0..pairs {
+            for i in 0..m {
+                let s: Vec<f64> =
+                    (0..l).map(|j| (0..d).map(|c| q[(p * m + i) * d + c] as f64 * k[(p * l + j) * d + c] as f64).sum()).collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                for (j, x) in s.iter().enumerate() {
+                    for c in 0..e {
+                        out[(p * m + i) * e + c] += (x - max).exp() / sum * v[(p * l + j) * e + c] as f64;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The op against the f64 computation: one query and several, a depth that is not a
+    /// multiple of the vector width, a value width unlike the depth.
+    #[test]
+    fn kv_attention_is_softmax_of_scores_times_values() {
+        for (m, l, d, e) in [(1, 25, 64, 64), (3, 7, 21, 5), (1, 1, 16, 16)] {
+            let (a, h) = (2, 3);
+            let (q, k, v) = (values(a * h * m * d, 1), values(a * h * l * d, 2), values(a * h * l * e, 3));
+            let t = |s: &[usize], x: &[f32]| Tensor::from_shape(s, x).unwrap().into_tvalue();
+            let out = KvAttention
+                .eval(&EvalContext::out_of_plan(), tvec![t(&[a, h, m, d], &q), t(&[a, h, l, d], &k), t(&[a, h, l, e], &v)])
+                .unwrap();
+            assert_eq!(out[0].shape(), &[a, h, m, e]);
+            let got = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
+            let want = reference(&q, &k, &v, (a * h, m, l, d, e));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((*g as f64 - w).abs() <= 2e-6 * w.abs().max(1.0), "({m}, {l}, {d}, {e}) at {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// The pattern as tract types an ONNX step graph: q (N, 2, 1, 8) against a cache of P + 1
+    /// keys, scores by EinSum with the keys' last axes swapped, Softmax, EinSum with the values.
+    /// `mask`: a mask added to the scores (as in the full-sequence graphs), which must not match.
+    fn step_attention(mask: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let (n, p) = (model.symbols.sym("N"), model.symbols.sym("P"));
+        let cache = |l: TDim| f32::fact([n.to_dim(), 2.to_dim(), l, 8.to_dim()]);
+        let q = model.add_source("q", cache(1.to_dim())).unwrap();
+        let k = model.add_source("k", cache(p.to_dim() + 1)).unwrap();
+        let v = model.add_source("v", cache(p.to_dim() + 1)).unwrap();
+        let kt = model.wire_node("kt", AxisOp::Move(2, 3), &[k]).unwrap()[0];
+        let mut s = model.wire_node("scores", EinSum::new(MATMUL.parse().unwrap(), f32::datum_type()), &[q, kt]).unwrap()[0];
+        if mask {
+            let m = model.add_source("mask", f32::fact([n.to_dim(), 2.to_dim(), 1.to_dim(), p.to_dim() + 1])).unwrap();
+            s = model.wire_node("masked", tract_onnx::tract_core::ops::math::add(), &[s, m]).unwrap()[0];
+        }
+        let op = Softmax { axes: tvec![3], quant_output_dt: None, kind: SoftmaxKind::Softmax };
+        let a = model.wire_node("softmax", op, &[s]).unwrap()[0];
+        let o = model.wire_node("out", EinSum::new(MATMUL.parse().unwrap(), f32::datum_type()), &[a, v]).unwrap()[0];
+        model.select_output_outlets(&[o]).unwrap();
+        model
+    }
+
+    fn run(model: TypedModel, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let feeds = inputs.iter().map(|(s, x)| Tensor::from_shape(s, x).unwrap().into_tvalue()).collect();
+        let out = plan.run(feeds).unwrap();
+        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+    }
+
+    /// The rewrite replaces the step's attention and leaves its outputs as tract computed them
+    /// before; a masked attention is not touched.
+    #[test]
+    fn fused_step_attention_gives_the_same_outputs() {
+        let original = step_attention(false);
+        let mut fused = original.clone();
+        assert_eq!(fuse_kv_attention(&mut fused).unwrap(), 1);
+        assert!(fused.nodes.iter().any(|n| n.op_is::<KvAttention>()));
+        let (n, l) = (3, 6);
+        let inputs =
+            [(vec![n, 2, 1, 8], values(n * 16, 4)), (vec![n, 2, l, 8], values(n * 16 * l, 5)), (vec![n, 2, l, 8], values(n * 16 * l, 6))];
+        let (want, got) = (run(original, &inputs), run(fused, &inputs));
+        assert_eq!(want.len(), n * 16);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "at {i}: {g} vs {w}");
+        }
+        let mut masked = step_attention(true);
+        assert_eq!(fuse_kv_attention(&mut masked).unwrap(), 0);
+    }
+}

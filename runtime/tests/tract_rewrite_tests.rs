@@ -1,0 +1,103 @@
+//! tract's load-time rewrites on the shipped demo package's graphs: they find what they are
+//! meant to (the KV attention of every block of a step graph; the softmaxes, linear layers and
+//! attention products of the score graph, the last two on CPUs with AVX-512F) and the rewritten
+//! plans give the outputs tract's own plans give, on random inputs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use itarflow_rt::provider::tract::{Rewrites, avx512_kernels, rewrite_for_cpu};
+use tract_onnx::prelude::*;
+
+fn graph(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fmnist/package/fp32").join(name)
+}
+
+/// The graph typed from ONNX with its batch N (and cached length P, if any) set.
+fn typed(name: &str, batch: i64, past: i64) -> TypedModel {
+    let model = tract_onnx::onnx().model_for_path(graph(name)).unwrap().into_typed().unwrap();
+    let mut values = HashMap::from([(model.symbols.sym("N"), TDim::Val(batch))]);
+    values.insert(model.symbols.sym("P"), TDim::Val(past));
+    model.set_symbols(&values).unwrap()
+}
+
+/// Deterministic inputs for `model`: floats in (-1, 1) (noise levels in (0.05, 0.3) for `t`,
+/// inverse temperatures 1), integers 0 except the step's position `past`.
+fn inputs(model: &TypedModel, past: i64) -> TVec<TValue> {
+    model
+        .input_outlets()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let name = &model.node(o.node).name;
+            let fact = model.outlet_fact(*o).unwrap();
+            let shape: Vec<usize> = fact.shape.as_concrete().unwrap().to_vec();
+            let n: usize = shape.iter().product();
+            let t = match fact.datum_type {
+                DatumType::I64 if name == "pos" => Tensor::from_shape(&shape, &vec![past; n]),
+                DatumType::I64 => Tensor::from_shape(&shape, &vec![1i64; n]),
+                _ => {
+                    let v: Vec<f32> = match name.as_str() {
+                        "t" => (0..n).map(|i| 0.05 + 0.25 * (i as f32 / n as f32)).collect(),
+                        "inv_temp" => vec![1.0; n],
+                        _ => (0..n).map(|i| ((i * 7919 + name.len() * 31) % 2001) as f32 / 1000.0 - 1.0).collect(),
+                    };
+                    Tensor::from_shape(&shape, &v)
+                }
+            };
+            t.unwrap().into_tvalue()
+        })
+        .collect()
+}
+
+fn run(model: TypedModel, feeds: TVec<TValue>) -> Vec<Vec<f32>> {
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    plan.run(feeds).unwrap().iter().map(|t| t.to_plain_array_view::<f32>().unwrap().iter().copied().collect()).collect()
+}
+
+/// Runs the graph through tract with and without the rewrites: the rewrites found, and the
+/// largest difference of any output relative to the output's largest value.
+fn compare(name: &str, batch: i64, past: i64) -> (Rewrites, f64) {
+    let plain = typed(name, batch, past);
+    let feeds = inputs(&plain, past);
+    let (rewritten, found) = rewrite_for_cpu(plain.clone()).unwrap();
+    let (want, got) = (run(plain, feeds.clone()), run(rewritten, feeds));
+    let mut worst = 0.0f64;
+    eprintln!("{name}: {found:?}");
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w.len(), g.len(), "{name}: output sizes differ");
+        let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
+        for (a, b) in w.iter().zip(g) {
+            assert!(b.is_finite(), "{name}: non-finite output");
+            worst = worst.max((*a as f64 - *b as f64).abs() / scale);
+        }
+    }
+    eprintln!("{name}: largest difference {worst:.2e} of the output's scale");
+    (found, worst)
+}
+
+#[test]
+fn step_graphs_attend_through_the_cache_in_one_op_with_the_same_outputs() {
+    // layer 0 has one block, layer 5 three; 5 tokens cached, 6 rows.
+    for (name, blocks) in [("layer0_step.onnx", 1), ("layer5_step.onnx", 3)] {
+        let (found, diff) = compare(name, 6, 5);
+        assert_eq!(found.attentions, blocks, "{name}: {found:?}");
+        assert!(diff < 1e-5, "{name}: outputs differ by {diff:.2e} of their scale");
+    }
+}
+
+#[test]
+fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
+    let (found, diff) = compare("score.onnx", 2, 0);
+    // 8 blocks: one causal softmax each.
+    assert_eq!(found.softmaxes, 8, "{found:?}");
+    if avx512_kernels() {
+        // Every linear layer forward and adjoint, and the attention's products (2 forward and
+        // 4 adjoint per block; tract splits some per head before the rewrite).
+        assert!(found.linears >= 8 * 4 * 2, "{found:?}");
+        assert!(found.matmuls >= 8 * 6, "{found:?}");
+    } else {
+        assert_eq!((found.linears, found.matmuls), (0, 0), "{found:?}");
+    }
+    assert!(diff < 1e-5, "score outputs differ by {diff:.2e} of their scale");
+}
