@@ -293,12 +293,16 @@ impl Layer {
     pub fn forward(&self, g: &mut Graph, x: V, cond: V) -> (V, V) {
         g.scoped(&self.scope(), |g| {
             let u = if self.flip { g.flip(x, 1) } else { x };
+            // Token n's (a, b) come from the transformer's output at n - 1, so its output at the
+            // last token is never used, and causal attention keeps the last token from every
+            // other: the transformer runs on the first T - 1 tokens (1/T of the work saved).
+            let t = self.tokens.saturating_sub(1).max(1);
+            let (v, pos) = if t < self.tokens { (g.slice(u, 1, 0, t), g.slice(self.pos, 0, 0, t)) } else { (u, self.pos) };
             let (w, b) = self.proj_in;
-            let h = g.linear(u, w, b);
-            let h = g.plus(h, self.pos);
+            let h = g.linear(v, w, b);
+            let h = g.plus(h, pos);
             let c = g.reshape(cond, &[0, 1, self.width as i64]);
             let mut h = g.plus(h, c);
-            let t = self.tokens;
             let mask: Vec<f32> = (0..t * t).map(|n| if n % t > n / t { f32::NEG_INFINITY } else { 0.0 }).collect();
             let mask = g.constant(Some("causal_mask"), ConstData::F32(mask), &[t, t]);
             for (k, blk) in self.blocks.iter().enumerate() {
@@ -312,7 +316,7 @@ impl Layer {
             let (w, bias) = self.proj_out;
             let o = g.linear(h, w, bias);
             // Shift right by one token: token n uses the output at n - 1, token 0 zeros.
-            let o = g.slice(o, 1, 0, t - 1);
+            let o = if t < self.tokens { o } else { g.slice(o, 1, 0, t - 1) };
             let o = g.pad(o, 1, 1, 0);
             let (a, shift) = self.split(g, o, 2);
             let d = g.minus(u, shift);
