@@ -74,6 +74,8 @@ fn graphs<E: Engine>(c: &mut Criterion, engine: &str, gs: &GraphSet<E>) {
 }
 
 fn engines(c: &mut Criterion) {
+    // As the itarflow-rt binary runs: freed memory kept for the next run (see `allocator`).
+    itarflow_rt::allocator::retain_freed_memory();
     let model = Arc::new(Model::load(root().join("models/fmnist/package")).unwrap());
     let opts = ProviderOptions::default();
     let ort_available = itarflow_rt::provider::ort::environment(None).is_ok();
