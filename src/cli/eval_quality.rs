@@ -12,7 +12,8 @@ use clap::Args;
 use itarflow::sample::{options_for, sample};
 use itarflow_base::sample_args::SettingsArgs;
 use itarflow_rt::quality::{self, Classifier};
-use itarflow_rt::{Model, Provider, Sampler};
+use itarflow_rt::sampler::resample_non_finite;
+use itarflow_rt::{Model, OnNonFinite, Provider, RtError, Sampler};
 use ndarray::Array4;
 
 use super::ckpt::CkptArgs;
@@ -46,15 +47,25 @@ pub struct EvalQualityArgs {
     /// Images per sampler run.
     #[arg(long, default_value_t = 250)]
     pub chunk: usize,
+    /// Images whose sampling ends in NaN/Inf are sampled again from new noise (same label), up to
+    /// this many times each, and counted ('redrawn' in the JSON); 0: fail naming the image. The
+    /// redraws are itarflow-rt's (same seed, same new noise), with --ckpt as with --model.
+    #[arg(long, default_value_t = 0)]
+    pub retries: usize,
     #[arg(long)]
     pub json: bool,
 }
 
-fn sample_ckpt(
-    a: &EvalQualityArgs,
-    ckpt: &std::path::Path,
-    labels_for: impl Fn(usize) -> Vec<i64>,
-) -> Result<(Array4<f32>, Vec<i64>, serde_json::Value)> {
+/// The images of an evaluation, their labels, the images redrawn and the sampler settings.
+type Sampled = (Array4<f32>, Vec<i64>, Vec<usize>, serde_json::Value);
+
+impl EvalQualityArgs {
+    fn on_non_finite(&self) -> OnNonFinite {
+        if self.retries == 0 { OnNonFinite::Fail } else { OnNonFinite::Retry(self.retries) }
+    }
+}
+
+fn sample_ckpt(a: &EvalQualityArgs, ckpt: &std::path::Path, labels_for: impl Fn(usize) -> Vec<i64>) -> Result<Sampled> {
     let model = CkptArgs { ckpt: ckpt.to_path_buf(), in_channels: None, img_size: None, head_dim: None }.load()?;
     let c = model.config.clone();
     let labels = labels_for(c.num_classes);
@@ -64,42 +75,51 @@ fn sample_ckpt(
     let opts = a.settings.apply(options_for(&model), c.num_classes)?;
     let z = itarflow_base::prior_noise(a.seed, labels.len() * tokens * width);
     let bar = progress::bar(labels.len() as u64, "sample");
-    let mut x = Vec::with_capacity(labels.len() * c.in_channels * c.img_size * c.img_size);
+    let per_x = c.in_channels * c.img_size * c.img_size;
+    let per_z = tokens * width;
+    // Burn's sampler on (noise, labels): the images as values, NaN/Inf kept for the redraw rule.
+    let mut run = |z: &[f32], y: &[i64]| -> Result<Vec<f32>, RtError> {
+        let zs = Tensor::<3>::from_data(TensorData::new(z.to_vec(), [y.len(), tokens, width]), &model.device());
+        let out = sample(&model, zs, &inputs::as_labels(y.to_vec(), c.num_classes), &opts, &mut |_| {});
+        out.try_to_vec_as::<f32>().map_err(|e| RtError::Internal(format!("reading the sampled images: {e:?}")))
+    };
+    let mut x = Vec::with_capacity(labels.len() * per_x);
+    let mut redrawn = Vec::new();
     for start in (0..labels.len()).step_by(a.chunk) {
         let n = a.chunk.min(labels.len() - start);
-        let zs = Tensor::<3>::from_data(
-            TensorData::new(z[start * tokens * width..(start + n) * tokens * width].to_vec(), [n, tokens, width]),
-            &model.device(),
-        );
-        let y = inputs::as_labels(labels[start..start + n].to_vec(), c.num_classes);
-        let out = sample(&model, zs, &y, &opts, &mut |_| {});
-        x.extend(inputs::ensure_finite(&out, "the sampled images")?);
+        let (zs, ys) = (&z[start * per_z..(start + n) * per_z], &labels[start..start + n]);
+        let mut xs = run(zs, ys)?;
+        let again = resample_non_finite(&mut xs, (zs, ys), (per_z, per_x), a.seed, a.on_non_finite(), &mut run, &mut |_| {}).map_err(
+            |e| match e {
+                RtError::NonFinite { index, attempts } => RtError::NonFinite { index: start + index, attempts },
+                other => other,
+            },
+        )?;
+        redrawn.extend(again.iter().map(|&(i, _)| start + i));
+        x.extend(xs);
         bar.set_position((start + n) as u64);
     }
     bar.finish_and_clear();
     let g = opts.guidance;
     let settings = serde_json::json!({"cfg": g.scale, "cfg_style": g.style, "denoise_steps": opts.denoise_steps, "t_max": opts.t_max, "t_min": opts.t_min});
-    Ok((Array4::from_shape_vec((labels.len(), c.in_channels, c.img_size, c.img_size), x)?, labels.to_vec(), settings))
+    Ok((Array4::from_shape_vec((labels.len(), c.in_channels, c.img_size, c.img_size), x)?, labels.to_vec(), redrawn, settings))
 }
 
-fn sample_package(
-    a: &EvalQualityArgs,
-    dir: &std::path::Path,
-    labels_for: impl Fn(usize) -> Vec<i64>,
-) -> Result<(Array4<f32>, Vec<i64>, serde_json::Value)> {
+fn sample_package(a: &EvalQualityArgs, dir: &std::path::Path, labels_for: impl Fn(usize) -> Vec<i64>) -> Result<Sampled> {
     let model = Arc::new(Model::load(dir).with_context(|| format!("loading the model package {}", dir.display()))?);
     let c = model.manifest.model.clone();
     let settings = a.settings.apply(itarflow_rt::sampler::defaults(&model), c.num_classes)?;
     let provider: Provider = a.provider.parse()?;
-    let sampler = Sampler::builder(model.clone()).provider(provider).settings(settings).seed(a.seed).build()?;
+    let sampler =
+        Sampler::builder(model.clone()).provider(provider).settings(settings).seed(a.seed).on_non_finite(a.on_non_finite()).build()?;
     let labels = labels_for(c.num_classes);
     let bar = progress::bar(labels.len() as u64, "sample");
-    let x = quality::generate(&sampler, &labels, &settings, a.seed, a.chunk, &mut |done| bar.set_position(done as u64))?.images;
+    let generated = quality::generate(&sampler, &labels, &settings, a.seed, a.chunk, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let g = settings.guidance;
     let s = serde_json::json!({"cfg": g.scale, "cfg_style": g.style, "denoise_steps": settings.denoise_steps, "t_max": settings.t_max,
         "t_min": settings.t_min, "provider": sampler.provider().name()});
-    Ok((x, labels, s))
+    Ok((generated.images, labels, generated.redrawn, s))
 }
 
 pub fn run(a: EvalQualityArgs) -> Result<()> {
@@ -109,7 +129,7 @@ pub fn run(a: EvalQualityArgs) -> Result<()> {
     let dir = a.classifier.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLASSIFIER));
     let classifier = Classifier::load(&dir).with_context(|| format!("loading the classifier {}", dir.display()))?;
     let start = Instant::now();
-    let (images, labels, settings) = match (&a.ckpt, &a.model) {
+    let (images, labels, redrawn, settings) = match (&a.ckpt, &a.model) {
         (Some(ckpt), _) => sample_ckpt(&a, ckpt, |classes| quality::balanced_labels(a.num, classes))?,
         (None, Some(model)) => sample_package(&a, model, |classes| quality::balanced_labels(a.num, classes))?,
         (None, None) => bail!("pass --ckpt FILE or --model DIR"),
@@ -132,11 +152,14 @@ pub fn run(a: EvalQualityArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"report": report, "num": a.num, "seed": a.seed, "ckpt": a.ckpt, "model": a.model, "classifier": dir,
-                "settings": settings, "sampling_seconds": seconds})
+                "settings": settings, "sampling_seconds": seconds, "redrawn": redrawn})
         );
     } else {
         println!("{}", report.summary());
         println!("sampled {} images in {seconds:.1} s", a.num);
+        if !redrawn.is_empty() {
+            println!("{} image(s) came out NaN/Inf and were sampled again from new noise: {redrawn:?}", redrawn.len());
+        }
     }
     Ok(())
 }

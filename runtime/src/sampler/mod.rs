@@ -33,7 +33,7 @@ pub use builder::{Classes, SamplerBuilder};
 pub use denoise::{Denoising, denoise, non_finite};
 pub use invert::{Inversion, empty_caches, invert};
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
-pub use retry::OnNonFinite;
+pub use retry::{OnNonFinite, SampleRun, resample_non_finite};
 pub use score::{log_prob, prepare_phase2, score};
 pub use settings::{Progress, ScoreForm, StepCache, defaults, validate};
 

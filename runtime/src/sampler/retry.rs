@@ -28,15 +28,16 @@ impl OnNonFinite {
 }
 
 /// Samples images from prior noise and labels (both phases).
-pub(super) type SampleRun<'a> = dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError> + 'a;
+pub type SampleRun<'a> = dyn FnMut(&[f32], &[i64]) -> Result<Vec<f32>, RtError> + 'a;
 
 /// Replaces the non-finite images of `x` (of `per_x` values each) by images that `run` makes from
 /// new noise with the same labels, up to `policy`'s attempts. An image's new noise is drawn from
 /// `seed`, the attempt and its own prior noise in `z` (`per_z` values per image; `z` and `labels`
 /// are the run's inputs), so it does not depend on which other images share the run: an
 /// evaluation gives the same images whatever its chunk size, and images of different prior noise
-/// never share new noise. Returns (image, attempt) for every image replaced.
-pub(super) fn resample_non_finite(
+/// never share new noise. Returns (image, attempt) for every image replaced. Public so that
+/// another sampler (Burn's, in `itarflow eval-quality --ckpt`) redraws exactly as this one.
+pub fn resample_non_finite(
     x: &mut [f32],
     (z, labels): (&[f32], &[i64]),
     (per_z, per_x): (usize, usize),
