@@ -50,6 +50,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // As `itarflow-rt serve` runs: freed memory kept for the next run (see `allocator`).
+    itarflow_rt::allocator::retain_freed_memory();
     let clients: usize = env("LOAD_CLIENTS", 16);
     let per_client: usize = env("LOAD_REQUESTS", 50);
     let delay_ms: u64 = env("LOAD_DELAY_MS", 10);

@@ -101,3 +101,47 @@ fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
     }
     assert!(diff < 1e-5, "score outputs differ by {diff:.2e} of their scale");
 }
+
+/// An image's outputs do not depend on the batch it runs in: one row alone gives bit for bit
+/// what it gives as the first row of a batch of 4 (every product runs on the same kernel, also
+/// where decluttering drops the axes of one row), so the server's merged requests and a
+/// sampler's chunks give the images sampled one at a time. tract's own plans do not (their
+/// matrix kernels differ by shape: 1e-7 apart on the score graph, amplified by sampling).
+#[test]
+fn rewritten_plans_give_an_image_the_same_outputs_alone_and_in_a_batch() {
+    if !avx512_kernels() {
+        eprintln!("no AVX-512F here: the products stay tract's, whose results depend on the batch");
+        return;
+    }
+    for (name, past) in [("layer5_step.onnx", 5), ("layer0_cond.onnx", 0), ("score.onnx", 0)] {
+        let plain = typed(name, 4, past);
+        let feeds = inputs(&plain, past);
+        // The same inputs for the image alone: the first of every batched input's 4 rows.
+        let one: TVec<TValue> = feeds
+            .iter()
+            .map(|t| {
+                if t.rank() == 0 {
+                    return t.clone();
+                }
+                let mut shape = t.shape().to_vec();
+                shape[0] = 1;
+                let n: usize = shape.iter().product();
+                match t.datum_type() {
+                    DatumType::I64 => {
+                        Tensor::from_shape(&shape, &t.to_plain_array_view::<i64>().unwrap().iter().copied().take(n).collect::<Vec<_>>())
+                    }
+                    _ => Tensor::from_shape(&shape, &t.to_plain_array_view::<f32>().unwrap().iter().copied().take(n).collect::<Vec<_>>()),
+                }
+                .unwrap()
+                .into_tvalue()
+            })
+            .collect();
+        let whole = run(rewrite_for_cpu(plain).unwrap().0, feeds);
+        let alone = run(rewrite_for_cpu(typed(name, 1, past)).unwrap().0, one);
+        for (w, a) in whole.iter().zip(&alone) {
+            let per = w.len() / 4;
+            assert_eq!(a.len(), per, "{name}: output sizes");
+            assert!(a.iter().zip(&w[..per]).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: one image alone differs from it in a batch");
+        }
+    }
+}

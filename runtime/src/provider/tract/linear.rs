@@ -26,20 +26,28 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use super::gemm::{self, PackedB};
 
-/// `A x B (+ bias)`: the activation A's axes, permuted by `a_perm` when given, are `rows`
-/// output axes then the contracted axes (K values); B is constant, K x N, its N values shaped
-/// `cols` in the output.
+/// Where an output axis's size comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutAxis {
+    /// The activation's axis at this place (after the permutation).
+    A(usize),
+    /// A size of the constant (or 1 for an axis of size 1 in the output only).
+    Fixed(usize),
+}
+
+/// `A x B (+ bias)`: the activation A's axes, permuted by `a_perm` when given, are the output's
+/// rows (M values), then the contracted axes (K values), then axes of size 1; B is constant,
+/// K x N; the output's axes are described by `out` (in memory the M x N product).
 #[derive(Debug, Clone)]
 pub struct ConstLinear {
     b: Arc<PackedB>,
     a_perm: Option<TVec<usize>>,
-    rows: usize,
-    cols: TVec<usize>,
+    out: TVec<OutAxis>,
 }
 
 impl PartialEq for ConstLinear {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.b, &other.b) && self.a_perm == other.a_perm && self.rows == other.rows && self.cols == other.cols
+        Arc::ptr_eq(&self.b, &other.b) && self.a_perm == other.a_perm && self.out == other.out
     }
 }
 
@@ -59,8 +67,14 @@ impl Op for ConstLinear {
 
 impl ConstLinear {
     /// The output shape for an activation of shape `a` (after the permutation).
-    fn output_dims<D: Clone>(&self, a: &[D], col: impl Fn(usize) -> D) -> TVec<D> {
-        a[..self.rows].iter().cloned().chain(self.cols.iter().map(|&c| col(c))).collect()
+    fn output_dims<D: Clone>(&self, a: &[D], fixed: impl Fn(usize) -> D) -> TVec<D> {
+        self.out
+            .iter()
+            .map(|o| match *o {
+                OutAxis::A(i) => a[i].clone(),
+                OutAxis::Fixed(n) => fixed(n),
+            })
+            .collect()
     }
 }
 
@@ -77,7 +91,7 @@ impl EvalOp for ConstLinear {
         let a = view.as_standard_layout();
         let a = a.as_slice().context("ConstLinear: activation not contiguous")?;
         let shape = self.output_dims(view.shape(), |c| c);
-        let m: usize = view.shape()[..self.rows].iter().product();
+        let m = a.len() / self.b.k().max(1);
         ensure!(m * self.b.k() == a.len(), "ConstLinear: activation of shape {:?} does not hold rows of K = {}", view.shape(), self.b.k());
         // SAFETY: `matmul` writes every value of the output before it is read.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
@@ -116,20 +130,21 @@ pub(super) fn parse_axes(axes: &str) -> Option<(Vec<char>, Vec<char>, Vec<char>)
 }
 
 /// How a matrix product found in the model is computed: its activation input, the constant B
-/// as (K, N), the permutation of the activation (if any), its row-axis count and the output's
-/// constant-side dims.
+/// as (K, N), the permutation of the activation (if any), the output's axes, and the number of
+/// the output's axes of size above 1 that come from B (a bias folds in when that is one).
 struct Plan {
     activation: OutletId,
     b: Vec<f32>,
     k: usize,
     n: usize,
     a_perm: Option<TVec<usize>>,
-    rows: usize,
-    cols: TVec<usize>,
+    out: TVec<OutAxis>,
+    col_axes: usize,
 }
 
 /// The plan for `node` if it is an f32 EinSum of an activation and a constant that is a plain
-/// matrix product (see the module notes).
+/// matrix product (see the module notes). Axes of size 1 found in one place only (tract's
+/// decluttering leaves such, e.g. "mk,kn->n" for one row) are ignored: they do not move data.
 fn plan_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Plan>> {
     let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
     if node.inputs.len() != 2 || op.q_params.is_some() || op.operating_dt != f32::datum_type() {
@@ -146,48 +161,81 @@ fn plan_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Plan
         _ => return Ok(None),
     };
     let (fa, fb) = (facts[ai], facts[1 - ai]);
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let konst = fb.konst.clone().context("constant operand")?;
-    if sa.len() != fa.rank() || sb.len() != fb.rank() {
-        return Ok(None);
-    }
-    // Every axis of either operand is in the output or contracted (in both, not the output);
-    // none is in both operands and the output.
-    let contracted: Vec<char> = sa.iter().copied().filter(|c| sb.contains(c) && !so.contains(c)).collect();
-    let ok = sa.iter().chain(&sb).all(|c| so.contains(c) != contracted.contains(c))
-        && so.iter().all(|c| sa.contains(c) != sb.contains(c))
-        && !contracted.is_empty();
-    if !ok {
-        return Ok(None);
-    }
-    let rows: Vec<char> = so.iter().copied().filter(|c| sa.contains(c)).collect();
-    let cols: Vec<char> = so.iter().copied().filter(|c| sb.contains(c)).collect();
-    if so[..rows.len()] != rows[..] {
+    if sa.len() != fa.rank() || sb.len() != fb.rank() || so.len() != out_fact.rank() {
         return Ok(None);
     }
     let pos = |s: &[char], c: &char| s.iter().position(|x| x == c).expect("axis present");
-    let order: Vec<usize> = rows.iter().chain(&contracted).map(|c| pos(&sa, c)).collect();
-    let a_perm = (order.iter().enumerate().any(|(i, &p)| i != p)).then(|| order.into_iter().collect::<TVec<_>>());
     let b_shape = konst.shape().to_vec();
-    let b_order: Vec<usize> = contracted.iter().chain(&cols).map(|c| pos(&sb, c)).collect();
-    let b_view = konst.to_plain_array_view::<f32>()?;
-    let b_view = b_view.permuted_axes(IxDyn(&b_order));
-    let b: Vec<f32> = b_view.iter().copied().collect();
-    let k: usize = contracted.iter().map(|c| b_shape[pos(&sb, c)]).product();
-    let col_dims: TVec<usize> = cols.iter().map(|c| b_shape[pos(&sb, c)]).collect();
-    let n: usize = col_dims.iter().product();
+    let unit = |c: &char| {
+        if sa.contains(c) {
+            fa.shape[pos(&sa, c)].is_one()
+        } else if sb.contains(c) {
+            b_shape[pos(&sb, c)] == 1
+        } else {
+            out_fact.shape[pos(&so, c)].is_one()
+        }
+    };
+    let contracted: Vec<char> = sa.iter().copied().filter(|c| sb.contains(c) && !so.contains(c)).collect();
+    let rows: Vec<char> = so.iter().copied().filter(|c| sa.contains(c) && !sb.contains(c)).collect();
+    let cols: Vec<char> = so.iter().copied().filter(|c| sb.contains(c) && !sa.contains(c)).collect();
+    // Every other axis (in one place only, or shared by both operands and the output) must be
+    // of size 1.
+    let placed = |c: &char| contracted.contains(c) || rows.contains(c) || cols.contains(c);
+    if contracted.is_empty() || !sa.iter().chain(&sb).chain(&so).all(|c| placed(c) || unit(c)) {
+        return Ok(None);
+    }
+    // In memory the output must be the rows then the columns (axes of size 1 aside).
+    let laid: Vec<char> = so.iter().copied().filter(|c| !unit(c)).collect();
+    let wanted: Vec<char> = rows.iter().chain(&cols).copied().filter(|c| !unit(c)).collect();
+    if laid != wanted {
+        return Ok(None);
+    }
+    // A as rows, contracted, then its other axes (of size 1).
+    let mut order: Vec<usize> = rows.iter().chain(&contracted).map(|c| pos(&sa, c)).collect();
+    let rest: Vec<usize> = (0..sa.len()).filter(|i| !order.contains(i)).collect();
+    order.extend(rest);
+    let moves = |o: &[usize]| o.iter().map(|&i| sa[i]).filter(|c| !unit(c)).collect::<Vec<_>>();
+    let identity: Vec<usize> = (0..sa.len()).collect();
+    let a_perm = (moves(&order) != moves(&identity)).then(|| order.iter().copied().collect::<TVec<_>>());
+    // The activation's axes as the op sees them (permuted, or as they are).
+    let order_a = if a_perm.is_some() { order } else { identity };
     // The activation's contracted dims must match the constant's.
     for c in &contracted {
         if fa.shape[pos(&sa, c)] != b_shape[pos(&sb, c)].to_dim() {
             return Ok(None);
         }
     }
-    Ok(Some(Plan { activation: node.inputs[ai], b, k, n, a_perm, rows: rows.len(), cols: col_dims }))
+    let mut b_order: Vec<usize> = contracted.iter().chain(&cols).map(|c| pos(&sb, c)).collect();
+    let rest: Vec<usize> = (0..sb.len()).filter(|i| !b_order.contains(i)).collect();
+    b_order.extend(rest);
+    let b_view = konst.to_plain_array_view::<f32>()?;
+    let b: Vec<f32> = b_view.permuted_axes(IxDyn(&b_order)).iter().copied().collect();
+    let k: usize = contracted.iter().map(|c| b_shape[pos(&sb, c)]).product();
+    let n: usize = cols.iter().map(|c| b_shape[pos(&sb, c)]).product();
+    let out = so
+        .iter()
+        .map(|c| {
+            if rows.contains(c) {
+                OutAxis::A(order_a.iter().position(|&i| sa[i] == *c).expect("a row axis"))
+            } else if cols.contains(c) {
+                OutAxis::Fixed(b_shape[pos(&sb, c)])
+            } else {
+                OutAxis::Fixed(1)
+            }
+        })
+        .collect();
+    let col_axes = cols.iter().filter(|c| !unit(c)).count();
+    Ok(Some(Plan { activation: node.inputs[ai], b, k, n, a_perm, out, col_axes }))
 }
 
 /// The constant bias of an `Add` that is the only reader of `outlet` and adds (1, .., 1, N)
-/// values along the product's last axis: the bias and the Add node.
-fn bias_after(model: &TypedModel, outlet: OutletId, n: usize, cols: usize) -> TractResult<Option<(Vec<f32>, usize)>> {
-    if cols != 1 || model.outputs.contains(&outlet) {
+/// values along the product's last axis: the bias and the Add node. `col_axes`: the product's
+/// axes (of size above 1) from the constant; a bias needs them to be one, the last.
+fn bias_after(model: &TypedModel, outlet: OutletId, n: usize, col_axes: usize) -> TractResult<Option<(Vec<f32>, usize)>> {
+    let last_is_n = model.outlet_fact(outlet)?.shape.last().is_some_and(|d| *d == n.to_dim());
+    if col_axes != 1 || !last_is_n || model.outputs.contains(&outlet) {
         return Ok(None);
     }
     let [reader] = model.outlet_successors(outlet) else { return Ok(None) };
@@ -215,23 +263,16 @@ pub fn fuse_const_linears(model: &mut TypedModel) -> TractResult<usize> {
         let node = model.node(id);
         let Some(plan) = plan_product(model, node)? else { continue };
         let name = node.name.clone();
-        let (bias, last) = match bias_after(model, OutletId::new(id, 0), plan.n, plan.cols.len())? {
+        let (bias, last) = match bias_after(model, OutletId::new(id, 0), plan.n, plan.col_axes)? {
             Some((bias, add)) => (Some(bias), add),
             None => (None, id),
         };
-        let op = ConstLinear {
-            b: Arc::new(PackedB::new(&plan.b, plan.k, plan.n, bias.as_deref())),
-            a_perm: plan.a_perm,
-            rows: plan.rows,
-            cols: plan.cols,
-        };
+        let op = ConstLinear { b: Arc::new(PackedB::new(&plan.b, plan.k, plan.n, bias.as_deref())), a_perm: plan.a_perm, out: plan.out };
         let mut patch = TypedModelPatch::default();
         let a = patch.tap_model(model, plan.activation)?;
         let y = patch.wire_node(format!("{name}.const_linear"), op, &[a])?[0];
-        ensure!(
-            *patch.outlet_fact(y)? == model.outlet_fact(OutletId::new(last, 0))?.without_value(),
-            "ConstLinear for {name}: output fact differs from the product's"
-        );
+        let (got, want) = (patch.outlet_fact(y)?.clone(), model.outlet_fact(OutletId::new(last, 0))?.without_value());
+        ensure!(got == want, "ConstLinear for {name} ({:?}): output {got:?}, the product's {want:?}", model.node(id).op);
         patch.shunt_outside(model, OutletId::new(last, 0), y)?;
         patch.apply(model)?;
         replaced += 1;
@@ -266,11 +307,15 @@ mod tests {
     fn rewritten_products_match_tract() {
         // (axes, activation shape, constant shape, bias after, constant first)
         type Case = (&'static str, Vec<usize>, Vec<usize>, bool, bool);
-        let cases: [Case; 4] = [
+        let cases: [Case; 7] = [
             ("amk,kn->amn", vec![3, 7, 40], vec![40, 50], true, false),
             ("ambk,bkn->amn", vec![2, 5, 2, 16], vec![2, 16, 33], false, false),
             ("abmk,bkn->amn", vec![2, 2, 5, 16], vec![2, 16, 33], false, false),
             ("kn,amk->amn", vec![3, 4, 20], vec![20, 9], false, true),
+            // Axes of size 1 in one place only, as decluttering leaves them for one row.
+            ("amk,kn->mn", vec![1, 6, 20], vec![20, 9], true, false),
+            ("mk,kn->n", vec![1, 20], vec![20, 9], true, false),
+            ("k,kn->mn", vec![20], vec![20, 9], false, false),
         ];
         for (axes, a_shape, b_shape, with_bias, const_first) in cases {
             let mut model = TypedModel::default();
@@ -280,7 +325,10 @@ mod tests {
             let mut y = model.wire_node("mm", EinSum::new(axes.parse().unwrap(), f32::datum_type()), &inputs).unwrap()[0];
             if with_bias {
                 let n = *b_shape.last().unwrap();
-                let bias = konst(&mut model, "bias", &[1, 1, n], 3);
+                let rank = axes.split("->").nth(1).unwrap().len();
+                let mut shape = vec![1; rank - 1];
+                shape.push(n);
+                let bias = konst(&mut model, "bias", &shape, 3);
                 y = model.wire_node("add_bias", math::add(), &[y, bias]).unwrap()[0];
             }
             model.select_output_outlets(&[y]).unwrap();

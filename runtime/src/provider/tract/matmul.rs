@@ -75,9 +75,10 @@ fn strides(shape: &[usize]) -> TVec<usize> {
 }
 
 impl BatchedMatMul {
-    /// The output dims from A's and B's (their batch sizes checked equal by the caller).
-    fn output_dims<D: Clone>(&self, a: &[D], b: &[D], fill: D) -> TVec<D> {
-        let mut out: TVec<D> = tvec![fill; self.out_rank];
+    /// The output dims from A's and B's (their batch sizes checked equal by the caller); the
+    /// output's own axes of size 1 are `one`.
+    fn output_dims<D: Clone>(&self, a: &[D], b: &[D], one: D) -> TVec<D> {
+        let mut out: TVec<D> = tvec![one; self.out_rank];
         for (o, i) in self.c.batch.iter().zip(&self.a.batch) {
             out[*o] = a[*i].clone();
         }
@@ -97,7 +98,7 @@ impl EvalOp for BatchedMatMul {
             ensure!(sa[*i] == sb[*j], "BatchedMatMul: batch sizes of {sa:?} and {sb:?} differ");
         }
         ensure!(sb[self.b.first] == sa[self.a.second], "BatchedMatMul: {sa:?} and {sb:?} do not chain");
-        let shape = self.output_dims(sa, sb, 0);
+        let shape = self.output_dims(sa, sb, 1);
         let (av, bv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
         let (a, b) = (av.as_slice::<f32>()?, bv.as_slice::<f32>()?);
         // SAFETY: every value is written below: each batch's M x N block, every block once.
@@ -195,8 +196,17 @@ fn plan_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Batc
     let inner = only(sa.iter().copied().filter(|c| sb.contains(c) && !so.contains(c)).collect());
     let (Some(m), Some(n), Some(k)) = (rows, cols, inner) else { return Ok(None) };
     let batch: Vec<char> = so.iter().copied().filter(|c| sa.contains(c) && sb.contains(c)).collect();
-    // Every axis is one of these: nothing summed away, nothing broadcast from one side only.
-    if sa.len() != batch.len() + 2 || sb.len() != batch.len() + 2 || so.len() != batch.len() + 2 {
+    // Every other axis is of size 1 in the one place it appears (tract's decluttering leaves
+    // such): nothing summed away, nothing broadcast from one side only.
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let unit = |c: char| match (pos(&sa, c), pos(&sb, c), pos(&so, c)) {
+        (Some(i), None, None) => facts[0].shape[i].is_one(),
+        (None, Some(i), None) => facts[1].shape[i].is_one(),
+        (None, None, Some(i)) => out_fact.shape[i].is_one(),
+        _ => false,
+    };
+    let placed = |c: char| c == m || c == n || c == k || batch.contains(&c);
+    if !sa.iter().chain(&sb).chain(&so).all(|&c| placed(c) || unit(c)) {
         return Ok(None);
     }
     let place = |s: &[char], first: char, second: char| -> Option<Axes> {
@@ -251,12 +261,15 @@ mod tests {
     /// batched product: each rewritten one gives what tract's own EinSum gave.
     #[test]
     fn rewritten_products_match_tract() {
-        let cases: [(&str, [usize; 4], [usize; 4]); 5] = [
-            ("ambk,anbk->abmn", [3, 7, 2, 20], [3, 9, 2, 20]),
-            ("akbm,abkn->abnm", [3, 20, 2, 7], [3, 2, 20, 9]),
-            ("abmk,akbn->ambn", [3, 2, 7, 20], [3, 20, 2, 9]),
-            ("abmk,akbn->abmn", [3, 2, 7, 20], [3, 20, 2, 9]),
-            ("abmk,abkn->abmn", [2, 3, 13, 40], [2, 3, 40, 35]),
+        let cases: [(&str, &[usize], &[usize]); 7] = [
+            ("ambk,anbk->abmn", &[3, 7, 2, 20], &[3, 9, 2, 20]),
+            ("akbm,abkn->abnm", &[3, 20, 2, 7], &[3, 2, 20, 9]),
+            ("abmk,akbn->ambn", &[3, 2, 7, 20], &[3, 20, 2, 9]),
+            ("abmk,akbn->abmn", &[3, 2, 7, 20], &[3, 20, 2, 9]),
+            ("abmk,abkn->abmn", &[2, 3, 13, 40], &[2, 3, 40, 35]),
+            // Axes of size 1 in one place only, as decluttering leaves them for one image.
+            ("ambk,bnk->bmn", &[1, 7, 2, 20], &[2, 9, 20]),
+            ("bmk,bkn->abmn", &[2, 7, 20], &[2, 20, 9]),
         ];
         for (axes, a_shape, b_shape) in cases {
             let mut model = TypedModel::default();
