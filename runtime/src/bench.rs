@@ -36,6 +36,8 @@ pub struct BenchResult {
     pub provider: String,
     pub precision: String,
     pub tf32: bool,
+    /// CPU threads the providers were given (`--threads`, 0 resolved to the cores).
+    pub threads: usize,
     pub batch: usize,
     pub cfg: f64,
     pub cfg_style: String,
@@ -236,6 +238,7 @@ pub fn bench(
         provider: sampler.provider().name().into(),
         precision: precision.name().into(),
         tf32: opts.tf32 && sampler.provider() == Provider::Cuda,
+        threads: opts.threads(),
         batch: b.batch,
         cfg: s.guidance.scale,
         cfg_style: match s.guidance.style {
