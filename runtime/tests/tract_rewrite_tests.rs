@@ -1,7 +1,8 @@
 //! tract's load-time rewrites on the shipped demo package's graphs: they find what they are
-//! meant to (the KV attention of every block of a step graph; the softmaxes, linear layers and
-//! attention products of the score graph, the last two on CPUs with AVX-512F) and the rewritten
-//! plans give the outputs tract's own plans give, on random inputs.
+//! meant to (the KV attention of every block of a step graph, with either cache, and the fixed
+//! cache's writes; the softmaxes, linear layers and attention products of the score graph, the
+//! last two on CPUs with AVX-512F) and the rewritten plans give the outputs tract's own plans
+//! give, on random inputs, and an image the same outputs whatever batch it runs in.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -78,10 +79,11 @@ fn compare(name: &str, batch: i64, past: i64) -> (Rewrites, f64) {
 
 #[test]
 fn step_graphs_attend_through_the_cache_in_one_op_with_the_same_outputs() {
-    // layer 0 has one block, layer 5 three; 5 tokens cached, 6 rows.
-    for (name, blocks) in [("layer0_step.onnx", 1), ("layer5_step.onnx", 3)] {
+    // layer 0 has one block, layer 5 three; 5 tokens cached, 6 rows. The fixed-length cache's
+    // step writes each block's key and value (2 scatters) and masks the later slots.
+    for (name, blocks, scatters) in [("layer0_step.onnx", 1, 0), ("layer5_step.onnx", 3, 0), ("layer5_step_fixed.onnx", 3, 6)] {
         let (found, diff) = compare(name, 6, 5);
-        assert_eq!(found.attentions, blocks, "{name}: {found:?}");
+        assert_eq!((found.attentions, found.scatters), (blocks, scatters), "{name}: {found:?}");
         assert!(diff < 1e-5, "{name}: outputs differ by {diff:.2e} of their scale");
     }
 }

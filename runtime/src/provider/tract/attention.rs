@@ -20,14 +20,17 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-/// `softmax(q kᵀ) v` over the last two axes, every query attending to every key, no scale
-/// (the query comes scaled) and no mask: q (.., M, d), k (.., L, d), v (.., L, e) -> (.., M, e),
-/// f32, the leading axes equal.
+/// `softmax(q kᵀ + mask) v` over the last two axes, no scale (the query comes scaled): q (.., M,
+/// d), k (.., L, d), v (.., L, e) -> (.., M, e), f32, the leading axes equal; the optional fourth
+/// input is an additive mask of L values, the same for every (pair, query) (the fixed-length
+/// cache's: 0 up to the step's position, a large negative score after).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct KvAttention;
 
@@ -63,22 +66,30 @@ impl EvalOp for KvAttention {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 3, "KvAttention takes q, k, v");
+        ensure!(inputs.len() == 3 || inputs.len() == 4, "KvAttention takes q, k, v and maybe a mask");
         let dims = Dims::of(inputs[0].shape(), inputs[1].shape(), inputs[2].shape())?;
+        let mask_view = inputs.get(3).map(|m| m.try_as_plain_ram()).transpose()?;
+        let mask = mask_view.as_ref().map(|m| m.as_slice::<f32>()).transpose()?;
+        ensure!(
+            mask.is_none_or(|m| m.len() == dims.keys),
+            "KvAttention: a mask of {} values for {} keys",
+            mask.map_or(0, |m| m.len()),
+            dims.keys
+        );
         let (qv, kv, vv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?, inputs[2].try_as_plain_ram()?);
         let (q, k, v) = (qv.as_slice::<f32>()?, kv.as_slice::<f32>()?, vv.as_slice::<f32>()?);
         let mut shape: TVec<usize> = inputs[0].shape().into();
         let last = shape.len() - 1;
         shape[last] = dims.out;
         let mut out = vec![0.0f32; dims.pairs * dims.queries * dims.out];
-        attend(q, k, v, &mut out, dims);
+        attend(q, k, v, mask, &mut out, dims);
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
 }
 
 impl TypedOp for KvAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 3, "KvAttention takes q, k, v");
+        ensure!(inputs.len() == 3 || inputs.len() == 4, "KvAttention takes q, k, v and maybe a mask");
         ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "KvAttention computes in f32");
         let (q, k, v) = (&inputs[0].shape, &inputs[1].shape, &inputs[2].shape);
         let r = q.rank();
@@ -100,25 +111,25 @@ impl TypedOp for KvAttention {
 }
 
 /// The attention of every (pair, query), written into `out`.
-fn attend(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
+fn attend(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, out: &mut [f32], dims: Dims) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { attend_avx2(q, k, v, out, dims) };
+        unsafe { attend_avx2(q, k, v, mask, out, dims) };
         return;
     }
-    attend_portable(q, k, v, out, dims)
+    attend_portable(q, k, v, mask, out, dims)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
-    attend_portable(q, k, v, out, dims)
+unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, out: &mut [f32], dims: Dims) {
+    attend_portable(q, k, v, mask, out, dims)
 }
 
 /// The loops, inlined into each target-feature entry so the compiler vectorises them for it.
 #[inline(always)]
-fn attend_portable(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims) {
+fn attend_portable(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, out: &mut [f32], dims: Dims) {
     let Dims { pairs, queries, keys, depth, out: width } = dims;
     let mut weights = vec![0.0f32; keys];
     for p in 0..pairs {
@@ -128,8 +139,8 @@ fn attend_portable(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims)
             let row = (p * queries + m) * depth;
             let qm = &q[row..row + depth];
             let mut max = f32::NEG_INFINITY;
-            for (w, key) in weights.iter_mut().zip(kp.chunks_exact(depth)) {
-                *w = dot(qm, key);
+            for (j, (w, key)) in weights.iter_mut().zip(kp.chunks_exact(depth)).enumerate() {
+                *w = dot(qm, key) + mask.map_or(0.0, |m| m[j]);
                 max = max.max(*w);
             }
             let mut sum = 0.0f32;
@@ -177,12 +188,38 @@ fn only_reader(model: &TypedModel, outlet: OutletId) -> Option<usize> {
     }
 }
 
-/// An attention found in a model: its q, k, v and the node computing its output.
+/// An attention found in a model: its q, k, v, its mask (if any) and the node computing its
+/// output.
 struct Found {
     q: OutletId,
     k: OutletId,
     v: OutletId,
+    mask: Option<OutletId>,
     out: usize,
+}
+
+/// The mask added to the scores at `add`, if `add` is an f32 Add of the scores (read by nothing
+/// else) and an additive mask of (1, 1, 1, L) values, with one query: (the scores' node, the
+/// mask).
+fn masked_scores(model: &TypedModel, add: &TypedNode) -> TractResult<Option<(usize, OutletId)>> {
+    let Some(bin) = add.op_as::<TypedBinOp>() else { return Ok(None) };
+    if !bin.0.is::<math::Add>() || bin.1.is_some() || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    for (s, m) in [(0, 1), (1, 0)] {
+        let (scores, mask) = (add.inputs[s], add.inputs[m]);
+        if !model.node(scores.node).op_is::<EinSum>() || only_reader(model, scores) != Some(add.id) {
+            continue;
+        }
+        let (sf, mf) = (model.outlet_fact(scores)?, model.outlet_fact(mask)?);
+        let one_query = sf.rank() == 4 && sf.shape[2].is_one();
+        let row =
+            mf.rank() == 4 && mf.datum_type == f32::datum_type() && mf.shape[..3].iter().all(|d| d.is_one()) && mf.shape[3] == sf.shape[3];
+        if one_query && row && model.outlet_fact(OutletId::new(add.id, 0))?.shape == sf.shape {
+            return Ok(Some((scores.node, mask)));
+        }
+    }
+    Ok(None)
 }
 
 /// The attention whose Softmax is node `id`, if it is the middle of `softmax(q kᵀ) v` as
@@ -197,9 +234,17 @@ fn match_attention(model: &TypedModel, id: usize) -> TractResult<Option<Found>> 
     if fact.rank() != 4 || sm.axes.as_slice() != [3] {
         return Ok(None);
     }
-    let scores = model.node(node.inputs[0].node);
+    // The scores, or the scores plus a mask (one query: the fixed-length cache's step).
+    if only_reader(model, node.inputs[0]) != Some(id) {
+        return Ok(None);
+    }
+    let before = model.node(node.inputs[0].node);
+    let (scores, mask) = match masked_scores(model, before)? {
+        Some((scores, mask)) => (model.node(scores), Some(mask)),
+        None => (before, None),
+    };
     let Some(qk) = scores.op_as::<EinSum>() else { return Ok(None) };
-    if scores.inputs.len() != 2 || qk.q_params.is_some() || only_reader(model, node.inputs[0]) != Some(id) {
+    if scores.inputs.len() != 2 || qk.q_params.is_some() {
         return Ok(None);
     }
     let axes = qk.axes.to_string();
@@ -222,7 +267,7 @@ fn match_attention(model: &TypedModel, id: usize) -> TractResult<Option<Found>> 
     }
     let (q, v) = (scores.inputs[0], weighted.inputs[1]);
     let ok = [q, k, v].iter().all(|&o| model.outlet_fact(o).is_ok_and(|f| f.datum_type == f32::datum_type() && f.rank() == 4));
-    Ok(ok.then_some(Found { q, k, v, out }))
+    Ok(ok.then_some(Found { q, k, v, mask, out }))
 }
 
 /// `model` with every attention over a KV cache (see the module notes) computed by one
@@ -233,7 +278,19 @@ pub fn fuse_kv_attention(model: &mut TypedModel) -> TractResult<usize> {
         let Some(found) = match_attention(model, id)? else { continue };
         let name = model.node(id).name.clone();
         let mut patch = TypedModelPatch::default();
-        let inputs = [found.q, found.k, found.v].iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+        let mut inputs = [found.q, found.k, found.v].iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+        if let Some(mask) = found.mask {
+            let m = patch.tap_model(model, mask)?;
+            let len = model.outlet_fact(mask)?.shape[3].clone();
+            // The (1, 1, 1, L) mask as L values.
+            inputs.push(
+                patch.wire_node(
+                    format!("{name}.mask_row"),
+                    AxisOp::Reshape(0, tvec![1.to_dim(), 1.to_dim(), 1.to_dim(), len.clone()], tvec![len]),
+                    &[m],
+                )?[0],
+            );
+        }
         let y = patch.wire_node(format!("{name}.kv_attention"), KvAttention, &inputs)?[0];
         patch.shunt_outside(model, OutletId::new(found.out, 0), y)?;
         patch.apply(model)?;
@@ -275,11 +332,31 @@ mod tests {
     fn kv_attention_is_softmax_of_scores_times_values() {
         for (m, l, d, e) in [(1, 25, 64, 64), (3, 7, 21, 5), (1, 1, 16, 16)] {
             let (a, h) = (2, 3);
-            let (q, k, v) = (values(a * h * m * d, 1), values(a * h * l * d, 2), values(a * h * l * e, 3));
+            // q pre-scaled by 1/8 as the model's is (scores of order 1, as in the model).
+            let q: Vec<f32> = values(a * h * m * d, 1).iter().map(|x| x * 0.125).collect();
+            let (k, v) = (values(a * h * l * d, 2), values(a * h * l * e, 3));
             let t = |s: &[usize], x: &[f32]| Tensor::from_shape(s, x).unwrap().into_tvalue();
             let out = KvAttention
                 .eval(&EvalContext::out_of_plan(), tvec![t(&[a, h, m, d], &q), t(&[a, h, l, d], &k), t(&[a, h, l, e], &v)])
                 .unwrap();
+            // A mask that shuts out the later half of the keys is the attention over the earlier.
+            if l > 1 {
+                let keep = l / 2 + 1;
+                let mask: Vec<f32> = (0..l).map(|j| if j < keep { 0.0 } else { -1e9 }).collect();
+                let masked = KvAttention
+                    .eval(
+                        &EvalContext::out_of_plan(),
+                        tvec![t(&[a, h, m, d], &q), t(&[a, h, l, d], &k), t(&[a, h, l, e], &v), t(&[l], &mask)],
+                    )
+                    .unwrap();
+                let first =
+                    |x: &[f32], w: usize| -> Vec<f32> { (0..a * h).flat_map(|p| x[p * l * w..(p * l + keep) * w].to_vec()).collect() };
+                let want = reference(&q, &first(&k, d), &first(&v, e), (a * h, m, keep, d, e));
+                let got = masked[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((*g as f64 - w).abs() <= 2e-6 * w.abs().max(1.0), "masked ({m}, {l}, {d}, {e}) at {i}: {g} vs {w}");
+                }
+            }
             assert_eq!(out[0].shape(), &[a, h, m, e]);
             let got = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
             let want = reference(&q, &k, &v, (a * h, m, l, d, e));
@@ -289,10 +366,18 @@ mod tests {
         }
     }
 
+    /// A mask added to the scores: none, one per row and head (not this op's), or one for all
+    /// (the fixed-length cache's).
+    #[derive(Clone, Copy)]
+    enum Mask {
+        None,
+        PerRow,
+        Shared,
+    }
+
     /// The pattern as tract types an ONNX step graph: q (N, 2, 1, 8) against a cache of P + 1
     /// keys, scores by EinSum with the keys' last axes swapped, Softmax, EinSum with the values.
-    /// `mask`: a mask added to the scores (as in the full-sequence graphs), which must not match.
-    fn step_attention(mask: bool) -> TypedModel {
+    fn step_attention(mask: Mask) -> TypedModel {
         let mut model = TypedModel::default();
         let (n, p) = (model.symbols.sym("N"), model.symbols.sym("P"));
         let cache = |l: TDim| f32::fact([n.to_dim(), 2.to_dim(), l, 8.to_dim()]);
@@ -301,9 +386,14 @@ mod tests {
         let v = model.add_source("v", cache(p.to_dim() + 1)).unwrap();
         let kt = model.wire_node("kt", AxisOp::Move(2, 3), &[k]).unwrap()[0];
         let mut s = model.wire_node("scores", EinSum::new(MATMUL.parse().unwrap(), f32::datum_type()), &[q, kt]).unwrap()[0];
-        if mask {
-            let m = model.add_source("mask", f32::fact([n.to_dim(), 2.to_dim(), 1.to_dim(), p.to_dim() + 1])).unwrap();
-            s = model.wire_node("masked", tract_onnx::tract_core::ops::math::add(), &[s, m]).unwrap()[0];
+        let shape = match mask {
+            Mask::None => None,
+            Mask::PerRow => Some(f32::fact([n.to_dim(), 2.to_dim(), 1.to_dim(), p.to_dim() + 1])),
+            Mask::Shared => Some(f32::fact([1.to_dim(), 1.to_dim(), 1.to_dim(), p.to_dim() + 1])),
+        };
+        if let Some(fact) = shape {
+            let m = model.add_source("mask", fact).unwrap();
+            s = model.wire_node("masked", math::add(), &[s, m]).unwrap()[0];
         }
         let op = Softmax { axes: tvec![3], quant_output_dt: None, kind: SoftmaxKind::Softmax };
         let a = model.wire_node("softmax", op, &[s]).unwrap()[0];
@@ -323,19 +413,27 @@ mod tests {
     /// before; a masked attention is not touched.
     #[test]
     fn fused_step_attention_gives_the_same_outputs() {
-        let original = step_attention(false);
-        let mut fused = original.clone();
-        assert_eq!(fuse_kv_attention(&mut fused).unwrap(), 1);
-        assert!(fused.nodes.iter().any(|n| n.op_is::<KvAttention>()));
         let (n, l) = (3, 6);
-        let inputs =
-            [(vec![n, 2, 1, 8], values(n * 16, 4)), (vec![n, 2, l, 8], values(n * 16 * l, 5)), (vec![n, 2, l, 8], values(n * 16 * l, 6))];
-        let (want, got) = (run(original, &inputs), run(fused, &inputs));
-        assert_eq!(want.len(), n * 16);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "at {i}: {g} vs {w}");
+        let mut mask = vec![0.0f32; l];
+        mask[4..].iter_mut().for_each(|m| *m = -1e9);
+        for (kind, extra) in [(Mask::None, None), (Mask::Shared, Some((vec![1, 1, 1, l], mask)))] {
+            let original = step_attention(kind);
+            let mut fused = original.clone();
+            assert_eq!(fuse_kv_attention(&mut fused).unwrap(), 1);
+            assert!(fused.nodes.iter().any(|n| n.op_is::<KvAttention>()));
+            let mut inputs = vec![
+                (vec![n, 2, 1, 8], values(n * 16, 4)),
+                (vec![n, 2, l, 8], values(n * 16 * l, 5)),
+                (vec![n, 2, l, 8], values(n * 16 * l, 6)),
+            ];
+            inputs.extend(extra);
+            let (want, got) = (run(original, &inputs), run(fused, &inputs));
+            assert_eq!(want.len(), n * 16);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "at {i}: {g} vs {w}");
+            }
         }
-        let mut masked = step_attention(true);
-        assert_eq!(fuse_kv_attention(&mut masked).unwrap(), 0);
+        let mut per_row = step_attention(Mask::PerRow);
+        assert_eq!(fuse_kv_attention(&mut per_row).unwrap(), 0);
     }
 }

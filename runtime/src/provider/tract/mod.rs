@@ -23,11 +23,13 @@ mod attention;
 mod gemm;
 mod linear;
 mod matmul;
+mod scatter;
 mod softmax;
 pub use attention::{KvAttention, fuse_kv_attention};
 pub use gemm::fast_path as avx512_kernels;
 pub use linear::{ConstLinear, fuse_const_linears};
 pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
+pub use scatter::{FastScatter, speed_up_scatters};
 pub use softmax::rewrite_softmaxes;
 
 /// How many nodes [`rewrite_for_cpu`] replaced, by kind.
@@ -37,20 +39,23 @@ pub struct Rewrites {
     pub softmaxes: usize,
     pub linears: usize,
     pub matmuls: usize,
+    pub scatters: usize,
 }
 
 /// tract's CPU plans get load-time rewrites before optimisation. On the model as typed from
 /// ONNX (its symbols set): attention over a KV cache as one [`KvAttention`] op. Then, on the
 /// decluttered model (constants folded, weights visible): softmaxes over a known length as
-/// vectorised ops and, on CPUs with AVX-512F, products by a constant matrix and batched
+/// vectorised ops, ScatterElements (the fixed cache's write) as [`FastScatter`] and, on CPUs
+/// with AVX-512F, products by a constant matrix and batched
 /// products of two activations as [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the
 /// rewritten model, decluttered, for tract's optimisation.
 pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
     let attentions = fuse_kv_attention(&mut model)?;
     let mut model = model.into_decluttered()?;
     let softmaxes = rewrite_softmaxes(&mut model)?;
+    let scatters = speed_up_scatters(&mut model)?;
     let (linears, matmuls) = if gemm::fast_path() { (fuse_const_linears(&mut model)?, fuse_batched_matmuls(&mut model)?) } else { (0, 0) };
-    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls }))
+    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls, scatters }))
 }
 
 /// Batch sizes with a plan of their own, at most (each holds its own packed weights).
