@@ -13,6 +13,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState, eval};
 
 fn main() -> TractResult<()> {
+    // As the itarflow-rt binary runs: freed memory kept for the next run (see `allocator`).
+    itarflow_rt::allocator::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let path = &args[1];
     let batch: i64 = args[2].parse()?;

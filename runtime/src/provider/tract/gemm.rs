@@ -63,13 +63,50 @@ pub fn pack(b: &[f32], (k, n): (usize, usize), strides: (usize, usize), into: &m
     into.resize(n.div_ceil(PANEL) * k * PANEL, 0.0);
     for (p, panel) in into.chunks_exact_mut(k * PANEL).enumerate() {
         let (first, cols) = (p * PANEL, (n - p * PANEL).min(PANEL));
-        for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-            let start = kk * strides.0 + first * strides.1;
-            if strides.1 == 1 {
+        if strides.1 == 1 {
+            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                let start = kk * strides.0 + first;
                 row[..cols].copy_from_slice(&b[start..start + cols]);
-            } else {
-                for (j, v) in row[..cols].iter_mut().enumerate() {
-                    *v = b[start + j * strides.1];
+            }
+        } else {
+            copy_strided((b, first * strides.1, strides), (k, cols), (panel, 0, (PANEL, 1)));
+        }
+    }
+}
+
+/// Copies a `rows` x `cols` matrix from `src` (element (r, c) at `off + r * rs + c * cs`) to
+/// `dst` (the same with its offset and strides), in blocks of 16 x 16 so that a transpose reads
+/// and writes whole cache lines, the inner loop along the source's contiguous axis.
+pub fn copy_strided(
+    (src, s_off, (s_rs, s_cs)): (&[f32], usize, (usize, usize)),
+    (rows, cols): (usize, usize),
+    (dst, d_off, (d_rs, d_cs)): (&mut [f32], usize, (usize, usize)),
+) {
+    const BLOCK: usize = 16;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = |off: usize, rs: usize, cs: usize| off + (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(s_off, s_rs, s_cs) < src.len() && last(d_off, d_rs, d_cs) < dst.len(), "copy_strided: out of bounds");
+    // Along rows in the inner loop when the source is contiguous along them (a transpose's read).
+    let inner_rows = s_rs == 1 && s_cs != 1;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            let (r1, c1) = ((r0 + BLOCK).min(rows), (c0 + BLOCK).min(cols));
+            // SAFETY: every (r, c) is within rows x cols, whose last elements were checked above.
+            unsafe {
+                if inner_rows {
+                    for c in c0..c1 {
+                        for r in r0..r1 {
+                            *dst.get_unchecked_mut(d_off + r * d_rs + c * d_cs) = *src.get_unchecked(s_off + r * s_rs + c * s_cs);
+                        }
+                    }
+                } else {
+                    for r in r0..r1 {
+                        for c in c0..c1 {
+                            *dst.get_unchecked_mut(d_off + r * d_rs + c * d_cs) = *src.get_unchecked(s_off + r * s_rs + c * s_cs);
+                        }
+                    }
                 }
             }
         }

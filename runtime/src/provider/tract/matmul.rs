@@ -115,11 +115,17 @@ impl BatchedMatMul {
         let (ta, tb, tc) = (strides(sa), strides(sb), strides(sc));
         let dims: TVec<usize> = self.a.batch.iter().map(|&i| sa[i]).collect();
         let batches: usize = dims.iter().product();
-        // C = A B, or Cᵀ = Bᵀ Aᵀ, whichever reads A's rows and writes C's rows in place more.
+        // C = A B, or Cᵀ = Bᵀ Aᵀ, whichever copies fewer values: the left side's rows are read
+        // in place when contiguous, else gathered; the right side is packed (row copies when its
+        // rows are contiguous, a transpose otherwise); the output's rows are written in place
+        // when contiguous, else scattered.
         let normal = (Mat::of(&ta, &self.a, false), Mat::of(&tb, &self.b, true), Mat::of(&tc, &self.c, false), m, n);
         let transposed = (normal.1.t(), normal.0.t(), normal.2.t(), n, m);
-        let in_place = |o: &(Mat, Mat, Mat, usize, usize)| (o.0.cs == 1) as u8 + (o.2.cs == 1) as u8;
-        let (ma, mb, mc, m, n) = if in_place(&transposed) > in_place(&normal) { transposed } else { normal };
+        let copies = |&(a, b, c, m, n): &(Mat, Mat, Mat, usize, usize)| {
+            let moved = |contiguous: bool, values: usize| if contiguous { 0 } else { 4 * values };
+            moved(a.cs == 1, m * k) + k * n + moved(b.cs == 1, k * n) + moved(c.cs == 1, m * n)
+        };
+        let (ma, mb, mc, m, n) = if copies(&transposed) < copies(&normal) { transposed } else { normal };
         let (mut panels, mut gathered, mut result) = (Vec::new(), Vec::new(), Vec::new());
         for index in 0..batches {
             let (mut rest, mut offsets) = (index, [0usize; 3]);
@@ -137,11 +143,8 @@ impl BatchedMatMul {
             let rows = if ma.cs == 1 {
                 (&src_a[oa..], ma.rs)
             } else {
-                gathered.clear();
-                for r in 0..m {
-                    let row = oa + r * ma.rs;
-                    gathered.extend((0..k).map(|kk| src_a[row + kk * ma.cs]));
-                }
+                gathered.resize(m * k, 0.0);
+                gemm::copy_strided((src_a, oa, (ma.rs, ma.cs)), (m, k), (&mut gathered[..], 0, (k, 1)));
                 (&gathered[..], k)
             };
             if mc.cs == 1 {
@@ -149,12 +152,7 @@ impl BatchedMatMul {
             } else {
                 result.resize(m * n, 0.0);
                 gemm::matmul_strided(rows, m, packed, (&mut result[..], n));
-                for (r, values) in result.chunks_exact(n).enumerate() {
-                    let row = offsets[2] + r * mc.rs;
-                    for (j, &v) in values.iter().enumerate() {
-                        c[row + j * mc.cs] = v;
-                    }
-                }
+                gemm::copy_strided((&result[..], 0, (n, 1)), (m, n), (c, offsets[2], (mc.rs, mc.cs)));
             }
         }
     }
