@@ -277,23 +277,23 @@ pub fn fuse_kv_attention(model: &mut TypedModel) -> TractResult<usize> {
     for id in model.eval_order()? {
         let Some(found) = match_attention(model, id)? else { continue };
         let name = model.node(id).name.clone();
-        let mut patch = TypedModelPatch::default();
-        let mut inputs = [found.q, found.k, found.v].iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
-        if let Some(mask) = found.mask {
-            let m = patch.tap_model(model, mask)?;
-            let len = model.outlet_fact(mask)?.shape[3].clone();
-            // The (1, 1, 1, L) mask as L values.
-            inputs.push(
-                patch.wire_node(
-                    format!("{name}.mask_row"),
-                    AxisOp::Reshape(0, tvec![1.to_dim(), 1.to_dim(), 1.to_dim(), len.clone()], tvec![len]),
-                    &[m],
-                )?[0],
-            );
-        }
-        let y = patch.wire_node(format!("{name}.kv_attention"), KvAttention, &inputs)?[0];
-        patch.shunt_outside(model, OutletId::new(found.out, 0), y)?;
-        patch.apply(model)?;
+        let mut inputs: TVec<OutletId> = tvec![found.q, found.k, found.v];
+        let len = match found.mask {
+            Some(mask) => {
+                inputs.push(mask);
+                Some(model.outlet_fact(mask)?.shape[3].clone())
+            }
+            None => None,
+        };
+        super::substitute(model, OutletId::new(found.out, 0), &inputs, |patch, taps| {
+            let mut taps: TVec<OutletId> = taps.into();
+            if let Some(len) = len {
+                // The (1, 1, 1, L) mask as L values.
+                let dims = tvec![1.to_dim(), 1.to_dim(), 1.to_dim(), len.clone()];
+                taps[3] = patch.wire_node(format!("{name}.mask_row"), AxisOp::Reshape(0, dims, tvec![len]), &[taps[3]])?[0];
+            }
+            Ok(patch.wire_node(format!("{name}.kv_attention"), KvAttention, &taps)?[0])
+        })?;
         replaced += 1;
     }
     Ok(replaced)
@@ -303,9 +303,7 @@ pub fn fuse_kv_attention(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i + seed) * 7919 % 1009) as f32) / 250.0 - 2.0).collect()
-    }
+    use super::super::{test_run as run, test_values as values};
 
     /// softmax(q kᵀ) v in f64, row by row.
     fn reference(q: &[f32], k: &[f32], v: &[f32], (pairs, m, l, d, e): (usize, usize, usize, usize, usize)) -> Vec<f64> {
@@ -402,13 +400,6 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let feeds = inputs.iter().map(|(s, x)| Tensor::from_shape(s, x).unwrap().into_tvalue()).collect();
-        let out = plan.run(feeds).unwrap();
-        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
-    }
-
     /// The rewrite replaces the step's attention and leaves its outputs as tract computed them
     /// before; a masked attention is not touched.
     #[test]
@@ -429,9 +420,7 @@ mod tests {
             inputs.extend(extra);
             let (want, got) = (run(original, &inputs), run(fused, &inputs));
             assert_eq!(want.len(), n * 16);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "at {i}: {g} vs {w}");
-            }
+            super::super::test_assert_close(&got, &want, 1e-6, "the fused attention");
         }
         let mut per_row = step_attention(Mask::PerRow);
         assert_eq!(fuse_kv_attention(&mut per_row).unwrap(), 0);

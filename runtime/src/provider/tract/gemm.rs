@@ -318,9 +318,7 @@ mod tests {
         }
     }
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i + seed) * 7919 % 1013) as f32) / 300.0 - 1.7).collect()
-    }
+    use super::super::test_values as values;
 
     /// A product of A (M, K) and a packed B into C.
     type Product = dyn Fn(&[f32], usize, Panels, &mut [f32]);

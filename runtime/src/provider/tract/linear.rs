@@ -268,13 +268,9 @@ pub fn fuse_const_linears(model: &mut TypedModel) -> TractResult<usize> {
             None => (None, id),
         };
         let op = ConstLinear { b: Arc::new(PackedB::new(&plan.b, plan.k, plan.n, bias.as_deref())), a_perm: plan.a_perm, out: plan.out };
-        let mut patch = TypedModelPatch::default();
-        let a = patch.tap_model(model, plan.activation)?;
-        let y = patch.wire_node(format!("{name}.const_linear"), op, &[a])?[0];
-        let (got, want) = (patch.outlet_fact(y)?.clone(), model.outlet_fact(OutletId::new(last, 0))?.without_value());
-        ensure!(got == want, "ConstLinear for {name} ({:?}): output {got:?}, the product's {want:?}", model.node(id).op);
-        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
-        patch.apply(model)?;
+        super::substitute(model, OutletId::new(last, 0), &[plan.activation], |patch, taps| {
+            Ok(patch.wire_node(format!("{name}.const_linear"), op, taps)?[0])
+        })?;
         replaced += 1;
     }
     Ok(replaced)
@@ -284,9 +280,7 @@ pub fn fuse_const_linears(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i + seed) * 7919 % 1009) as f32) / 400.0 - 1.2).collect()
-    }
+    use super::super::test_values as values;
 
     fn konst(model: &mut TypedModel, name: &str, shape: &[usize], seed: usize) -> OutletId {
         let n = shape.iter().product();
@@ -294,9 +288,7 @@ mod tests {
     }
 
     fn run(model: TypedModel, shape: &[usize], x: &[f32]) -> Vec<f32> {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let out = plan.run(tvec![Tensor::from_shape(shape, x).unwrap().into_tvalue()]).unwrap();
-        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+        super::super::test_run(model, &[(shape.to_vec(), x.to_vec())])
     }
 
     /// The products a linear layer and its adjoint give tract: x (N, T, K) by a constant
@@ -339,11 +331,7 @@ mod tests {
                 assert!(fused.nodes.iter().all(|n| !n.op_is::<TypedBinOp>()), "{axes}: the bias Add is still there");
             }
             let x = values(a_shape.iter().product(), 5);
-            let (want, got) = (run(model, &a_shape, &x), run(fused, &a_shape, &x));
-            assert_eq!(want.len(), got.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{axes} at {i}: {g} vs {w}");
-            }
+            super::super::test_assert_close(&run(fused, &a_shape, &x), &run(model, &a_shape, &x), 1e-5, axes);
         }
     }
 

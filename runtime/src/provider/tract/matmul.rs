@@ -225,15 +225,9 @@ pub fn fuse_batched_matmuls(model: &mut TypedModel) -> TractResult<usize> {
         let Some(op) = plan_product(model, node)? else { continue };
         let name = node.name.clone();
         let inputs = node.inputs.clone();
-        let mut patch = TypedModelPatch::default();
-        let taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
-        let y = patch.wire_node(format!("{name}.batched_matmul"), op, &taps)?[0];
-        ensure!(
-            *patch.outlet_fact(y)? == model.outlet_fact(OutletId::new(id, 0))?.without_value(),
-            "BatchedMatMul for {name}: output fact differs from the product's"
-        );
-        patch.shunt_outside(model, OutletId::new(id, 0), y)?;
-        patch.apply(model)?;
+        super::substitute(model, OutletId::new(id, 0), &inputs, |patch, taps| {
+            Ok(patch.wire_node(format!("{name}.batched_matmul"), op, taps)?[0])
+        })?;
         replaced += 1;
     }
     Ok(replaced)
@@ -243,16 +237,7 @@ pub fn fuse_batched_matmuls(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i + seed) * 7919 % 1009) as f32) / 400.0 - 1.2).collect()
-    }
-
-    fn run(model: TypedModel, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let feeds = inputs.iter().map(|(s, x)| Tensor::from_shape(s, x).unwrap().into_tvalue()).collect();
-        let out = plan.run(feeds).unwrap();
-        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
-    }
+    use super::super::{test_run as run, test_values as values};
 
     /// The attention products of the score graph as tract types them (batch and head axes in
     /// several places, A's K axis not contiguous, C's N axis not contiguous), and a plain
@@ -278,11 +263,7 @@ mod tests {
             let mut fused = model.clone();
             assert_eq!(fuse_batched_matmuls(&mut fused).unwrap(), 1, "{axes}");
             let inputs = [(a_shape.to_vec(), values(a_shape.iter().product(), 1)), (b_shape.to_vec(), values(b_shape.iter().product(), 2))];
-            let (want, got) = (run(model, &inputs), run(fused, &inputs));
-            assert_eq!(want.len(), got.len(), "{axes}");
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{axes} at {i}: {g} vs {w}");
-            }
+            super::super::test_assert_close(&run(fused, &inputs), &run(model, &inputs), 1e-5, axes);
         }
     }
 

@@ -32,6 +32,51 @@ pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
 pub use scatter::{FastScatter, speed_up_scatters};
 pub use softmax::rewrite_softmaxes;
 
+/// Replaces the value at `old` in `model` by what `wire` builds in a patch from `inputs` (tapped
+/// from `model`), once its fact is checked to be `old`'s: the last step of every rewrite here.
+fn substitute(
+    model: &mut TypedModel,
+    old: OutletId,
+    inputs: &[OutletId],
+    wire: impl FnOnce(&mut TypedModelPatch, &[OutletId]) -> TractResult<OutletId>,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+    let new = wire(&mut patch, &taps)?;
+    let (got, want) = (patch.outlet_fact(new)?.clone(), model.outlet_fact(old)?.without_value());
+    tract_onnx::tract_core::internal::ensure!(
+        got == want,
+        "rewriting {}: the replacement gives {got:?} where the graph has {want:?}",
+        model.node(old.node).name
+    );
+    patch.shunt_outside(model, old, new)?;
+    patch.apply(model)
+}
+
+/// Deterministic test values in (-1.2, 1.3), different for each seed.
+#[cfg(test)]
+fn test_values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| (((i + seed) * 7919 % 1009) as f32) / 400.0 - 1.2).collect()
+}
+
+/// `model` optimised and run by tract on `inputs` (shape, f32 values): its first output.
+#[cfg(test)]
+fn test_run(model: TypedModel, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    let feeds = inputs.iter().map(|(s, x)| Tensor::from_shape(s, x).unwrap().into_tvalue()).collect();
+    let out = plan.run(feeds).unwrap();
+    out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+}
+
+/// Asserts `got` equals `want` value by value within `tol` relative (1 absolute below 1).
+#[cfg(test)]
+fn test_assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: sizes");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what} at {i}: {g} vs {w}");
+    }
+}
+
 /// How many nodes [`rewrite_for_cpu`] replaced, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewrites {

@@ -46,27 +46,27 @@ pub fn rewrite_softmaxes(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let name = node.name.clone();
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let lead: TVec<TDim> = dims[..rank - 1].iter().map(|&d| d.to_dim()).collect();
-        let flat = patch.wire_node(format!("{name}.rows"), AxisOp::Reshape(0, lead.clone(), tvec![rows.to_dim()]), &[x])?[0];
-        let pool = PoolSpec {
-            data_format: DataFormat::CHW,
-            kernel_shape: tvec![len],
-            padding: PaddingSpec::Valid,
-            dilations: None,
-            strides: None,
-            input_channels: rows,
-            output_channels: rows,
-        };
-        let max = patch.wire_node(format!("{name}.max"), MaxPool { pool_spec: pool, with_index_outputs: None }, &[flat])?[0];
-        let max = patch.wire_node(format!("{name}.max_rows"), AxisOp::Reshape(0, tvec![rows.to_dim()], lead), &[max])?[0];
-        let shifted = patch.wire_node(format!("{name}.shift"), math::sub(), &[x, max])?[0];
-        let e = patch.wire_node(format!("{name}.exp"), math::exp(), &[shifted])?[0];
-        let sum = patch.wire_node(format!("{name}.sum"), Reduce { axes: tvec![rank - 1], reducer: Reducer::Sum }, &[e])?[0];
-        let y = patch.wire_node(format!("{name}.normalise"), math::div(), &[e, sum])?[0];
-        patch.shunt_outside(model, OutletId::new(id, 0), y)?;
-        patch.apply(model)?;
+        let input = node.inputs[0];
+        super::substitute(model, OutletId::new(id, 0), &[input], |patch, taps| {
+            let x = taps[0];
+            let lead: TVec<TDim> = dims[..rank - 1].iter().map(|&d| d.to_dim()).collect();
+            let flat = patch.wire_node(format!("{name}.rows"), AxisOp::Reshape(0, lead.clone(), tvec![rows.to_dim()]), &[x])?[0];
+            let pool = PoolSpec {
+                data_format: DataFormat::CHW,
+                kernel_shape: tvec![len],
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: None,
+                input_channels: rows,
+                output_channels: rows,
+            };
+            let max = patch.wire_node(format!("{name}.max"), MaxPool { pool_spec: pool, with_index_outputs: None }, &[flat])?[0];
+            let max = patch.wire_node(format!("{name}.max_rows"), AxisOp::Reshape(0, tvec![rows.to_dim()], lead), &[max])?[0];
+            let shifted = patch.wire_node(format!("{name}.shift"), math::sub(), &[x, max])?[0];
+            let e = patch.wire_node(format!("{name}.exp"), math::exp(), &[shifted])?[0];
+            let sum = patch.wire_node(format!("{name}.sum"), Reduce { axes: tvec![rank - 1], reducer: Reducer::Sum }, &[e])?[0];
+            Ok(patch.wire_node(format!("{name}.normalise"), math::div(), &[e, sum])?[0])
+        })?;
         replaced += 1;
     }
     Ok(replaced)
@@ -87,9 +87,7 @@ mod tests {
     }
 
     fn run(model: TypedModel, shape: &[usize], x: &[f32]) -> Vec<f32> {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let out = plan.run(tvec![Tensor::from_shape(shape, x).unwrap().into_tvalue()]).unwrap();
-        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+        super::super::test_run(model, &[(shape.to_vec(), x.to_vec())])
     }
 
     /// Rows of 7 with a masked entry, scores past exp's f32 range and equal scores: the rewrite
