@@ -337,7 +337,7 @@ mod tests {
     /// without a bias (every value of C is written: it starts as NaN).
     #[test]
     fn product_matches_f64() {
-        for (m, k, n) in [(392, 128, 512), (25, 16, 32), (13, 7, 45), (1, 1, 1), (12, 64, 16), (31, 5, 33)] {
+        for (m, k, n) in [(392, 128, 512), (25, 16, 32), (13, 7, 45), (1, 1, 1), (12, 64, 16), (31, 5, 33), (26, 600, 40)] {
             for with_bias in [false, true] {
                 let (a, b, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
                 let bias = with_bias.then_some(bias.as_slice());
