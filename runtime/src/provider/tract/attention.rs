@@ -13,10 +13,11 @@
 //!
 //! [`fuse_kv_attention`] finds the pattern in a typed model before optimisation:
 //! `EinSum(q, Move(k)) -> Softmax(last axis) -> EinSum(·, v)` with the matmul axes of ONNX
-//! MatMul (`abmk,abkn->abmn`), f32, and no mask or other use of the scores in between (the
-//! full-sequence forward graphs add a causal mask before their softmax and are left alone). It
-//! runs on the model as loaded from ONNX, before decluttering folds the query axis of length 1
-//! into the einsums in ways that vary.
+//! MatMul (`abmk,abkn->abmn`), f32, nothing else reading the scores or the weights; or with an
+//! Add of one mask row of L values before the softmax when there is one query (the fixed-length
+//! cache's step: its later slots masked). The full-sequence graphs' causal mask covers T queries,
+//! so their attention is left to tract. It runs on the model as loaded from ONNX, before
+//! decluttering folds the query axis of length 1 into the einsums in ways that vary.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
