@@ -91,13 +91,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.json {
         if let Some(r) = rows.first() {
             println!(
-                "settings: cfg {} ({}, {} guided layer(s)), t {} -> {}, {} denoising steps",
+                "settings: cfg {} ({}, {} guided layer(s)), t {} -> {}, {} denoising steps; {} CPU thread(s)",
                 r["cfg"],
                 r["cfg_style"].as_str().unwrap_or(""),
                 r["guide_layers"],
                 r["t_max"],
                 r["t_min"],
-                r["denoise_steps"]
+                r["denoise_steps"],
+                r["threads"]
             );
         }
         println!(
