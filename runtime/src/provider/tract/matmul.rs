@@ -19,6 +19,7 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 use super::gemm::{self, Panels};
 use super::linear::parse_axes;
+use super::strides;
 
 /// Where an operand's axes are: the batch axes (in the output's order), then its two others.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,15 +64,6 @@ impl Mat {
     fn t(self) -> Self {
         Self { rs: self.cs, cs: self.rs, from_b: self.from_b }
     }
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> TVec<usize> {
-    let mut s: TVec<usize> = tvec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 impl BatchedMatMul {

@@ -2,9 +2,10 @@
 //! at most the past length P (cond, forward, step, VJP, score) get one optimised plan per batch
 //! size they run with, made from the file on first use (N made concrete: tract then fuses and
 //! vectorises the elementwise ops it leaves generic under a symbol, 1.7x faster on the score
-//! graph; P stays symbolic, it changes every step). Before optimisation, attention over a KV
-//! cache becomes one op ([`fuse_kv_attention`]) and softmaxes over a known length are rewritten
-//! into ops tract runs vectorised ([`rewrite_softmaxes`]).
+//! graph; P stays symbolic, it changes every step). Before optimisation, the plan's model goes
+//! through the load-time rewrites of [`rewrite_for_cpu`] (attention over a KV cache, softmaxes,
+//! the fixed cache's writes, and on AVX-512 CPUs the matrix products, each as an op of this
+//! module that tract would otherwise run slower).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
 //! steps share one state instead of allocating one per step.
@@ -53,6 +54,11 @@ fn substitute(
     patch.apply(model)
 }
 
+/// Row-major strides of `shape`, in elements (tract's own, as unsigned offsets).
+fn strides(shape: &[usize]) -> TVec<usize> {
+    natural_strides(shape).iter().map(|&s| s as usize).collect()
+}
+
 /// Deterministic test values in (-1.2, 1.3), different for each seed.
 #[cfg(test)]
 fn test_values(n: usize, seed: usize) -> Vec<f32> {
@@ -91,9 +97,9 @@ pub struct Rewrites {
 /// ONNX (its symbols set): attention over a KV cache as one [`KvAttention`] op. Then, on the
 /// decluttered model (constants folded, weights visible): softmaxes over a known length as
 /// vectorised ops, ScatterElements (the fixed cache's write) as [`FastScatter`] and, on CPUs
-/// with AVX-512F, products by a constant matrix and batched
-/// products of two activations as [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the
-/// rewritten model, decluttered, for tract's optimisation.
+/// with AVX-512F, products by a constant matrix and batched products of two activations as
+/// [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the rewritten model, decluttered, for
+/// tract's optimisation.
 pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
     let attentions = fuse_kv_attention(&mut model)?;
     let mut model = model.into_decluttered()?;

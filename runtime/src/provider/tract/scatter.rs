@@ -13,6 +13,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::{ScatterElements, ScatterReduction};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::strides;
+
 /// ONNX ScatterElements without reduction along `axis`, f32 data and updates, i64 indices.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FastScatter {
@@ -25,15 +27,6 @@ impl Op for FastScatter {
     }
 
     op_as_typed_op!();
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> TVec<usize> {
-    let mut s: TVec<usize> = tvec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 impl EvalOp for FastScatter {
