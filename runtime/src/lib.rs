@@ -70,6 +70,17 @@ pub enum RtError {
     NonFinite { index: usize, attempts: usize },
 }
 
+impl RtError {
+    /// This error with the image it names (a NonFinite sample) counted from `start`: a run over a
+    /// chunk of a larger set names the image by its place in the whole set.
+    pub fn in_set_from(self, start: usize) -> Self {
+        match self {
+            RtError::NonFinite { index, attempts } => RtError::NonFinite { index: start + index, attempts },
+            other => other,
+        }
+    }
+}
+
 // The foreign errors are boxed: they carry paths and texts, and an RtError is returned by value
 // from every call.
 impl From<itarflow_base::manifest::ManifestError> for RtError {

@@ -59,12 +59,6 @@ pub struct EvalQualityArgs {
 /// The images of an evaluation, their labels, the images redrawn and the sampler settings.
 type Sampled = (Array4<f32>, Vec<i64>, Vec<usize>, serde_json::Value);
 
-impl EvalQualityArgs {
-    fn on_non_finite(&self) -> OnNonFinite {
-        if self.retries == 0 { OnNonFinite::Fail } else { OnNonFinite::Retry(self.retries) }
-    }
-}
-
 fn sample_ckpt(a: &EvalQualityArgs, ckpt: &std::path::Path, labels_for: impl Fn(usize) -> Vec<i64>) -> Result<Sampled> {
     let model = CkptArgs { ckpt: ckpt.to_path_buf(), in_channels: None, img_size: None, head_dim: None }.load()?;
     let c = model.config.clone();
@@ -89,12 +83,8 @@ fn sample_ckpt(a: &EvalQualityArgs, ckpt: &std::path::Path, labels_for: impl Fn(
         let n = a.chunk.min(labels.len() - start);
         let (zs, ys) = (&z[start * per_z..(start + n) * per_z], &labels[start..start + n]);
         let mut xs = run(zs, ys)?;
-        let again = resample_non_finite(&mut xs, (zs, ys), (per_z, per_x), a.seed, a.on_non_finite(), &mut run, &mut |_| {}).map_err(
-            |e| match e {
-                RtError::NonFinite { index, attempts } => RtError::NonFinite { index: start + index, attempts },
-                other => other,
-            },
-        )?;
+        let again = resample_non_finite(&mut xs, (zs, ys), (per_z, per_x), a.seed, OnNonFinite::retries(a.retries), &mut run, &mut |_| {})
+            .map_err(|e| e.in_set_from(start))?;
         redrawn.extend(again.iter().map(|&(i, _)| start + i));
         x.extend(xs);
         bar.set_position((start + n) as u64);
@@ -110,8 +100,12 @@ fn sample_package(a: &EvalQualityArgs, dir: &std::path::Path, labels_for: impl F
     let c = model.manifest.model.clone();
     let settings = a.settings.apply(itarflow_rt::sampler::defaults(&model), c.num_classes)?;
     let provider: Provider = a.provider.parse()?;
-    let sampler =
-        Sampler::builder(model.clone()).provider(provider).settings(settings).seed(a.seed).on_non_finite(a.on_non_finite()).build()?;
+    let sampler = Sampler::builder(model.clone())
+        .provider(provider)
+        .settings(settings)
+        .seed(a.seed)
+        .on_non_finite(OnNonFinite::retries(a.retries))
+        .build()?;
     let labels = labels_for(c.num_classes);
     let bar = progress::bar(labels.len() as u64, "sample");
     let generated = quality::generate(&sampler, &labels, &settings, a.seed, a.chunk, &mut |done| bar.set_position(done as u64))?;

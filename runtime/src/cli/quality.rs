@@ -38,7 +38,7 @@ pub struct QualityArgs {
 
 impl QualityArgs {
     pub fn on_non_finite(&self) -> OnNonFinite {
-        if self.retries > 0 { OnNonFinite::Retry(self.retries) } else { OnNonFinite::Fail }
+        OnNonFinite::retries(self.retries)
     }
 
     pub fn classifier(&self) -> Result<Classifier> {

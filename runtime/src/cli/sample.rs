@@ -42,7 +42,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(cache) = a.step_cache {
         b = b.step_cache(cache.into());
     }
-    b = b.on_non_finite(if a.retries > 0 { OnNonFinite::Retry(a.retries) } else { OnNonFinite::Fail });
+    b = b.on_non_finite(OnNonFinite::retries(a.retries));
     let start = Instant::now();
     let sampler = a.run.open(b)?;
     sampler.warm_up()?;

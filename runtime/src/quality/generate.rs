@@ -60,13 +60,9 @@ pub fn generate_from(
     let mut redrawn = Vec::new();
     for start in (0..labels.len()).step_by(chunk) {
         let n = chunk.min(labels.len() - start);
-        let s =
-            sampler.sample_with(&z[start * per_z..(start + n) * per_z], &labels[start..start + n], settings, &mut |_| {}).map_err(|e| {
-                match e {
-                    RtError::NonFinite { index, attempts } => RtError::NonFinite { index: start + index, attempts },
-                    other => other,
-                }
-            })?;
+        let s = sampler
+            .sample_with(&z[start * per_z..(start + n) * per_z], &labels[start..start + n], settings, &mut |_| {})
+            .map_err(|e| e.in_set_from(start))?;
         x.extend(s.images.iter().copied());
         redrawn.extend(s.retried.iter().map(|&(i, _)| start + i));
         progress(start + n);

@@ -19,6 +19,11 @@ pub enum OnNonFinite {
 }
 
 impl OnNonFinite {
+    /// The policy of a `--retries N` flag: fail at once for 0, else up to N redraws.
+    pub fn retries(n: usize) -> Self {
+        if n == 0 { OnNonFinite::Fail } else { OnNonFinite::Retry(n) }
+    }
+
     fn attempts(self) -> usize {
         match self {
             OnNonFinite::Retry(n) => n,
