@@ -80,6 +80,7 @@ fn every_pass_leaves_every_graph_kind_unchanged() {
         ("negations", one(|p| p.negations = true)),
         ("transposes", one(|p| p.transposes = true)),
         ("cse", one(|p| p.cse = true)),
+        ("scales", one(|p| p.scales = true)),
         ("all", Passes::ALL),
     ];
     for (k, g) in built.iter().enumerate() {
@@ -113,6 +114,25 @@ fn the_passes_shrink_the_graphs_they_target() {
     assert!(count(&opt, "Neg") < count(&score, "Neg"), "Neg {} -> {}", count(&score, "Neg"), count(&opt, "Neg"));
     // The conditioning of every layer computes log t and the label lookup once.
     assert_eq!(count(&opt, "Log"), 1);
+    // The adjoints' products by LayerNorm scales and GELU's 1/2 folded into constant matrices.
+    let mut no_scales = Passes::ALL;
+    no_scales.scales = false;
+    let unfolded = no_scales.run(&score);
+    // (Products of activations: the folded products of constants are computed once, at load.)
+    let on_activations = |g: &Graph| {
+        let constant = |v| matches!(g.producer(v).op.kind(), "const" | "Transpose");
+        g.nodes.iter().filter(|n| n.op.kind() == "Mul" && !n.inputs.iter().all(|&i| constant(i))).count()
+    };
+    assert!(on_activations(&opt) < on_activations(&unfolded), "Mul {} -> {}", on_activations(&unfolded), on_activations(&opt));
+    // The adjoints read each LayerNorm's mean and 1/std from it: one ONNX node with three outputs,
+    // no reduction of the LayerNorm's input in the backward pass.
+    let lns = count(&opt, "LayerNormalization");
+    assert!(lns > 0 && count(&opt, "LayerNormMean") == lns && count(&opt, "LayerNormInvStdDev") == lns);
+    let bytes = onnx::encode(&opt, onnx::DEFAULT_OPSET, "", &[], &mut |_, _| Ok(None)).unwrap();
+    // NodeProto.op_type is field 4: the key byte 0x22, the length 18, the name.
+    let op_type = b"\x22\x12LayerNormalization";
+    let nodes = bytes.windows(op_type.len()).filter(|w| w == op_type).count();
+    assert_eq!(nodes, lns, "one ONNX node per LayerNorm");
     // A single token's attention layouts are reshapes, not transposes.
     let step = graphs::step(&ws, 0, false).unwrap();
     let opt = Passes::ALL.run(&step);

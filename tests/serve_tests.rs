@@ -156,7 +156,7 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
     expected.write().unwrap();
 
     let server = start(&pkg, &[]);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve/triton_client.py");
+    let script = manifest_dir().join("tests/serve/triton_client.py");
     let out = Command::new("python3").arg(script).arg(server.addr.to_string()).arg("tiny").arg(p("expected.npz")).output().unwrap();
     println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(

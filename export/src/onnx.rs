@@ -30,13 +30,26 @@ impl<'a> Lowering<'a> {
         self.g.rank(v)
     }
 
+    /// The graph being lowered.
+    pub fn graph(&self) -> &Graph {
+        self.g
+    }
+
     /// Emits one ONNX node.
     pub fn node(&mut self, op_type: &str, name: &str, inputs: &[String], output: &str, attrs: Vec<Msg>) {
+        self.node_outputs(op_type, name, inputs, &[output.to_string()], attrs);
+    }
+
+    /// Emits one ONNX node with several outputs ("" for an optional output left out).
+    pub fn node_outputs(&mut self, op_type: &str, name: &str, inputs: &[String], outputs: &[String], attrs: Vec<Msg>) {
         let mut m = Msg::new();
         for i in inputs {
             m = m.string(1, i);
         }
-        m = m.string(2, output).string(3, name).string(4, op_type);
+        for o in outputs {
+            m = m.string(2, o);
+        }
+        m = m.string(3, name).string(4, op_type);
         for a in &attrs {
             m = m.msg(5, a);
         }

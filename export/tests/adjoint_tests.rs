@@ -160,6 +160,25 @@ fn reductions_softmax_and_layer_norm() {
     );
 }
 
+/// The attention op's adjoint (flash attention's row-sum identity) with respect to each of q, kt
+/// and v, under a causal mask; x holds all three, (2, 3 [q, k^T, v], 4, 4).
+#[test]
+fn attention_with_respect_to_queries_keys_and_values() {
+    check(
+        "attention",
+        &[2, 3, 4, 4],
+        |x| 1.5 * x,
+        |g, x| {
+            let q = g.slice(x, 1, 0, 1);
+            let kt = g.slice(x, 1, 1, 2);
+            let v = g.slice(x, 1, 2, 3);
+            let mask: Vec<f32> = (0..16).map(|n| if n % 4 > n / 4 { f32::NEG_INFINITY } else { 0.0 }).collect();
+            let mask = g.constant(Some("mask"), ConstData::F32(mask), &[4, 4]);
+            g.attention(q, kt, v, mask)
+        },
+    );
+}
+
 #[test]
 fn where_and_cast() {
     check(

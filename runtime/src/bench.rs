@@ -62,6 +62,10 @@ pub struct BenchResult {
     /// Median of the sampling runs: both phases, graphs loaded and warm.
     pub sample_seconds: f64,
     pub phase1_seconds: f64,
+    /// Milliseconds of each phase-1 layer, in inversion order (the first from the start of the
+    /// run: with the noise and conditioning), in the median sampling run; empty where phase 1
+    /// ran in parallel batches.
+    pub phase1_layers_ms: Vec<f64>,
     pub phase2_seconds: f64,
     pub images_per_second: f64,
     /// Peak resident memory of the whole process (Linux VmHWM).
@@ -190,16 +194,20 @@ pub fn bench(
     for _ in 0..b.repeats.clamp(1, 3) {
         let start = Instant::now();
         let mut phase1_end = start;
+        let (mut layers, mut batched) = (vec![start], false);
         sampler.sample(&mut |p| {
-            if let Progress::Invert { .. } = p {
+            if let Progress::Invert { batches, .. } = p {
                 phase1_end = Instant::now();
+                layers.push(phase1_end);
+                batched |= batches > 1;
             }
         })?;
         let total = start.elapsed().as_secs_f64();
-        runs.push((total, (phase1_end - start).as_secs_f64()));
+        let per_layer = if batched { Vec::new() } else { layers.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect() };
+        runs.push((total, (phase1_end - start).as_secs_f64(), per_layer));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (sample_seconds, phase1_seconds) = runs[runs.len() / 2];
+    let (sample_seconds, phase1_seconds, phase1_layers_ms) = runs.swap_remove(runs.len() / 2);
     let s = *sampler.settings();
     let guided = s.guidance.scale > 0.0 && model.num_classes() > 0 && s.guidance.layers > 0;
     let rows = if guided { 2 * b.batch } else { b.batch };
@@ -263,6 +271,7 @@ pub fn bench(
         score_ms: median(score_times),
         sample_seconds,
         phase1_seconds,
+        phase1_layers_ms,
         phase2_seconds: sample_seconds - phase1_seconds,
         images_per_second: b.batch as f64 / sample_seconds,
         peak_rss_mib: peak_rss_bytes().map(|v| v as f64 / (1024.0 * 1024.0)),

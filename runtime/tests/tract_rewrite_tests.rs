@@ -10,8 +10,15 @@ use std::path::PathBuf;
 use itarflow_rt::provider::tract::{Rewrites, avx512_kernels, rewrite_for_cpu};
 use tract_onnx::prelude::*;
 
+/// This crate's directory, as `cargo test` says when it runs the test (a test binary built in
+/// another checkout sharing the target directory, and reused by cargo, would point there with
+/// the compile-time `env!`).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn graph(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fmnist/package/fp32").join(name)
+    manifest_dir().join("../models/fmnist/package/fp32").join(name)
 }
 
 /// The graph typed from ONNX with its batch N (and cached length P, if any) set.

@@ -8,8 +8,15 @@ use itarflow::checkpoint::{self, ImportOptions};
 use itarflow::{ITarFlow, Labels};
 use itarflow_base::Npz;
 
+/// This crate's directory, as `cargo test` says when it runs the test (a test binary built in
+/// another checkout sharing the target directory, and reused by cargo, would point there with
+/// the compile-time `env!`).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    manifest_dir().join("tests/fixtures").join(name)
 }
 
 pub fn device() -> Device {

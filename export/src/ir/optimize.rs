@@ -10,7 +10,11 @@
 //! - `transposes`: a Transpose that moves only axes of size 1 is a Reshape (free in every
 //!   engine): the single-token attention layouts of the step graphs;
 //! - `cse`: common subexpressions (the same op on the same inputs, e.g. a shape or a transpose of
-//!   the same weight in the forward and the backward pass) computed once.
+//!   the same weight in the forward and the backward pass) computed once;
+//! - `scales`: (x @ W) * c for constants W (or a transpose of one) and c (a scalar, or a vector
+//!   along the product's last axis) is x @ (W * c), when nothing else reads x @ W: the
+//!   adjoints' LayerNorm scales and GELU's 1/2, a pass over an activation each, become a product
+//!   of constants that the engines fold when they load the graph.
 
 use std::collections::HashMap;
 
@@ -24,6 +28,7 @@ pub struct Passes {
     pub negations: bool,
     pub transposes: bool,
     pub cse: bool,
+    pub scales: bool,
 }
 
 impl Default for Passes {
@@ -33,8 +38,8 @@ impl Default for Passes {
 }
 
 impl Passes {
-    pub const ALL: Passes = Passes { slice_grads: true, negations: true, transposes: true, cse: true };
-    pub const NONE: Passes = Passes { slice_grads: false, negations: false, transposes: false, cse: false };
+    pub const ALL: Passes = Passes { slice_grads: true, negations: true, transposes: true, cse: true, scales: true };
+    pub const NONE: Passes = Passes { slice_grads: false, negations: false, transposes: false, cse: false, scales: false };
 
     /// Runs the enabled passes in order.
     pub fn run(&self, g: &Graph) -> Graph {
@@ -50,6 +55,9 @@ impl Passes {
         }
         if self.cse {
             g = cse(&g);
+        }
+        if self.scales {
+            g = scales(&g);
         }
         super::simplify::remove_dead(&mut g);
         g
@@ -178,5 +186,51 @@ fn cse(g: &Graph) -> Graph {
                 Some(v)
             }
         }
+    })
+}
+
+/// Whether `v` is a constant or a transpose of one.
+fn constant(g: &Graph, v: V) -> bool {
+    match &g.producer(v).op {
+        Op::Const(ConstData::F32(_) | ConstData::F16(_)) => true,
+        Op::Transpose(_) => constant(g, g.producer(v).inputs[0]),
+        _ => false,
+    }
+}
+
+fn scales(g: &Graph) -> Graph {
+    let mut readers: HashMap<V, usize> = HashMap::new();
+    for node in &g.nodes {
+        for &i in &node.inputs {
+            *readers.entry(i).or_default() += 1;
+        }
+    }
+    for &o in &g.outputs {
+        *readers.entry(o).or_default() += 1;
+    }
+    g.rebuild(|h, node, ins| {
+        if node.op != Op::Binary(Bin::Mul) {
+            return None;
+        }
+        // The product may be either operand.
+        let (k, c) = [(0, 1), (1, 0)].into_iter().find(|&(k, c)| {
+            let p = h.producer(ins[k]);
+            p.op == Op::MatMul && readers.get(&node.inputs[k]) == Some(&1) && constant(h, p.inputs[1]) && constant(h, ins[c])
+        })?;
+        let (prod, c) = (ins[k], ins[c]);
+        let last = h.shape(prod).last().cloned()?;
+        let cs = h.shape(c).clone();
+        // A scalar, or a vector along the last axis (leading 1s allowed): what broadcasts over W.
+        let fits = cs.iter().rev().skip(1).all(|d| *d == Dim::N(1)) && cs.last().is_none_or(|d| *d == last || *d == Dim::N(1));
+        if !fits || h.dtype(c) != h.dtype(prod) {
+            return None;
+        }
+        let (x, w) = {
+            let p = h.producer(prod);
+            (p.inputs[0], p.inputs[1])
+        };
+        let c = if cs.len() > 1 { h.reshape(c, &[-1]) } else { c };
+        let wc = h.times(w, c);
+        Some(h.matmul(x, wc))
     })
 }

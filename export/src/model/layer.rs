@@ -28,7 +28,8 @@ pub enum Cache {
     /// after it masked.
     Fixed,
     /// As `Fixed`, the keys stored transposed, (N, H, d, T): the scores q K^T need no transpose
-    /// of the whole cache each step (the loop graphs, whose caches only they read).
+    /// of the whole cache each step (the loop graphs, whose caches only they read); the new key
+    /// and value written by a Where on a one-hot of `pos` (no index tensors).
     FixedKeysTransposed,
 }
 
@@ -237,15 +238,13 @@ impl Layer {
         let (scale, bias) = b.ln1;
         let x = g.layer_norm(h, scale, bias, LN_EPS);
         let (q, k, v) = self.qkv(g, x, b);
+        let q = self.scale_queries(g, q, None);
         let kt = g.transpose_last(k);
-        let scores = g.matmul(q, kt);
-        let scores = g.plus(scores, mask);
-        let attn = g.softmax(scores, 3);
-        let out = g.matmul(attn, v);
+        let out = g.attention(q, kt, v, mask);
         self.merge(g, out, b)
     }
 
-    /// q (pre-scaled), k, v of shape (N, H, T, d).
+    /// q, k, v of shape (N, H, T, d); q unscaled (see [`Layer::scale_queries`]).
     fn qkv(&self, g: &mut Graph, x: V, b: &Block) -> (V, V, V) {
         let (w, bias) = b.qkv;
         let qkv = g.linear(x, w, bias);
@@ -254,10 +253,20 @@ impl Layer {
         let qkv = g.transpose(qkv, vec![0, 2, 1, 3]);
         let hh = self.heads;
         let q = g.slice(qkv, 1, 0, hh);
-        let q = g.scale(q, (self.head_dim as f32).powf(-0.5));
         let k = g.slice(qkv, 1, hh, 2 * hh);
         let v = g.slice(qkv, 1, 2 * hh, 3 * hh);
         (q, k, v)
+    }
+
+    /// q d^-1/2, times a per-row inverse temperature first if given: the constant product last,
+    /// right before the scores' product, where ONNX Runtime folds it into the matrix product
+    /// (one kernel fewer per block than scaling by the constant first).
+    fn scale_queries(&self, g: &mut Graph, q: V, inv_temp: Option<V>) -> V {
+        let q = match inv_temp {
+            Some(it) => g.times(q, it),
+            None => q,
+        };
+        g.scale(q, (self.head_dim as f32).powf(-0.5))
     }
 
     fn merge(&self, g: &mut Graph, out: V, b: &Block) -> V {
@@ -351,13 +360,24 @@ impl Layer {
             let mut h = g.plus(h, c);
             let it = inv_temp.map(|t| g.reshape(t, &[-1, 1, 1, 1]));
             // Fixed cache: slots after pos get a large negative score (exp underflows to 0).
-            let later_mask = fixed.then(|| {
-                let slots = g.ints((0..self.tokens as i64).collect());
+            let slots = fixed.then(|| g.ints((0..self.tokens as i64).collect()));
+            let later_mask = slots.map(|slots| {
                 let later = g.add(Op::Less, &[pos, slots]);
                 let big = g.scalar(MASKED_SCORE);
                 let zero = g.scalar(0.0);
                 g.add(Op::Where, &[later, big, zero])
             });
+            // The loop graphs' cache writes: one Where per cache tensor that selects the new key
+            // or value at slot pos (one kernel; a ScatterElements needs its indices expanded to
+            // the update's shape first, per block).
+            let at_pos = match (cache, slots) {
+                (Cache::FixedKeysTransposed, Some(slots)) => {
+                    let at = g.add(Op::Equal, &[slots, pos]);
+                    let t = self.tokens as i64;
+                    Some((g.reshape(at, &[1, 1, 1, t]), g.reshape(at, &[1, 1, t, 1])))
+                }
+                _ => None,
+            };
             let mut presents = Vec::new();
             for (k, blk) in self.blocks.iter().enumerate() {
                 let (pk, pv) = past[k];
@@ -365,27 +385,23 @@ impl Layer {
                     let (scale, bias) = blk.ln1;
                     let xn = g.layer_norm(h, scale, bias, LN_EPS);
                     let (q, kk, vv) = self.qkv(g, xn, blk);
-                    let q = match it {
-                        Some(it) => g.times(q, it),
-                        None => q,
-                    };
-                    let p4 = g.reshape(pos, &[1, 1, 1, 1]);
+                    let q = self.scale_queries(g, q, it);
                     let (keys, vals, kt) = match cache {
                         Cache::Growing => {
                             let (keys, vals) = (g.concat(&[pk, kk], 2), g.concat(&[pv, vv], 2));
                             (keys, vals, g.transpose_last(keys))
                         }
                         Cache::Fixed => {
+                            let p4 = g.reshape(pos, &[1, 1, 1, 1]);
                             let idx = g.add(Op::Expand, &[p4, kk]);
                             let (keys, vals) = (g.scatter_elements(pk, idx, kk, 2), g.scatter_elements(pv, idx, vv, 2));
                             (keys, vals, g.transpose_last(keys))
                         }
                         Cache::FixedKeysTransposed => {
-                            let idx = g.add(Op::Expand, &[p4, vv]);
-                            let vals = g.scatter_elements(pv, idx, vv, 2);
+                            let (key_slot, value_slot) = at_pos.expect("a fixed cache has its slot masks");
+                            let vals = g.add(Op::Where, &[value_slot, vv, pv]);
                             let kkt = g.transpose_last(kk);
-                            let idx_t = g.add(Op::Expand, &[p4, kkt]);
-                            let keys = g.scatter_elements(pk, idx_t, kkt, 3);
+                            let keys = g.add(Op::Where, &[key_slot, kkt, pk]);
                             (keys, vals, keys)
                         }
                     };
@@ -464,9 +480,10 @@ impl Layer {
                 let zs = g.times(z, s);
                 let u = g.plus(zs, shift);
                 let u = g.reshape(u, &[0, 1, c]);
-                let n3 = g.reshape(next, &[1, 1, 1]);
-                let idx = g.add(Op::Expand, &[n3, u]);
-                let seq = g.scatter_elements(io.seq, idx, u, 1);
+                let slots = g.ints((0..t).collect());
+                let at = g.add(Op::Equal, &[slots, next]);
+                let at = g.reshape(at, &[1, t, 1]);
+                let seq = g.add(Op::Where, &[at, u, io.seq]);
                 (seq, next, presents)
             })
         })

@@ -76,7 +76,7 @@ pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String>
             (g.dtype(inputs[0]), shape(inputs[0]).clone())
         }
         Op::Cast(to) => (*to, shape(inputs[0]).clone()),
-        Op::Less => {
+        Op::Less | Op::Equal => {
             same_dtype(g, inputs)?;
             (DType::Bool, broadcast_checked(shape(inputs[0]), shape(inputs[1]))?)
         }
@@ -100,6 +100,7 @@ pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
         Op::Unary(u) => lw.node(u.onnx(), &node.name, &ins, &out, vec![]),
         Op::Cast(to) => lw.node("Cast", &node.name, &ins, &out, vec![Lowering::attr_int("to", to.onnx())]),
         Op::Less => lw.node("Less", &node.name, &ins, &out, vec![]),
+        Op::Equal => lw.node("Equal", &node.name, &ins, &out, vec![]),
         Op::Where => lw.node("Where", &node.name, &ins, &out, vec![]),
         _ => unreachable!(),
     }
@@ -228,8 +229,10 @@ pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Op
                     let ex = g.unary(Un::Exp, arg);
                     let xe = g.times(x, ex);
                     let d2 = g.plus(e1, xe);
-                    let gd = g.times(gy, d2);
-                    g.scale(gd, 0.5)
+                    // The 1/2 on gy (a product by a constant matrix in every adjoint), where
+                    // the `scales` pass folds it into that matrix.
+                    let hgy = g.scale(gy, 0.5);
+                    g.times(hgy, d2)
                 }
                 Un::Relu => {
                     let zero = g.scalar(0.0);

@@ -1,6 +1,7 @@
 //! The IR's operations. Each family's file holds, side by side, its shape rule, its lowering to
 //! ONNX nodes and its adjoint (vector-Jacobian product) for [`crate::ir::grad`].
 
+pub mod attention;
 pub mod elementwise;
 pub mod layernorm;
 pub mod matmul;
@@ -27,6 +28,8 @@ pub enum Op {
     Where,
     /// a < b, elementwise.
     Less,
+    /// a == b, elementwise (integers).
+    Equal,
     MatMul,
     /// ONNX Reshape semantics: 0 copies the input dimension, -1 is inferred.
     Reshape(Vec<i64>),
@@ -59,6 +62,15 @@ pub enum Op {
     Softmax(usize),
     /// LayerNormalization over the last axis; inputs x, scale, bias.
     LayerNorm(f32),
+    /// A statistic of a LayerNorm's input over the last axis (fp32, the axis kept as 1), read
+    /// from the LayerNorm itself: its one input is the LayerNorm's output, and the lowering
+    /// makes it an extra output of the same ONNX node.
+    LayerNormStat(layernorm::Stat),
+    /// softmax(q kt + mask) v over whole sequences; inputs q, kt, v, mask.
+    Attention,
+    /// The probabilities softmax(q kt + mask) of an attention, read from it: its one input is
+    /// the attention's output (lowered as the name of the attention's Softmax output).
+    AttentionProbs,
     /// (data, indices, updates): data with updates written (or added) at indices along `axis`.
     ScatterElements {
         axis: usize,
@@ -81,6 +93,7 @@ impl Op {
             Op::Cast(_) => "Cast",
             Op::Where => "Where",
             Op::Less => "Less",
+            Op::Equal => "Equal",
             Op::MatMul => "MatMul",
             Op::Reshape(_) | Op::ReshapeLike => "Reshape",
             Op::Transpose(_) => "Transpose",
@@ -92,6 +105,9 @@ impl Op {
             Op::Reduce { kind, .. } => kind.onnx(),
             Op::Softmax(_) => "Softmax",
             Op::LayerNorm(_) => "LayerNormalization",
+            Op::LayerNormStat(stat) => stat.name(),
+            Op::Attention => "Attention",
+            Op::AttentionProbs => "AttentionProbs",
             Op::ScatterElements { .. } => "ScatterElements",
             Op::GatherElements { .. } => "GatherElements",
         }
@@ -103,8 +119,16 @@ impl Op {
         let arity = match self {
             Op::Input | Op::Const(_) => 0,
             Op::Unary(_) | Op::Cast(_) | Op::Reshape(_) | Op::Transpose(_) | Op::Slice { .. } | Op::Pad { .. } => 1,
-            Op::Reduce { .. } | Op::Softmax(_) => 1,
-            Op::Binary(_) | Op::Less | Op::MatMul | Op::ReshapeLike | Op::Gather { .. } | Op::Expand | Op::GatherElements { .. } => 2,
+            Op::Reduce { .. } | Op::Softmax(_) | Op::LayerNormStat(_) | Op::AttentionProbs => 1,
+            Op::Attention => 4,
+            Op::Binary(_)
+            | Op::Less
+            | Op::Equal
+            | Op::MatMul
+            | Op::ReshapeLike
+            | Op::Gather { .. }
+            | Op::Expand
+            | Op::GatherElements { .. } => 2,
             Op::Where | Op::LayerNorm(_) | Op::ScatterElements { .. } => 3,
             Op::Concat(_) => inputs.len().max(1),
         };
@@ -113,11 +137,14 @@ impl Op {
         }
         match self {
             Op::Input | Op::Const(_) => Err("inputs and constants are created directly".into()),
-            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less => elementwise::infer(self, g, inputs),
+            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less | Op::Equal => elementwise::infer(self, g, inputs),
             Op::MatMul => matmul::infer(g, inputs),
             Op::Reduce { axes, .. } => reduce::infer(g, inputs, axes),
             Op::Softmax(_) => softmax::infer(g, inputs),
             Op::LayerNorm(_) => layernorm::infer(g, inputs),
+            Op::LayerNormStat(_) => layernorm::infer_stat(g, inputs),
+            Op::Attention => attention::infer(g, inputs),
+            Op::AttentionProbs => attention::infer_probs(g, inputs),
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::infer(self, g, inputs),
             Op::Reshape(_)
             | Op::ReshapeLike
@@ -134,11 +161,16 @@ impl Op {
     pub fn lower(&self, node: &Node, lw: &mut Lowering) {
         match self {
             Op::Input | Op::Const(_) => {}
-            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less => elementwise::lower(self, node, lw),
+            Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where | Op::Less | Op::Equal => elementwise::lower(self, node, lw),
             Op::MatMul => matmul::lower(node, lw),
             Op::Reduce { .. } => reduce::lower(self, node, lw),
             Op::Softmax(axis) => softmax::lower(*axis, node, lw),
             Op::LayerNorm(eps) => layernorm::lower(*eps, node, lw),
+            // An output of the LayerNorm's node (see `layernorm::lower`).
+            Op::LayerNormStat(_) => {}
+            Op::Attention => attention::lower(node, lw),
+            // The attention's Softmax output (see `attention::lower`).
+            Op::AttentionProbs => {}
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::lower(self, node, lw),
             Op::Reshape(_)
             | Op::ReshapeLike
@@ -155,12 +187,15 @@ impl Op {
     /// whether input i needs one.
     pub fn vjp(&self, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
         match self {
-            Op::Input | Op::Const(_) | Op::Less => vec![None; node.inputs.len()],
+            Op::Input | Op::Const(_) | Op::Less | Op::Equal => vec![None; node.inputs.len()],
             Op::Binary(_) | Op::Unary(_) | Op::Cast(_) | Op::Where => elementwise::vjp(self, g, node, gy, wants),
             Op::MatMul => matmul::vjp(g, node, gy, wants),
             Op::Reduce { .. } => reduce::vjp(self, g, node, gy),
             Op::Softmax(axis) => softmax::vjp(*axis, g, node, gy),
             Op::LayerNorm(eps) => layernorm::vjp(*eps, g, node, gy, wants),
+            Op::LayerNormStat(_) => layernorm::vjp_stat(wants),
+            Op::Attention => attention::vjp(g, node, gy, wants),
+            Op::AttentionProbs => attention::vjp_probs(wants),
             Op::ScatterElements { .. } | Op::GatherElements { .. } => scatter::vjp(self, g, node, gy, wants),
             Op::Reshape(_)
             | Op::ReshapeLike

@@ -126,6 +126,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if let Some(m) = r["loop_mode"].as_str() {
                 println!("  {}: {m}", r["provider"].as_str().unwrap_or(""));
             }
+            if let Some(layers) = r["phase1_layers_ms"].as_array().filter(|l| !l.is_empty()) {
+                let ms: Vec<String> = layers.iter().map(|v| format!("{:.1}", v.as_f64().unwrap_or(f64::NAN))).collect();
+                println!("  {}: phase 1 per layer (ms, inversion order): {}", r["provider"].as_str().unwrap_or(""), ms.join(" "));
+            }
         }
     }
     if rows.is_empty() {
