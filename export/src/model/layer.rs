@@ -28,8 +28,9 @@ pub enum Cache {
     /// after it masked.
     Fixed,
     /// As `Fixed`, the keys stored transposed, (N, H, d, T): the scores q K^T need no transpose
-    /// of the whole cache each step (the loop graphs, whose caches only they read); the new key
-    /// and value written by a Where on a one-hot of `pos` (no index tensors).
+    /// of the whole cache each step (the loop graphs, whose caches only they read); the scatter
+    /// indices made once for all blocks, the writes meant to run in place (past and present
+    /// bound to one buffer).
     FixedKeysTransposed,
 }
 
@@ -360,24 +361,19 @@ impl Layer {
             let mut h = g.plus(h, c);
             let it = inv_temp.map(|t| g.reshape(t, &[-1, 1, 1, 1]));
             // Fixed cache: slots after pos get a large negative score (exp underflows to 0).
-            let slots = fixed.then(|| g.ints((0..self.tokens as i64).collect()));
-            let later_mask = slots.map(|slots| {
+            let later_mask = fixed.then(|| {
+                let slots = g.ints((0..self.tokens as i64).collect());
                 let later = g.add(Op::Less, &[pos, slots]);
                 let big = g.scalar(MASKED_SCORE);
                 let zero = g.scalar(0.0);
                 g.add(Op::Where, &[later, big, zero])
             });
-            // The loop graphs' cache writes: one Where per cache tensor that selects the new key
-            // or value at slot pos (one kernel; a ScatterElements needs its indices expanded to
-            // the update's shape first, per block).
-            let at_pos = match (cache, slots) {
-                (Cache::FixedKeysTransposed, Some(slots)) => {
-                    let at = g.add(Op::Equal, &[slots, pos]);
-                    let t = self.tokens as i64;
-                    Some((g.reshape(at, &[1, 1, 1, t]), g.reshape(at, &[1, 1, t, 1])))
-                }
-                _ => None,
-            };
+            // The loop graphs' cache writes: ScatterElements at pos, whose indices (pos expanded to
+            // the new key's and value's shapes, the same in every block) are made once. The
+            // runtime binds each past and present to the same buffer, so the write is in place:
+            // ONNX Runtime's ScatterElements copies its data input only when the output is
+            // another buffer.
+            let mut slot_indices: Option<(V, V)> = None;
             let mut presents = Vec::new();
             for (k, blk) in self.blocks.iter().enumerate() {
                 let (pk, pv) = past[k];
@@ -398,10 +394,13 @@ impl Layer {
                             (keys, vals, g.transpose_last(keys))
                         }
                         Cache::FixedKeysTransposed => {
-                            let (key_slot, value_slot) = at_pos.expect("a fixed cache has its slot masks");
-                            let vals = g.add(Op::Where, &[value_slot, vv, pv]);
                             let kkt = g.transpose_last(kk);
-                            let keys = g.add(Op::Where, &[key_slot, kkt, pk]);
+                            let (idx_k, idx_v) = *slot_indices.get_or_insert_with(|| {
+                                let p4 = g.reshape(pos, &[1, 1, 1, 1]);
+                                (g.add(Op::Expand, &[p4, kkt]), g.add(Op::Expand, &[p4, vv]))
+                            });
+                            let vals = g.scatter_elements(pv, idx_v, vv, 2);
+                            let keys = g.scatter_elements(pk, idx_k, kkt, 3);
                             (keys, vals, keys)
                         }
                     };

@@ -187,11 +187,17 @@ impl OrtLoad {
 /// A loop's device buffers: the fixed inputs, two sets of state (a run reads one set and writes
 /// the other), device zeros for state started from zeros, and the two bindings (A -> B,
 /// B -> A), each with the run options that select its own captured CUDA graph.
+///
+/// State updated in place (the KV caches: an input `past_*` whose output `present_*` is the
+/// input with one slot written) has one buffer, bound as both the input and the output of both
+/// bindings: ONNX Runtime's ScatterElements copies its data input to its output only when they
+/// are different buffers, so a step writes its token's keys and values and nothing else.
 struct LoopBuffers {
     key: Vec<(TensorElementType, Vec<i64>)>,
     fixed: Vec<DynTensor>,
     a: Vec<DynTensor>,
-    b: Vec<DynTensor>,
+    /// None for state updated in place (its buffer is in `a`).
+    b: Vec<Option<DynTensor>>,
     zeros: Vec<Option<DynTensor>>,
     bindings: [IoBinding; 2],
     options: [RunOptions; 2],
@@ -345,21 +351,38 @@ fn copy_to(src: &DynValue, dst: &mut DynTensor) -> Result<(), ort::Error> {
     src.view().downcast::<DynTensorValueType>()?.copy_into(&mut *dst)
 }
 
-/// Binds `fixed` then `from` to the inputs and `to` to the outputs.
+/// Whether a loop's state input `input` with output `output` is updated in place (a KV cache).
+fn in_place(input: &str, output: &str) -> bool {
+    input.strip_prefix("past_").is_some_and(|k| output.strip_prefix("present_") == Some(k))
+}
+
+/// Binds `fixed` then the state to the inputs and the state to the outputs: read from A and
+/// written to B (`a_to_b`), or the other way; state without a B buffer is read from and written
+/// to its A buffer.
 fn bind(
     session: &Session,
     names: (&[String], &[String]),
     fixed: &[DynTensor],
-    from: &[DynTensor],
-    to: &mut [DynTensor],
+    a: &mut [DynTensor],
+    b: &mut [Option<DynTensor>],
+    a_to_b: bool,
 ) -> Result<IoBinding, ort::Error> {
     let (inputs, outputs) = names;
     let mut binding = session.create_binding()?;
-    for (name, v) in inputs.iter().zip(fixed.iter().chain(from)) {
+    for (name, v) in inputs.iter().zip(fixed) {
         binding.bind_input(name, v)?;
     }
-    for (name, v) in outputs.iter().zip(to.iter_mut()) {
-        binding.bind_output(name, v)?;
+    for (k, name) in inputs[fixed.len()..].iter().enumerate() {
+        match &b[k] {
+            Some(bk) if !a_to_b => binding.bind_input(name, bk)?,
+            _ => binding.bind_input(name, &a[k])?,
+        }
+    }
+    for (k, name) in outputs.iter().enumerate().take(a.len()) {
+        match &mut b[k] {
+            Some(bk) if a_to_b => binding.bind_output(name, bk)?,
+            _ => binding.bind_output(name, &mut a[k])?,
+        }
     }
     Ok(binding)
 }
@@ -426,10 +449,17 @@ impl OrtGraph {
         };
         let fixed_bufs = make(&key[..fixed])?;
         let mut a = make(&key[fixed..])?;
-        let mut b = make(&key[fixed..])?;
+        let mut b = key[fixed..]
+            .iter()
+            .enumerate()
+            .map(|(k, (ty, shape))| {
+                let shared = self.outputs.get(k).is_some_and(|o| in_place(&self.inputs[fixed + k], o));
+                if shared { Ok(None) } else { DynTensor::new(&alloc, *ty, shape.clone()).map(Some) }
+            })
+            .collect::<Result<Vec<_>, ort::Error>>()?;
         let names = (self.inputs.as_slice(), self.outputs.as_slice());
-        let ab = bind(&st.session, names, &fixed_bufs, &a, &mut b)?;
-        let ba = bind(&st.session, names, &fixed_bufs, &b, &mut a)?;
+        let ab = bind(&st.session, names, &fixed_bufs, &mut a, &mut b, true)?;
+        let ba = bind(&st.session, names, &fixed_bufs, &mut a, &mut b, false)?;
         let ids = st.cuda_graph.is_ok().then(|| {
             st.next_graph_id += 2;
             (st.next_graph_id - 2, st.next_graph_id - 1)
@@ -489,8 +519,12 @@ impl OrtGraph {
         // The final state is in B after an odd number of runs.
         let last = &lp.bindings[(steps + 1) % 2];
         last.synchronize_outputs()?;
-        let fin = if steps % 2 == 1 { &lp.b } else { &lp.a };
-        fin.iter().take(keep).map(download_tensor).collect()
+        (0..keep)
+            .map(|k| match &lp.b[k] {
+                Some(bk) if steps % 2 == 1 => download_tensor(bk),
+                _ => download_tensor(&lp.a[k]),
+            })
+            .collect()
     }
 }
 
