@@ -136,9 +136,9 @@ fn every_graph_of_both_precisions_passes_the_check() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pkg");
     let m = export_tiny(&dir, |o| o.precisions = itarflow_export::package::Precisions::Both);
-    // Per layer: forward, cond, step, step_fixed, layer_vjp, invert, invert_cfg; plus the score
-    // and denoising-step graphs.
-    assert_eq!(m.graphs.len(), 2 * (7 * 4 + 2));
+    // Per layer: forward, cond, step, step_fixed, layer_vjp, invert, invert_cfg,
+    // invert_cfg_starflow; plus the score and denoising-step graphs.
+    assert_eq!(m.graphs.len(), 2 * (8 * 4 + 2));
     let report = itarflow::deploy::check_package(&dir).unwrap();
     assert!(report.skipped.is_empty(), "ONNX Runtime is installed by scripts/setup.sh: {:?}", report.skipped);
     let rows = &report.rows;
@@ -151,6 +151,7 @@ fn every_graph_of_both_precisions_passes_the_check() {
                 "layer3_step_fixed",
                 "layer3_invert",
                 "layer3_invert_cfg",
+                "layer3_invert_cfg_starflow",
                 "score",
                 "layerwise_score",
                 "forward_chain",

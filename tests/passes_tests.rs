@@ -9,6 +9,7 @@ use common::*;
 use itarflow::deploy::weights;
 use itarflow_export::ir::optimize::Passes;
 use itarflow_export::ir::{DType, Dim, Graph};
+use itarflow_export::model::layer::GuidedStyle;
 use itarflow_export::model::{Weights, graphs};
 use itarflow_export::onnx;
 use itarflow_rt::HostTensor;
@@ -40,7 +41,6 @@ fn inputs(g: &Graph, seed: u64) -> Vec<HostTensor> {
                     HostTensor::F32(shape, (0..n).map(|i| 0.4 - 0.3 * (i % 5) as f32 / 5.0).collect())
                 }
                 (_, "clip") => HostTensor::F32(shape, vec![f32::NEG_INFINITY, f32::INFINITY]),
-                (_, "starflow") => HostTensor::F32(shape, vec![0.0]),
                 _ => HostTensor::F32(shape, noise.sample_f32(n).iter().map(|x| 0.5 * x).collect()),
             }
         })
@@ -67,8 +67,9 @@ fn every_pass_leaves_every_graph_kind_unchanged() {
         graphs::forward(&ws, 2).unwrap(),
         graphs::step(&ws, 3, false).unwrap(),
         graphs::step(&ws, 3, true).unwrap(),
-        graphs::invert(&ws, 0, false).unwrap(),
-        graphs::invert(&ws, 1, true).unwrap(),
+        graphs::invert(&ws, 0, None).unwrap(),
+        graphs::invert(&ws, 1, Some(GuidedStyle::Tarflow)).unwrap(),
+        graphs::invert(&ws, 1, Some(GuidedStyle::Starflow)).unwrap(),
     ];
     let one = |f: fn(&mut Passes)| {
         let mut p = Passes::NONE;

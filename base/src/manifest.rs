@@ -18,7 +18,7 @@ pub const FORMAT: &str = "itarflow-package";
 /// 2 added the fixed-cache step graphs, the per-layer VJP graphs, the reference outputs and
 /// weight files shared between graphs; 3 the loop graphs (fused inversion steps, guided and not,
 /// and the denoising step), whose fp16 variants hold their KV caches in fp16.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -70,9 +70,14 @@ pub enum GraphKind {
     /// One fused inversion step of one layer, a loop body: (cond, seq, pos, past K/V) ->
     /// (seq, pos + 1, present K/V), the next token written into seq (fixed-length cache).
     Invert,
-    /// The same for a guided layer: the unconditional branch's cond_u and inv_temp_u, cfg_w
-    /// (per step) and starflow before the state; both branches' caches (2, N, H, T, d).
+    /// The same for a guided layer with the 'tarflow' guidance: the unconditional branch's
+    /// cond_u and inv_temp_u and cfg_w (per step) before the state; both branches' caches
+    /// (2, N, H, T, d). (Packages of format 3 took a `starflow` scalar too, both styles in one
+    /// graph.)
     InvertGuided,
+    /// The same with the 'starflow' guidance (one graph per style: the style's arithmetic is
+    /// ~15% of a guided step's kernels, and a graph computing both styles ran both).
+    InvertGuidedStarflow,
     /// One Euler step of phase 2 with the score inside, a loop body:
     /// (levels, y, clip, x, step) -> (x', step + 1).
     DenoiseStep,
@@ -80,7 +85,7 @@ pub enum GraphKind {
 
 impl GraphKind {
     /// Every kind, in the order packages list them.
-    pub const ALL: [GraphKind; 9] = [
+    pub const ALL: [GraphKind; 10] = [
         GraphKind::Forward,
         GraphKind::Cond,
         GraphKind::Step,
@@ -88,6 +93,7 @@ impl GraphKind {
         GraphKind::LayerVjp,
         GraphKind::Invert,
         GraphKind::InvertGuided,
+        GraphKind::InvertGuidedStarflow,
         GraphKind::Score,
         GraphKind::DenoiseStep,
     ];
@@ -100,7 +106,7 @@ impl GraphKind {
     /// Whether the graph is a loop body: its outputs are, in order, its next run's state, which
     /// is its last `outputs.len()` inputs; the inputs before them stay fixed over the loop.
     pub fn is_loop(self) -> bool {
-        matches!(self, GraphKind::Invert | GraphKind::InvertGuided | GraphKind::DenoiseStep)
+        matches!(self, GraphKind::Invert | GraphKind::InvertGuided | GraphKind::InvertGuidedStarflow | GraphKind::DenoiseStep)
     }
 }
 

@@ -12,6 +12,7 @@ use itarflow_base::{Array, ModelConfig, Npz, RawTensor};
 use crate::ExportError;
 use crate::ir::optimize::Passes;
 use crate::ir::{Dim, Graph};
+use crate::model::layer::GuidedStyle;
 use crate::model::{Weights, graphs};
 use crate::onnx::{self, ExternalData};
 use crate::store::WeightStore;
@@ -136,6 +137,7 @@ pub fn export(
             builders.push((GraphKind::Invert, Some(l)));
             if config.num_classes > 0 {
                 builders.push((GraphKind::InvertGuided, Some(l)));
+                builders.push((GraphKind::InvertGuidedStarflow, Some(l)));
             }
         }
         builders.push((GraphKind::Score, None));
@@ -155,8 +157,9 @@ pub fn export(
                 (GraphKind::Step, Some(l)) => graphs::step(&w, l, false)?,
                 (GraphKind::StepFixed, Some(l)) => graphs::step(&w, l, true)?,
                 (GraphKind::LayerVjp, Some(l)) => graphs::layer_vjp(&w, l)?,
-                (GraphKind::Invert, Some(l)) => graphs::invert(&w, l, false)?,
-                (GraphKind::InvertGuided, Some(l)) => graphs::invert(&w, l, true)?,
+                (GraphKind::Invert, Some(l)) => graphs::invert(&w, l, None)?,
+                (GraphKind::InvertGuided, Some(l)) => graphs::invert(&w, l, Some(GuidedStyle::Tarflow))?,
+                (GraphKind::InvertGuidedStarflow, Some(l)) => graphs::invert(&w, l, Some(GuidedStyle::Starflow))?,
                 (GraphKind::DenoiseStep, None) => graphs::denoise_step(&w)?,
                 _ => graphs::score(&w)?,
             };

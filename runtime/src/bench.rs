@@ -109,22 +109,25 @@ fn time_step<E: Engine>(gs: &GraphSet<E>, cache: StepCache, rows: usize, repeats
     Ok(median(times))
 }
 
-/// The deepest layer's whole inversion loop (`images` images, guided or not) divided by its steps.
-fn time_loop_step<E: Engine>(gs: &GraphSet<E>, images: usize, guided: bool, repeats: usize) -> Result<f64, RtError> {
+/// The deepest layer's whole inversion loop (`images` images, guided with `style` or not)
+/// divided by its steps.
+fn time_loop_step<E: Engine>(gs: &GraphSet<E>, images: usize, guided: Option<CfgStyle>, repeats: usize) -> Result<f64, RtError> {
     let model = gs.model();
     let l = model.manifest.layers.len() - 1;
     let info = &model.manifest.layers[l];
-    let kind = if guided { GraphKind::InvertGuided } else { GraphKind::Invert };
+    let kind = guided.map_or(GraphKind::Invert, |style| crate::sampler::guided_loop_kind(model, style));
     let g = &gs.get(kind)?[l];
     let entry = model.entry(kind, Some(l), gs.precision().name())?;
     let (tokens, steps) = (info.tokens, info.tokens - 1);
     let cond = HostTensor::F32(vec![images, info.width], vec![0.1; images * info.width]);
     let mut fixed = vec![g.upload(&cond)?];
-    if guided {
+    if let Some(style) = guided {
         fixed.push(g.upload(&cond)?);
         fixed.push(g.upload(&HostTensor::F32(vec![images], vec![1.0; images]))?);
         fixed.push(g.upload(&HostTensor::F32(vec![tokens], vec![2.0; tokens]))?);
-        fixed.push(g.upload(&HostTensor::F32(vec![], vec![0.0]))?);
+        if crate::sampler::takes_style(entry) {
+            fixed.push(g.upload(&HostTensor::F32(vec![], vec![if style == CfgStyle::Starflow { 1.0 } else { 0.0 }]))?);
+        }
     }
     let state = || -> Result<Vec<LoopInit<E::Value>>, RtError> {
         let mut s = vec![
@@ -222,8 +225,9 @@ pub fn bench(
     let (step_ms, loop_mode) = match sampler.inversion() {
         Inversion::Steps(cache) => (with_graphs!(sampler.loaded(), g => time_step(g, cache, rows, b.repeats))?, None),
         Inversion::Loop => with_graphs!(sampler.loaded(), g => {
-            let ms = time_loop_step(g, b.batch, guided, b.repeats)?;
-            let kind = if guided { GraphKind::InvertGuided } else { GraphKind::Invert };
+            let style = guided.then_some(s.guidance.style);
+            let ms = time_loop_step(g, b.batch, style, b.repeats)?;
+            let kind = style.map_or(GraphKind::Invert, |style| crate::sampler::guided_loop_kind(&model, style));
             let invert = g.get(kind)?.last().and_then(|x| x.loop_mode());
             let denoise = if sampler.denoising() == crate::sampler::Denoising::Loop { g.denoise_step()?.loop_mode() } else { None };
             let mode = match (invert, denoise) {

@@ -126,7 +126,7 @@ fn run_graphs<E: Engine>(gs: &GraphSet<E>, r: &Reference) -> Result<Runs, RtErro
                 Ok(vec![one(&name, "a", a), one(&name, "b", b)])
             });
         }
-        for kind in [GraphKind::Invert, GraphKind::InvertGuided] {
+        for kind in [GraphKind::Invert, GraphKind::InvertGuided, GraphKind::InvertGuidedStarflow] {
             if let Some(entry) = m.graph(kind, Some(l), precision) {
                 attempt(entry.name.clone(), &mut || check_inversion(gs, r, l, kind, &u, &ref_cond));
             }
@@ -216,11 +216,14 @@ fn check_inversion<E: Engine>(
     let g = &gs.get(kind)?[l];
     let cond = HostTensor::F32(vec![b, info.width], cond.to_vec());
     let mut fixed = vec![g.upload(&cond)?];
-    if kind == GraphKind::InvertGuided {
+    if kind != GraphKind::Invert {
+        // Both branches alike: either style's guidance leaves a branch's (scale, shift) as it is.
         fixed.push(g.upload(&cond)?);
         fixed.push(g.upload(&HostTensor::F32(vec![b], vec![1.0; b]))?);
         fixed.push(g.upload(&HostTensor::F32(vec![tokens], vec![2.0; tokens]))?);
-        fixed.push(g.upload(&HostTensor::F32(vec![], vec![0.0]))?);
+        if sampler::takes_style(entry) {
+            fixed.push(g.upload(&HostTensor::F32(vec![], vec![0.0]))?);
+        }
     }
     let mut outs = Vec::new();
     for output in ["u", "u_rerun"] {

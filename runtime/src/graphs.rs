@@ -148,7 +148,12 @@ impl Loaded {
                         // The graphs of whole batches get the threads; a step is too small to share.
                         let small = matches!(
                             e.kind,
-                            GraphKind::Step | GraphKind::StepFixed | GraphKind::Cond | GraphKind::Invert | GraphKind::InvertGuided
+                            GraphKind::Step
+                                | GraphKind::StepFixed
+                                | GraphKind::Cond
+                                | GraphKind::Invert
+                                | GraphKind::InvertGuided
+                                | GraphKind::InvertGuidedStarflow
                         );
                         let load = OrtLoad {
                             device: ort_device(p, &opts, m, e),

@@ -2,7 +2,7 @@
 
 use itarflow_base::ModelConfig;
 
-use super::layer::{Cache, GuidanceInputs, InvertInputs, Layer, StepInputs};
+use super::layer::{Cache, GuidanceInputs, GuidedStyle, InvertInputs, Layer, StepInputs};
 use super::weights::Weights;
 use crate::ExportError;
 use crate::ir::grad::gradients;
@@ -84,29 +84,33 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
     Ok(finish(g))
 }
 
-/// `layer{l}_invert` and, `guided`, `layer{l}_invert_cfg`: one fused inversion step, a loop body
-/// whose outputs are its next run's state inputs, so that a layer's T - 1 steps run without
-/// the host (see [`Layer::invert_step`]). Inputs: cond (N, C); for `guided` also cond_u (N, C)
-/// and inv_temp_u (N,) of the unconditional branch, cfg_w (T,) and starflow (scalar); then the
-/// state: seq (N, T, c), pos (int64 scalar), past_k{b} (N, H, d, T: keys transposed),
-/// past_v{b} (N, H, T, d), each with a leading axis of 2 when guided (both branches' caches).
-/// Outputs: the next state, in order.
-pub fn invert(w: &Weights, l: usize, guided: bool) -> Result<Graph, ExportError> {
+/// `layer{l}_invert` and, guided, `layer{l}_invert_cfg` ('tarflow' guidance) or
+/// `layer{l}_invert_cfg_starflow`: one fused inversion step, a loop body whose outputs are its
+/// next run's state inputs, so that a layer's T - 1 steps run without the host (see
+/// [`Layer::invert_step`]). Inputs: cond (N, C); when guided also cond_u (N, C) and inv_temp_u
+/// (N,) of the unconditional branch and cfg_w (T,); then the state: seq (N, T, c), pos (int64
+/// scalar), past_k{b} (N, H, d, T: keys transposed), past_v{b} (N, H, T, d), each with a
+/// leading axis of 2 when guided (both branches' caches). Outputs: the next state, in order.
+pub fn invert(w: &Weights, l: usize, guided: Option<GuidedStyle>) -> Result<Graph, ExportError> {
     let c = w.config;
-    let name = if guided { format!("layer{l}_invert_cfg") } else { format!("layer{l}_invert") };
+    let name = match guided {
+        None => format!("layer{l}_invert"),
+        Some(GuidedStyle::Tarflow) => format!("layer{l}_invert_cfg"),
+        Some(GuidedStyle::Starflow) => format!("layer{l}_invert_cfg_starflow"),
+    };
     let mut g = Graph::new(&name);
     let cond = g.input("cond", DType::F32, vec![n(), Dim::N(c.width(l))]);
-    let guidance = guided.then(|| GuidanceInputs {
+    let guidance = guided.map(|style| GuidanceInputs {
         cond_u: g.input("cond_u", DType::F32, vec![n(), Dim::N(c.width(l))]),
         inv_temp_u: g.input("inv_temp_u", DType::F32, vec![n()]),
         weights: g.input("cfg_w", DType::F32, vec![Dim::N(c.tokens(l))]),
-        starflow: g.input("starflow", DType::F32, vec![]),
+        style,
     });
     let seq = g.input("seq", DType::F32, vec![n(), Dim::N(c.tokens(l)), Dim::N(c.token_dim(l))]);
     let pos = g.input("pos", DType::I64, vec![]);
     let layer = Layer::load(w, &mut g, l)?;
     let (mut keys, mut values) = (layer.keys_transposed_shape(c.tokens(l)), layer.cache_shape(Dim::N(c.tokens(l))));
-    if guided {
+    if guided.is_some() {
         keys.insert(0, Dim::N(2));
         values.insert(0, Dim::N(2));
     }

@@ -60,8 +60,14 @@ pub struct GuidanceInputs {
     pub inv_temp_u: V,
     /// w at each inversion step (T,): step `pos` uses entry `pos` (constant, or annealed).
     pub weights: V,
-    /// Scalar: > 0.5 selects the 'starflow' combination, else 'tarflow'.
-    pub starflow: V,
+    pub style: GuidedStyle,
+}
+
+/// How a guided step combines the branches (a graph per style; see `itarflow_base::sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuidedStyle {
+    Tarflow,
+    Starflow,
 }
 
 /// Weights of one transformer block as graph constants.
@@ -111,34 +117,34 @@ fn block(w: &Weights, g: &mut Graph, name: &str, width: usize) -> Result<Block, 
 }
 
 /// Classifier-free guidance of the (scale, shift) pairs of the conditional and unconditional
-/// branches with weight `w`, both styles computed and `starflow` (> 0.5) choosing (see
-/// `itarflow_base::sampling`): tarflow s = s_c + w (s_c - s_u), b = b_c + w (b_c - b_u);
-/// starflow r = min(s_c / s_u, 1)^2, s = s_c / sqrt(1 + w - w r),
+/// branches with weight `w` (see `itarflow_base::sampling`): tarflow s = s_c + w (s_c - s_u),
+/// b = b_c + w (b_c - b_u); starflow r = min(s_c / s_u, 1)^2, s = s_c / sqrt(1 + w - w r),
 /// b = ((1 + w) b_c - w r b_u) / (1 + w - w r).
-fn combine_guided(g: &mut Graph, w: V, starflow: V, (sc, bc): (V, V), (su, bu): (V, V)) -> (V, V) {
-    let ds = g.minus(sc, su);
-    let wds = g.times(w, ds);
-    let s_tf = g.plus(sc, wds);
-    let db = g.minus(bc, bu);
-    let wdb = g.times(w, db);
-    let b_tf = g.plus(bc, wdb);
-    let ratio = g.divide(sc, su);
-    let one = g.scalar(1.0);
-    let above = g.add(Op::Less, &[one, ratio]);
-    let ratio = g.add(Op::Where, &[above, one, ratio]);
-    let r = g.times(ratio, ratio);
-    let one_w = g.plus(one, w);
-    let wr = g.times(w, r);
-    let den = g.minus(one_w, wr);
-    let root = g.unary(Un::Sqrt, den);
-    let s_sf = g.divide(sc, root);
-    let cb = g.times(one_w, bc);
-    let ub = g.times(wr, bu);
-    let num = g.minus(cb, ub);
-    let b_sf = g.divide(num, den);
-    let half = g.scalar(0.5);
-    let pick = g.add(Op::Less, &[half, starflow]);
-    (g.add(Op::Where, &[pick, s_sf, s_tf]), g.add(Op::Where, &[pick, b_sf, b_tf]))
+fn combine_guided(g: &mut Graph, w: V, style: GuidedStyle, (sc, bc): (V, V), (su, bu): (V, V)) -> (V, V) {
+    match style {
+        GuidedStyle::Tarflow => {
+            let ds = g.minus(sc, su);
+            let wds = g.times(w, ds);
+            let db = g.minus(bc, bu);
+            let wdb = g.times(w, db);
+            (g.plus(sc, wds), g.plus(bc, wdb))
+        }
+        GuidedStyle::Starflow => {
+            let ratio = g.divide(sc, su);
+            let one = g.scalar(1.0);
+            let above = g.add(Op::Less, &[one, ratio]);
+            let ratio = g.add(Op::Where, &[above, one, ratio]);
+            let r = g.times(ratio, ratio);
+            let one_w = g.plus(one, w);
+            let wr = g.times(w, r);
+            let den = g.minus(one_w, wr);
+            let root = g.unary(Un::Sqrt, den);
+            let cb = g.times(one_w, bc);
+            let ub = g.times(wr, bu);
+            let num = g.minus(cb, ub);
+            (g.divide(sc, root), g.divide(num, den))
+        }
+    }
 }
 
 impl Layer {
@@ -473,7 +479,7 @@ impl Layer {
                         let sc = g.unary(Un::Exp, ac);
                         let su = g.unary(Un::Exp, au);
                         let w = g.gather(gi.weights, io.pos, 0);
-                        combine_guided(g, w, gi.starflow, (sc, bc), (su, bu))
+                        combine_guided(g, w, gi.style, (sc, bc), (su, bu))
                     }
                 };
                 let zs = g.times(z, s);

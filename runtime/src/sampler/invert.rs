@@ -187,7 +187,7 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let model = graphs.model();
     let info = &model.manifest.layers[l];
     let (tokens, width) = (info.tokens, info.token_dim);
-    let kind = if guided { GraphKind::InvertGuided } else { GraphKind::Invert };
+    let kind = if guided { guided_loop_kind(model, s.guidance.style) } else { GraphKind::Invert };
     let g = &graphs.get(kind)?[l];
     let entry = model.entry(kind, Some(l), graphs.precision().name())?;
     let steps = tokens - 1;
@@ -199,8 +199,10 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
         let mut w: Vec<f32> = (0..steps).map(|n| s.guidance.weight(n, steps) as f32).collect();
         w.push(0.0);
         guidance.push(g.upload(&HostTensor::F32(vec![tokens], w))?);
-        let starflow = if s.guidance.style == CfgStyle::Starflow { 1.0 } else { 0.0 };
-        guidance.push(g.upload(&HostTensor::F32(vec![], vec![starflow]))?);
+        if takes_style(entry) {
+            let starflow = if s.guidance.style == CfgStyle::Starflow { 1.0 } else { 0.0 };
+            guidance.push(g.upload(&HostTensor::F32(vec![], vec![starflow]))?);
+        }
     }
     let mut fixed = vec![&cond];
     fixed.extend(guidance.iter());
@@ -210,6 +212,22 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let out = g.run_loop(&fixed, state, steps, 1)?.remove(0).into_f32()?;
     seq.copy_from_slice(&out);
     Ok(())
+}
+
+/// The fused inversion graph of a guided layer for `style`: a graph per style since package
+/// format 4; format 3's one graph (`invert_guided`) takes the style as its `starflow` input.
+pub fn guided_loop_kind(model: &crate::model::Model, style: CfgStyle) -> GraphKind {
+    let per_style = model.manifest.graphs.iter().any(|g| g.kind == GraphKind::InvertGuidedStarflow);
+    match style {
+        CfgStyle::Starflow if per_style => GraphKind::InvertGuidedStarflow,
+        _ => GraphKind::InvertGuided,
+    }
+}
+
+/// Whether a guided fused inversion graph takes the style as an input (`starflow`, a scalar
+/// after cfg_w: packages of format 3).
+pub fn takes_style(entry: &itarflow_base::manifest::GraphEntry) -> bool {
+    entry.inputs.iter().any(|t| t.name == "starflow")
 }
 
 /// Zero KV caches for a fused inversion graph of `images` images, shaped and typed as its

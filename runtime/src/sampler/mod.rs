@@ -31,7 +31,7 @@ use ndarray::{Array1, Array4, ArrayView4};
 
 pub use builder::{Classes, SamplerBuilder};
 pub use denoise::{Denoising, denoise, non_finite};
-pub use invert::{Inversion, empty_caches, invert};
+pub use invert::{Inversion, empty_caches, guided_loop_kind, invert, takes_style};
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
 pub use retry::{OnNonFinite, SampleRun, resample_non_finite};
 pub use score::{log_prob, prepare_phase2, score};
@@ -131,7 +131,7 @@ impl Sampler {
             Inversion::Loop => {
                 kinds.push(GraphKind::Invert);
                 if self.settings.guidance.scale > 0.0 && self.model().num_classes() > 0 {
-                    kinds.push(GraphKind::InvertGuided);
+                    kinds.push(invert::guided_loop_kind(self.model(), self.settings.guidance.style));
                 }
             }
         }
