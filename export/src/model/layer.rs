@@ -339,8 +339,10 @@ impl Layer {
             // other: the transformer runs on the first T - 1 tokens (1/T of the work saved).
             let t = self.tokens.saturating_sub(1).max(1);
             let (v, pos) = if t < self.tokens { (g.slice(u, 1, 0, t), g.slice(self.pos, 0, 0, t)) } else { (u, self.pos) };
+            // The bias joins the position embeddings (a sum of constants, folded at load).
             let (w, b) = self.proj_in;
-            let h = g.linear(v, w, b);
+            let h = g.matmul(v, w);
+            let pos = g.plus(pos, b);
             let h = g.plus(h, pos);
             let c = g.reshape(cond, &[0, 1, self.width as i64]);
             let mut h = g.plus(h, c);
@@ -384,20 +386,22 @@ impl Layer {
         let fixed = cache != Cache::Growing;
         g.scoped(&self.scope(), |g| {
             let x = g.reshape(token, &[0, 1, self.token_dim as i64]);
+            // The bias joins the position embeddings (folded at load): one Add fewer per step.
             let (w, b) = self.proj_in;
-            let h = g.linear(x, w, b);
-            let pe = g.gather(self.pos, pos, 0);
+            let h = g.matmul(x, w);
+            let table = g.plus(self.pos, b);
+            let pe = g.gather(table, pos, 0);
             let h = g.plus(h, pe);
             let c = g.reshape(cond, &[0, 1, self.width as i64]);
             let mut h = g.plus(h, c);
             let it = inv_temp.map(|t| g.reshape(t, &[-1, 1, 1, 1]));
-            // Fixed cache: slots after pos get a large negative score (exp underflows to 0).
+            // Fixed cache: slots after pos get a large negative score (exp underflows to 0), row
+            // pos of a constant table (one Gather per step, not a comparison and a Where).
             let later_mask = fixed.then(|| {
-                let slots = g.ints((0..self.tokens as i64).collect());
-                let later = g.add(Op::Less, &[pos, slots]);
-                let big = g.scalar(MASKED_SCORE);
-                let zero = g.scalar(0.0);
-                g.add(Op::Where, &[later, big, zero])
+                let t = self.tokens;
+                let rows: Vec<f32> = (0..t * t).map(|n| if n % t > n / t { MASKED_SCORE } else { 0.0 }).collect();
+                let table = g.constant(None, ConstData::F32(rows), &[t, t]);
+                g.gather(table, pos, 0)
             });
             // The loop graphs' cache writes: ScatterElements at pos, whose indices (pos expanded to
             // the new key's and value's shapes, the same in every block) are made once. The
