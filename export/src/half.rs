@@ -26,6 +26,18 @@ fn island(g: &Graph, node: &Node) -> bool {
     matches!(node.op, Op::Unary(Un::Exp)) && !nonpositive(g, node.inputs[0])
 }
 
+/// Data movement whose result leaves the graph in fp32 (a step graph's present KV cache, made
+/// from its fp32 past): done in fp32 on the past as it came in, the new token's keys or values
+/// cast up, so the whole cache is not cast down at the input and up again at the output, and an
+/// empty past (the first step) is never cast (tract-cuda's Cast fails on an empty tensor).
+fn kept_fp32(g: &Graph, node: &Node, half_io: &dyn Fn(&str) -> bool) -> bool {
+    let out = node.output;
+    matches!(node.op, Op::Concat(_) | Op::ScatterElements { .. })
+        && g.outputs.contains(&out)
+        && g.dtype(out) == DType::F32
+        && !half_io(&g.value(out).name)
+}
+
 /// True where `v` is provably <= 0: -(a a), or c - a a for a constant c <= 0.
 fn nonpositive(g: &Graph, v: V) -> bool {
     let square = |v: V| matches!(g.producer(v), Node { op: Op::Binary(Bin::Mul), inputs, .. } if inputs[0] == inputs[1]);
@@ -87,37 +99,13 @@ pub fn to_half_io(g: &Graph, half_io: &dyn Fn(&str) -> bool) -> Graph {
                 full.insert(out, r);
                 map.insert(out, h.cast(r, DType::F16));
             }
-            // Data movement whose result leaves the graph in fp32 (a step graph's present KV
-            // cache, made from its fp32 past): done in fp32 on the past as it came in, the new
-            // token's keys or values cast up, so the whole cache is not cast down at the input
-            // and up again at the output, and an empty past (the first step) is never cast
-            // (tract-cuda's Cast fails on an empty tensor).
-            op @ (Op::Concat(_) | Op::ScatterElements { .. })
-                if g.outputs.contains(&out) && g.dtype(out) == DType::F32 && !half_io(&g.value(out).name) =>
-            {
+            op if island(g, node) || kept_fp32(g, node, half_io) => {
                 let ins: Vec<V> = node
                     .inputs
                     .iter()
                     .map(|i| match full.get(i) {
                         Some(&f) => f,
                         None if h.dtype(map[i]) != DType::F16 => map[i],
-                        None => {
-                            let c = h.cast(map[i], DType::F32);
-                            full.insert(*i, c);
-                            c
-                        }
-                    })
-                    .collect();
-                let r = h.add(op.clone(), &ins);
-                full.insert(out, r);
-                map.insert(out, h.cast(r, DType::F16));
-            }
-            op if island(g, node) => {
-                let ins: Vec<V> = node
-                    .inputs
-                    .iter()
-                    .map(|i| match full.get(i) {
-                        Some(&f) => f,
                         None => {
                             let c = h.cast(map[i], DType::F32);
                             full.insert(*i, c);
