@@ -119,16 +119,16 @@ fn time_loop_step<E: Engine>(gs: &GraphSet<E>, images: usize, guided: Option<Cfg
     let g = &gs.get(kind)?[l];
     let entry = model.entry(kind, Some(l), gs.precision().name())?;
     let (tokens, steps) = (info.tokens, info.tokens - 1);
-    let cond = HostTensor::F32(vec![images, info.width], vec![0.1; images * info.width]);
-    let mut fixed = vec![g.upload(&cond)?];
-    if let Some(style) = guided {
-        fixed.push(g.upload(&cond)?);
-        fixed.push(g.upload(&HostTensor::F32(vec![images], vec![1.0; images]))?);
-        fixed.push(g.upload(&HostTensor::F32(vec![tokens], vec![2.0; tokens]))?);
-        if crate::sampler::takes_style(entry) {
-            fixed.push(g.upload(&HostTensor::F32(vec![], vec![if style == CfgStyle::Starflow { 1.0 } else { 0.0 }]))?);
+    let cond = vec![0.1; images * info.width];
+    let host = match guided {
+        None => vec![HostTensor::F32(vec![images, info.width], cond)],
+        Some(style) => {
+            let inputs =
+                crate::sampler::GuidedInputs { images, cond: &cond, cond_u: &cond, inv_temp_u: 1.0, weights: vec![2.0; tokens], style };
+            inputs.host(entry, info.width)
         }
-    }
+    };
+    let fixed = host.iter().map(|t| g.upload(t)).collect::<Result<Vec<_>, _>>()?;
     let state = || -> Result<Vec<LoopInit<E::Value>>, RtError> {
         let mut s = vec![
             LoopInit::Host(HostTensor::F32(vec![images, tokens, info.token_dim], vec![0.3; images * tokens * info.token_dim])),

@@ -16,7 +16,7 @@ use itarflow_base::reference as names;
 use crate::graphs::{GraphSet, Loaded};
 use crate::model::Model;
 use crate::provider::{Engine, HostTensor, LoopInit, Precision, Provider, ProviderOptions, run_host};
-use crate::sampler::{self, ScoreForm, StepCache};
+use crate::sampler::{self, CfgStyle, ScoreForm, StepCache};
 use crate::{RtError, with_graphs};
 
 /// The outcome of a check.
@@ -214,17 +214,15 @@ fn check_inversion<E: Engine>(
     }
     let entry = model.entry(kind, Some(l), gs.precision().name())?;
     let g = &gs.get(kind)?[l];
-    let cond = HostTensor::F32(vec![b, info.width], cond.to_vec());
-    let mut fixed = vec![g.upload(&cond)?];
-    if kind != GraphKind::Invert {
+    let host = if kind == GraphKind::Invert {
+        vec![HostTensor::F32(vec![b, info.width], cond.to_vec())]
+    } else {
         // Both branches alike: either style's guidance leaves a branch's (scale, shift) as it is.
-        fixed.push(g.upload(&cond)?);
-        fixed.push(g.upload(&HostTensor::F32(vec![b], vec![1.0; b]))?);
-        fixed.push(g.upload(&HostTensor::F32(vec![tokens], vec![2.0; tokens]))?);
-        if sampler::takes_style(entry) {
-            fixed.push(g.upload(&HostTensor::F32(vec![], vec![0.0]))?);
-        }
-    }
+        let style = if kind == GraphKind::InvertGuidedStarflow { CfgStyle::Starflow } else { CfgStyle::Tarflow };
+        let inputs = sampler::GuidedInputs { images: b, cond, cond_u: cond, inv_temp_u: 1.0, weights: vec![2.0; tokens], style };
+        inputs.host(entry, info.width)
+    };
+    let fixed = host.iter().map(|t| g.upload(t)).collect::<Result<Vec<_>, _>>()?;
     let mut outs = Vec::new();
     for output in ["u", "u_rerun"] {
         let mut state =

@@ -129,7 +129,16 @@ impl Loaded {
                         let path = m.dir.join(&e.file);
                         // The manifest says which graphs are symbolic in the batch alone.
                         let batch_only = e.inputs.iter().flat_map(|i| &i.shape).all(|d| d.as_str().is_none_or(|s| s == "N"));
-                        if batch_only { Ok(TractGraph::load_batched_on(&path, device)) } else { TractGraph::load_on(&path, device) }
+                        // Where the batch is: the first input dim that is N.
+                        let batch = e
+                            .inputs
+                            .iter()
+                            .enumerate()
+                            .find_map(|(k, i)| i.shape.iter().position(|d| d.as_str() == Some("N")).map(|a| (k, a)));
+                        match batch {
+                            Some(batch) if batch_only => Ok(TractGraph::load_batched_on(&path, device, batch)),
+                            _ => TractGraph::load_on(&path, device),
+                        }
                     }),
                 ))
             }

@@ -87,8 +87,8 @@ pub fn step(w: &Weights, l: usize, fixed: bool) -> Result<Graph, ExportError> {
 /// `layer{l}_invert` and, guided, `layer{l}_invert_cfg` ('tarflow' guidance) or
 /// `layer{l}_invert_cfg_starflow`: one fused inversion step, a loop body whose outputs are its
 /// next run's state inputs, so that a layer's T - 1 steps run without the host (see
-/// [`Layer::invert_step`]). Inputs: cond (N, C); when guided also cond_u (N, C) and inv_temp_u
-/// (N,) of the unconditional branch and cfg_w (T,); then the state: seq (N, T, c), pos (int64
+/// [`Layer::invert_step`]). Inputs: cond (N, C), or when guided both branches' cond (2, N, C)
+/// (conditional first), inv_temp (2, N) and cfg_w (T,); then the state: seq (N, T, c), pos (int64
 /// scalar), past_k{b} (N, H, d, T: keys transposed), past_v{b} (N, H, T, d), each with a
 /// leading axis of 2 when guided (both branches' caches). Outputs: the next state, in order.
 pub fn invert(w: &Weights, l: usize, guided: Option<GuidedStyle>) -> Result<Graph, ExportError> {
@@ -99,10 +99,13 @@ pub fn invert(w: &Weights, l: usize, guided: Option<GuidedStyle>) -> Result<Grap
         Some(GuidedStyle::Starflow) => format!("layer{l}_invert_cfg_starflow"),
     };
     let mut g = Graph::new(&name);
-    let cond = g.input("cond", DType::F32, vec![n(), Dim::N(c.width(l))]);
+    let mut cond_shape = vec![n(), Dim::N(c.width(l))];
+    if guided.is_some() {
+        cond_shape.insert(0, Dim::N(2));
+    }
+    let cond = g.input("cond", DType::F32, cond_shape);
     let guidance = guided.map(|style| GuidanceInputs {
-        cond_u: g.input("cond_u", DType::F32, vec![n(), Dim::N(c.width(l))]),
-        inv_temp_u: g.input("inv_temp_u", DType::F32, vec![n()]),
+        inv_temp: g.input("inv_temp", DType::F32, vec![Dim::N(2), n()]),
         weights: g.input("cfg_w", DType::F32, vec![Dim::N(c.tokens(l))]),
         style,
     });

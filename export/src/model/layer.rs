@@ -51,13 +51,11 @@ pub struct InvertInputs<'a> {
 
 /// Guidance of a fused inversion step: the N images run twice, conditional rows then
 /// unconditional ones (shapes keep the factor 2 as an axis of its own, so that every dim is a
-/// multiple of the one batch symbol).
+/// multiple of the one batch symbol). The step's `cond` is then both branches' (2, N, C).
 #[derive(Clone, Copy)]
 pub struct GuidanceInputs {
-    /// The unconditional rows' conditioning (N, C).
-    pub cond_u: V,
-    /// The unconditional rows' inverse attention temperature (N,).
-    pub inv_temp_u: V,
+    /// Both branches' inverse attention temperatures (2, N) (the conditional rows' 1).
+    pub inv_temp: V,
     /// w at each inversion step (T,): step `pos` uses entry `pos` (constant, or annealed).
     pub weights: V,
     pub style: GuidedStyle,
@@ -474,12 +472,12 @@ impl Layer {
         let (a, b, presents) = match io.guidance {
             None => step(g, token, io.cond, None, io.past),
             Some(gi) => {
-                // 2N rows: the conditional branch, then the unconditional one.
+                // 2N rows: the conditional branch, then the unconditional one. Both branches'
+                // conditioning and temperatures come stacked (the runtime stacks them once per
+                // layer, not the graph at every step).
                 let tokens = g.concat(&[token, token], 0);
-                let cond = g.concat(&[io.cond, gi.cond_u], 0);
-                let one = g.scalar(1.0);
-                let ones = g.add(Op::Expand, &[one, gi.inv_temp_u]);
-                let inv_temp = g.concat(&[ones, gi.inv_temp_u], 0);
+                let cond = g.reshape(io.cond, &[-1, self.width as i64]);
+                let inv_temp = g.reshape(gi.inv_temp, &[-1]);
                 let past: Vec<(V, V)> =
                     io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, d, t]), g.reshape(v, &[-1, h, t, d]))).collect();
                 let (a, b, presents) = step(g, tokens, cond, Some(inv_temp), &past);

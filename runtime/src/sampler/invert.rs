@@ -194,17 +194,19 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let cond = layer_cond(graphs, l, labels, s.t_max)?;
     let mut guidance = Vec::new();
     if guided {
-        guidance.push(layer_cond(graphs, l, &vec![-1; b], s.t_max)?);
-        guidance.push(g.upload(&HostTensor::F32(vec![b], vec![uncond_inv_temp(s); b]))?);
+        // Both branches' conditioning to the host once per layer, stacked there (or passed
+        // apart to a format-3 graph).
+        let cg = &graphs.get(GraphKind::Cond)?[l];
+        let c = cg.download(&cond)?.into_f32()?;
+        let cu = cg.download(&layer_cond(graphs, l, &vec![-1; b], s.t_max)?)?.into_f32()?;
         let mut w: Vec<f32> = (0..steps).map(|n| s.guidance.weight(n, steps) as f32).collect();
         w.push(0.0);
-        guidance.push(g.upload(&HostTensor::F32(vec![tokens], w))?);
-        if takes_style(entry) {
-            let starflow = if s.guidance.style == CfgStyle::Starflow { 1.0 } else { 0.0 };
-            guidance.push(g.upload(&HostTensor::F32(vec![], vec![starflow]))?);
+        let inputs = GuidedInputs { images: b, cond: &c, cond_u: &cu, inv_temp_u: uncond_inv_temp(s), weights: w, style: s.guidance.style };
+        for t in inputs.host(entry, info.width) {
+            guidance.push(g.upload(&t)?);
         }
     }
-    let mut fixed = vec![&cond];
+    let mut fixed = if guided { Vec::new() } else { vec![&cond] };
     fixed.extend(guidance.iter());
     let mut state =
         vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], seq.to_vec())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
@@ -212,6 +214,47 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let out = g.run_loop(&fixed, state, steps, 1)?.remove(0).into_f32()?;
     seq.copy_from_slice(&out);
     Ok(())
+}
+
+/// What a guided fused inversion graph takes before its state, from host data.
+pub struct GuidedInputs<'a> {
+    pub images: usize,
+    /// Both branches' conditioning, (N, C) each.
+    pub cond: &'a [f32],
+    pub cond_u: &'a [f32],
+    /// The unconditional rows' inverse attention temperature.
+    pub inv_temp_u: f32,
+    /// The guidance weight of each step (T,).
+    pub weights: Vec<f32>,
+    pub style: CfgStyle,
+}
+
+impl GuidedInputs<'_> {
+    /// The inputs in the graph's order: since package format 4 both branches' cond (2, N, C),
+    /// inv_temp (2, N) and cfg_w; format 3's graph took cond, cond_u, inv_temp_u (N,), cfg_w and
+    /// the style (`starflow`).
+    pub fn host(self, entry: &itarflow_base::manifest::GraphEntry, width: usize) -> Vec<HostTensor> {
+        let n = self.images;
+        if entry.inputs.iter().any(|t| t.name == "cond_u") {
+            let mut v = vec![
+                HostTensor::F32(vec![n, width], self.cond.to_vec()),
+                HostTensor::F32(vec![n, width], self.cond_u.to_vec()),
+                HostTensor::F32(vec![n], vec![self.inv_temp_u; n]),
+                HostTensor::F32(vec![self.weights.len()], self.weights),
+            ];
+            if takes_style(entry) {
+                v.push(HostTensor::F32(vec![], vec![if self.style == CfgStyle::Starflow { 1.0 } else { 0.0 }]));
+            }
+            return v;
+        }
+        let mut inv_temp = vec![1.0; n];
+        inv_temp.extend(std::iter::repeat_n(self.inv_temp_u, n));
+        vec![
+            HostTensor::F32(vec![2, n, width], [self.cond, self.cond_u].concat()),
+            HostTensor::F32(vec![2, n], inv_temp),
+            HostTensor::F32(vec![self.weights.len()], self.weights),
+        ]
+    }
 }
 
 /// The fused inversion graph of a guided layer for `style`: a graph per style since package

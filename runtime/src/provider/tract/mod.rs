@@ -204,8 +204,10 @@ enum Plans {
     /// One plan for every shape (symbols other than the batch).
     Symbolic(Plan),
     /// A plan per batch size (oldest first), each made from the file when first needed (the
-    /// model is not kept in memory between plans).
-    PerBatch { path: PathBuf, plans: Mutex<Vec<(usize, Arc<Plan>)>> },
+    /// model is not kept in memory between plans); the batch is read from input `batch.0`'s
+    /// axis `batch.1` (the first input dim that is N: a guided loop's inputs lead with the
+    /// branch axis of 2).
+    PerBatch { path: PathBuf, plans: Mutex<Vec<(usize, Arc<Plan>)>>, batch: (usize, usize) },
 }
 
 /// A graph ready to run on tract.
@@ -232,16 +234,17 @@ impl TractGraph {
     }
 
     /// A graph whose only symbolic dim is the batch N, known from elsewhere (the package
-    /// manifest): nothing is read until the first run, which makes the plan for its batch size
-    /// (reading the file once per batch size instead of also once here).
-    pub fn load_batched(path: &Path) -> Self {
-        Self::load_batched_on(path, TractDevice::Cpu)
+    /// manifest), which also says where the batch is: input `batch.0`, axis `batch.1`. Nothing is
+    /// read until the first run, which makes the plan for its batch size (reading the file once
+    /// per batch size instead of also once here).
+    pub fn load_batched(path: &Path, batch: (usize, usize)) -> Self {
+        Self::load_batched_on(path, TractDevice::Cpu, batch)
     }
 
     /// [`Self::load_batched`] on `device`.
-    pub fn load_batched_on(path: &Path, device: TractDevice) -> Self {
+    pub fn load_batched_on(path: &Path, device: TractDevice, batch: (usize, usize)) -> Self {
         Self {
-            plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()) },
+            plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()), batch },
             name: path.display().to_string(),
             device,
         }
@@ -262,10 +265,14 @@ impl TractGraph {
         let name = path.display().to_string();
         let model = Self::typed_for(path, device)?;
         let mut symbols: HashMap<String, Symbol> = HashMap::new();
+        let mut batch = None;
         for i in 0..model.inputs.len() {
             let fact = model.input_fact(i).map_err(|e| fail(&name, e))?;
-            for d in fact.shape.iter() {
+            for (axis, d) in fact.shape.iter().enumerate() {
                 for s in d.symbols() {
+                    if batch.is_none() && s.to_string() == "N" && d.to_string() == "N" {
+                        batch = Some((i, axis));
+                    }
                     symbols.insert(s.to_string(), s);
                 }
             }
@@ -273,8 +280,8 @@ impl TractGraph {
         // The growing-cache step graphs (N and the past length P) also get a plan per batch size,
         // P left symbolic: N made concrete fuses their row-wise ops (layer-5 step at 32 rows,
         // 24 cached: 2.95 -> 2.8 ms).
-        match symbols.remove("N") {
-            Some(_) if symbols.keys().all(|k| k == "P") => Ok(Self::load_batched_on(path, device)),
+        match (symbols.remove("N"), batch) {
+            (Some(_), Some(batch)) if symbols.keys().all(|k| k == "P") => Ok(Self::load_batched_on(path, device, batch)),
             _ => Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name, device)?), name, device }),
         }
     }
@@ -340,7 +347,7 @@ impl Engine for TractGraph {
     fn prepare(&self, batch: usize) -> Result<(), RtError> {
         match &self.plans {
             Plans::Symbolic(_) => Ok(()),
-            Plans::PerBatch { path, plans } => self.plan_for(path, plans, batch).map(|_| ()).map_err(|e| self.device.own(e)),
+            Plans::PerBatch { path, plans, .. } => self.plan_for(path, plans, batch).map(|_| ()).map_err(|e| self.device.own(e)),
         }
     }
 }
@@ -354,8 +361,11 @@ impl TractGraph {
         let _flush = (self.device == TractDevice::Cpu).then(super::denormals::FlushToZero::new);
         let outs = match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs, &self.name)?,
-            Plans::PerBatch { path, plans } => {
-                let n = inputs.first().and_then(|v| v.shape().first().copied()).ok_or_else(|| fail(&self.name, "no batched input"))?;
+            Plans::PerBatch { path, plans, batch: (input, axis) } => {
+                let n = inputs
+                    .get(*input)
+                    .and_then(|v| v.shape().get(*axis).copied())
+                    .ok_or_else(|| fail(&self.name, format!("input {input} has no axis {axis} (the batch)")))?;
                 self.plan_for(path, plans, n)?.run(inputs, &self.name)?
             }
         };
