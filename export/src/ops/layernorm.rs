@@ -98,15 +98,13 @@ fn constant_of(g: &Graph, v: V, x: f32) -> bool {
     matches!(&g.producer(v).op, Op::Const(ConstData::F32(d)) if d.iter().all(|&y| y == x))
 }
 
-pub fn vjp(_eps: f32, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
+pub fn vjp(g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
     assert!(!wants[1] && !wants[2], "LayerNorm's scale and bias are weights and are not differentiated");
     let (x, scale, bias) = (node.inputs[0], node.inputs[1], node.inputs[2]);
     let last = g.rank(x) - 1;
+    // The statistics are fp32 (the stash type) whatever x's type.
     let r = g.add(Op::LayerNormStat(Stat::InvStdDev), &[node.output]);
-    let r = match g.dtype(x) {
-        DType::F32 => r,
-        d => g.cast(r, d),
-    };
+    let r = g.cast(r, g.dtype(x));
     // Without an affine (the model's LayerNorms, their affine folded into the next layer) the
     // output is xhat and h is dy; else xhat = (x - mean) r and h = dy * scale (a product the
     // `scales` pass folds into the adjoint's matrix).
@@ -114,10 +112,7 @@ pub fn vjp(_eps: f32, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<
         (node.output, gy)
     } else {
         let mu = g.add(Op::LayerNormStat(Stat::Mean), &[node.output]);
-        let mu = match g.dtype(x) {
-            DType::F32 => mu,
-            d => g.cast(mu, d),
-        };
+        let mu = g.cast(mu, g.dtype(x));
         let xc = g.minus(x, mu);
         (g.times(xc, r), g.times(gy, scale))
     };

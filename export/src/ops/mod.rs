@@ -192,7 +192,7 @@ impl Op {
             Op::MatMul => matmul::vjp(g, node, gy, wants),
             Op::Reduce { .. } => reduce::vjp(self, g, node, gy),
             Op::Softmax(axis) => softmax::vjp(*axis, g, node, gy),
-            Op::LayerNorm(eps) => layernorm::vjp(*eps, g, node, gy, wants),
+            Op::LayerNorm(_) => layernorm::vjp(g, node, gy, wants),
             Op::LayerNormStat(_) => layernorm::vjp_stat(wants),
             Op::Attention => attention::vjp(g, node, gy, wants),
             Op::AttentionProbs => attention::vjp_probs(wants),
