@@ -19,6 +19,7 @@ pub mod report;
 #[cfg(feature = "cli")]
 pub mod sample_args;
 pub mod sampling;
+pub mod shipped;
 pub mod weights;
 
 pub use atomic::write_atomic;

@@ -120,7 +120,7 @@ pub fn run(a: EvalQualityArgs) -> Result<()> {
     if a.num < 2 || a.chunk == 0 {
         bail!("--num must be at least 2 and --chunk at least 1");
     }
-    let dir = a.classifier.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLASSIFIER));
+    let dir = a.classifier.clone().unwrap_or_else(|| itarflow_base::shipped::shipped(DEFAULT_CLASSIFIER, "models/classifier"));
     let classifier = Classifier::load(&dir).with_context(|| format!("loading the classifier {}", dir.display()))?;
     let start = Instant::now();
     let (images, labels, redrawn, settings) = match (&a.ckpt, &a.model) {

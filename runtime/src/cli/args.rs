@@ -14,6 +14,11 @@ use itarflow_rt::{Model, Precision, Provider, ProviderOptions, Sampler, SamplerB
 /// The demo package shipped in the repository.
 const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
 
+/// The demo package: see [`itarflow_base::shipped::shipped`].
+pub fn demo_package() -> PathBuf {
+    itarflow_base::shipped::shipped(DEMO_PACKAGE, "models/fmnist/package")
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProviderArg {
     Tract,
@@ -104,7 +109,7 @@ pub struct Common {
 
 impl Common {
     pub fn load(&self) -> Result<Arc<Model>> {
-        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(DEMO_PACKAGE));
+        let dir = self.model.clone().unwrap_or_else(demo_package);
         Ok(Arc::new(Model::load(&dir).with_context(|| format!("loading the model package {}", dir.display()))?))
     }
 

@@ -42,7 +42,7 @@ impl QualityArgs {
     }
 
     pub fn classifier(&self) -> Result<Classifier> {
-        let dir = self.classifier.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLASSIFIER));
+        let dir = self.classifier.clone().unwrap_or_else(|| itarflow_base::shipped::shipped(DEFAULT_CLASSIFIER, "models/classifier"));
         Classifier::load(&dir).with_context(|| format!("loading the classifier {}", dir.display()))
     }
 }
