@@ -12,6 +12,10 @@
 #                                         export, check on cuda, bench at batch 16
 #   bash scripts/gpu_check.sh quick       a shorter recheck: check the demo on cuda (summary),
 #                                         bench it at batch 16 and 256; s64 export, check, bench
+#   bash scripts/gpu_check.sh profile     where a GPU's time goes, kernel by kernel: Nsight Compute
+#                                         (ncu, where the machine lets it read the GPU) over a window
+#                                         of kernels of a demo sampling run at batch 256 (CUDA graphs
+#                                         off), summed by kernel name into $OUT/kernels.txt
 #
 # The kit (made here by scripts/gpu_kit.sh): ort-gpu.tar.zst.NN (ONNX Runtime 1.31.1's GPU
 # libraries, other architectures' cubins zeroed), zstd, itarflow-rt.zst, itarflow.zst. On a
@@ -173,11 +177,43 @@ stage_quick() {
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
-[ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
+# ncu times each kernel of a window (after the first PROFILE_SKIP launches, PROFILE_COUNT of
+# them: a few phase-1 steps and Euler steps of the demo at batch 256), one replay each.
+stage_profile() {
+    load_env
+    local ncu
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    if [ -z "$ncu" ]; then
+        say "profile: no ncu on this machine"
+        return 0
+    fi
+    say "profile: $ncu over the demo's sampling, batch 256, CFG 2, CUDA graphs off"
+    run 400 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
+        --launch-skip "${PROFILE_SKIP:-20000}" --launch-count "${PROFILE_COUNT:-3000}" \
+        --log-file "$out/ncu.csv" "$RT" sample --provider cuda --num 256 --cfg 2 --no-cuda-graphs --output /tmp/x_profile.npz
+    python3 - "$out/ncu.csv" <<'EOF2' 2>&1 | tee "$out/kernels.txt" | tee -a "$log"
+import csv, collections, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]
+name, unit, value = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+total = collections.defaultdict(lambda: [0, 0.0])
+for r in rows[1:]:
+    t = float(r[value].replace(",", "")) * scale.get(r[unit], 1.0)
+    total[r[name][:90]][0] += 1
+    total[r[name][:90]][1] += t
+all_us = sum(t for _, t in total.values())
+print(f"{sum(c for c, _ in total.values())} kernels, {all_us / 1e3:.2f} ms of GPU time")
+for k, (c, t) in sorted(total.items(), key=lambda kv: -kv[1][1])[:40]:
+    print(f"{t / all_us * 100:5.1f}% {t:10.1f} us {c:6d} x {t / c:7.2f} us  {k}")
+EOF2
+}
+
+[ $# -gt 0 ] || { sed -n '2,24p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         stash) stage_stash "$2"; shift 2 ;;
-        setup|demo|s64|quick) "stage_$1"; shift ;;
+        setup|demo|s64|quick|profile) "stage_$1"; shift ;;
         *) echo "unknown stage $1"; exit 2 ;;
     esac
 done
