@@ -413,26 +413,38 @@ impl Layer {
                 h = g.scoped(&format!("b{k}"), |g| {
                     let (q, kk, vv) = self.qkv(g, h, blk);
                     let q = self.scale_queries(g, q, it, cache == Cache::FixedKeysTransposed);
-                    let (keys, vals, kt) = match cache {
+                    // The presents, then the keys (transposed) and values the attention reads.
+                    let (keys, vals, kt, vt) = match cache {
                         Cache::Growing => {
                             let (keys, vals) = (g.concat(&[pk, kk], 2), g.concat(&[pv, vv], 2));
-                            (keys, vals, g.transpose_last(keys))
+                            (keys, vals, g.transpose_last(keys), vals)
                         }
                         Cache::Fixed => {
                             let p4 = g.reshape(pos, &[1, 1, 1, 1]);
                             let idx = g.add(Op::Expand, &[p4, kk]);
                             let (keys, vals) = (g.scatter_elements(pk, idx, kk, 2), g.scatter_elements(pv, idx, vv, 2));
-                            (keys, vals, g.transpose_last(keys))
+                            (keys, vals, g.transpose_last(keys), vals)
                         }
                         Cache::FixedKeysTransposed => {
+                            // A guided loop's caches are (2, N, H, ., .), both branches: the
+                            // write happens on them as they are (graph input to graph output, one
+                            // buffer: in place) and the attention reads (2N, H, ., .) views.
                             let kkt = g.transpose_last(kk);
+                            let rank = g.rank(pk);
+                            let (hh, d, t) = (self.heads as i64, self.head_dim as i64, self.tokens as i64);
+                            let (kw, vw) =
+                                if rank == 5 { (g.reshape(kkt, &[2, -1, hh, d, 1]), g.reshape(vv, &[2, -1, hh, 1, d])) } else { (kkt, vv) };
                             let (idx_k, idx_v) = *slot_indices.get_or_insert_with(|| {
-                                let p4 = g.reshape(pos, &[1, 1, 1, 1]);
-                                (g.add(Op::Expand, &[p4, kkt]), g.add(Op::Expand, &[p4, vv]))
+                                let p = g.reshape(pos, &vec![1; rank]);
+                                (g.add(Op::Expand, &[p, kw]), g.add(Op::Expand, &[p, vw]))
                             });
-                            let vals = g.scatter_elements(pv, idx_v, vv, 2);
-                            let keys = g.scatter_elements(pk, idx_k, kkt, 3);
-                            (keys, vals, keys)
+                            let vals = g.scatter_elements(pv, idx_v, vw, rank - 2);
+                            let keys = g.scatter_elements(pk, idx_k, kw, rank - 1);
+                            if rank == 5 {
+                                (keys, vals, g.reshape(keys, &[-1, hh, d, t]), g.reshape(vals, &[-1, hh, t, d]))
+                            } else {
+                                (keys, vals, keys, vals)
+                            }
                         }
                     };
                     presents.push((keys, vals));
@@ -441,7 +453,7 @@ impl Layer {
                         scores = g.plus(scores, m);
                     }
                     let attn = g.softmax(scores, 3);
-                    let out = g.matmul(attn, vals);
+                    let out = g.matmul(attn, vt);
                     let a = self.merge(g, out, blk);
                     let h = g.plus(h, a);
                     let m = self.mlp(g, h, blk);
@@ -465,7 +477,7 @@ impl Layer {
     pub fn invert_step(&self, g: &mut Graph, io: &InvertInputs) -> (V, V, Vec<(V, V)>) {
         let c = self.token_dim as i64;
         let token = g.gather(io.seq, io.pos, 1);
-        let (h, t, d) = (self.heads as i64, self.tokens as i64, self.head_dim as i64);
+        let t = self.tokens as i64;
         let step = |g: &mut Graph, token: V, cond: V, inv_temp: Option<V>, past: &[(V, V)]| {
             self.step(g, &StepInputs { token, pos: io.pos, cond, inv_temp, past }, Cache::FixedKeysTransposed)
         };
@@ -478,12 +490,8 @@ impl Layer {
                 let tokens = g.concat(&[token, token], 0);
                 let cond = g.reshape(io.cond, &[-1, self.width as i64]);
                 let inv_temp = g.reshape(gi.inv_temp, &[-1]);
-                let past: Vec<(V, V)> =
-                    io.past.iter().map(|&(k, v)| (g.reshape(k, &[-1, h, d, t]), g.reshape(v, &[-1, h, t, d]))).collect();
-                let (a, b, presents) = step(g, tokens, cond, Some(inv_temp), &past);
-                let presents =
-                    presents.into_iter().map(|(k, v)| (g.reshape(k, &[2, -1, h, d, t]), g.reshape(v, &[2, -1, h, t, d]))).collect();
-                (a, b, presents)
+                // The caches stay (2, N, H, ., .) (see `Cache::FixedKeysTransposed`).
+                step(g, tokens, cond, Some(inv_temp), io.past)
             }
         };
         g.scoped(&self.scope(), |g| {
