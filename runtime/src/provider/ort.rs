@@ -191,7 +191,8 @@ impl OrtLoad {
 /// State updated in place (the KV caches: an input `past_*` whose output `present_*` is the
 /// input with one slot written) has one buffer, bound as both the input and the output of both
 /// bindings: ONNX Runtime's ScatterElements copies its data input to its output only when they
-/// are different buffers, so a step writes its token's keys and values and nothing else.
+/// are different buffers, so a step writes its token's keys and values and nothing else (CUDA
+/// and CPU; TensorRT keeps two buffers).
 struct LoopBuffers {
     key: Vec<(TensorElementType, Vec<i64>)>,
     fixed: Vec<DynTensor>,
@@ -453,7 +454,10 @@ impl OrtGraph {
             .iter()
             .enumerate()
             .map(|(k, (ty, shape))| {
-                let shared = self.outputs.get(k).is_some_and(|o| in_place(&self.inputs[fixed + k], o));
+                // Not on TensorRT: its engines take inputs and outputs as separate bindings, and
+                // aliasing them is not something it promises to honour.
+                let aliasable = !matches!(self.load.device, OrtDevice::TensorRt { .. });
+                let shared = aliasable && self.outputs.get(k).is_some_and(|o| in_place(&self.inputs[fixed + k], o));
                 if shared { Ok(None) } else { DynTensor::new(&alloc, *ty, shape.clone()).map(Some) }
             })
             .collect::<Result<Vec<_>, ort::Error>>()?;
