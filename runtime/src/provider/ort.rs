@@ -450,13 +450,13 @@ impl OrtGraph {
         };
         let fixed_bufs = make(&key[..fixed])?;
         let mut a = make(&key[fixed..])?;
+        // Not on TensorRT: its engines take inputs and outputs as separate bindings, and aliasing
+        // them is not something it promises to honour.
+        let aliasable = !matches!(self.load.device, OrtDevice::TensorRt { .. });
         let mut b = key[fixed..]
             .iter()
             .enumerate()
             .map(|(k, (ty, shape))| {
-                // Not on TensorRT: its engines take inputs and outputs as separate bindings, and
-                // aliasing them is not something it promises to honour.
-                let aliasable = !matches!(self.load.device, OrtDevice::TensorRt { .. });
                 let shared = aliasable && self.outputs.get(k).is_some_and(|o| in_place(&self.inputs[fixed + k], o));
                 if shared { Ok(None) } else { DynTensor::new(&alloc, *ty, shape.clone()).map(Some) }
             })

@@ -191,23 +191,21 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let g = &graphs.get(kind)?[l];
     let entry = model.entry(kind, Some(l), graphs.precision().name())?;
     let steps = tokens - 1;
-    let cond = layer_cond(graphs, l, labels, s.t_max)?;
+    // A guided layer's conditioning: both branches' rows in one run of the cond graph, brought
+    // to the host once per layer and passed stacked (or apart, to a format-3 graph).
+    let cond = layer_cond(graphs, l, &row_labels(labels, guided), s.t_max)?;
     let mut guidance = Vec::new();
     if guided {
-        // Both branches' conditioning to the host once per layer, stacked there (or passed
-        // apart to a format-3 graph).
-        let cg = &graphs.get(GraphKind::Cond)?[l];
-        let c = cg.download(&cond)?.into_f32()?;
-        let cu = cg.download(&layer_cond(graphs, l, &vec![-1; b], s.t_max)?)?.into_f32()?;
+        let both = graphs.get(GraphKind::Cond)?[l].download(&cond)?.into_f32()?;
+        let (c, cu) = both.split_at(b * info.width);
         let mut w: Vec<f32> = (0..steps).map(|n| s.guidance.weight(n, steps) as f32).collect();
         w.push(0.0);
-        let inputs = GuidedInputs { images: b, cond: &c, cond_u: &cu, inv_temp_u: uncond_inv_temp(s), weights: w, style: s.guidance.style };
+        let inputs = GuidedInputs { images: b, cond: c, cond_u: cu, inv_temp_u: uncond_inv_temp(s), weights: w, style: s.guidance.style };
         for t in inputs.host(entry, info.width) {
             guidance.push(g.upload(&t)?);
         }
     }
-    let mut fixed = if guided { Vec::new() } else { vec![&cond] };
-    fixed.extend(guidance.iter());
+    let fixed: Vec<&E::Value> = if guided { guidance.iter().collect() } else { vec![&cond] };
     let mut state =
         vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], seq.to_vec())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
     state.extend(empty_caches(entry, b)?);
@@ -269,7 +267,7 @@ pub fn guided_loop_kind(model: &crate::model::Model, style: CfgStyle) -> GraphKi
 
 /// Whether a guided fused inversion graph takes the style as an input (`starflow`, a scalar
 /// after cfg_w: packages of format 3).
-pub fn takes_style(entry: &itarflow_base::manifest::GraphEntry) -> bool {
+fn takes_style(entry: &itarflow_base::manifest::GraphEntry) -> bool {
     entry.inputs.iter().any(|t| t.name == "starflow")
 }
 

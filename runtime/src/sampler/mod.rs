@@ -31,7 +31,7 @@ use ndarray::{Array1, Array4, ArrayView4};
 
 pub use builder::{Classes, SamplerBuilder};
 pub use denoise::{Denoising, denoise, non_finite};
-pub use invert::{GuidedInputs, Inversion, empty_caches, guided_loop_kind, invert, takes_style};
+pub use invert::{GuidedInputs, Inversion, empty_caches, guided_loop_kind, invert};
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
 pub use retry::{OnNonFinite, SampleRun, resample_non_finite};
 pub use score::{log_prob, prepare_phase2, score};

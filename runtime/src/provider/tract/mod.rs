@@ -269,10 +269,10 @@ impl TractGraph {
         for i in 0..model.inputs.len() {
             let fact = model.input_fact(i).map_err(|e| fail(&name, e))?;
             for (axis, d) in fact.shape.iter().enumerate() {
+                if batch.is_none() && d.to_string() == "N" {
+                    batch = Some((i, axis));
+                }
                 for s in d.symbols() {
-                    if batch.is_none() && s.to_string() == "N" && d.to_string() == "N" {
-                        batch = Some((i, axis));
-                    }
                     symbols.insert(s.to_string(), s);
                 }
             }
