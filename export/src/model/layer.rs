@@ -96,6 +96,9 @@ pub struct Layer {
     time: ((V, V), (V, V)),
     /// (K + 1, C): the class embeddings and, last, their mean (the unconditional row).
     classes: Option<(V, usize)>,
+    /// The affine of a LayerNorm without one, (ones, zeros) of the width (see
+    /// [`Layer::norm_linear`]), shared by the layer's LayerNorms.
+    unit_norm: (V, V),
 }
 
 const LN_EPS: f32 = 1e-5;
@@ -197,6 +200,10 @@ impl Layer {
                     w.linear(g, &format!("{p}.time_embed.mlp.2"), "time.fc2", 4 * width, width)?,
                 ),
                 classes,
+                unit_norm: (
+                    g.constant(None, ConstData::F32(vec![1.0; width]), &[width]),
+                    g.constant(None, ConstData::F32(vec![0.0; width]), &[width]),
+                ),
             })
         })
     }
@@ -255,9 +262,7 @@ impl Layer {
     /// over the activations fewer per LayerNorm), and the scale no longer multiplies the
     /// adjoint's input.
     fn norm_linear(&self, g: &mut Graph, h: V, (scale, beta): (V, V), (w, b): (V, V)) -> V {
-        let c = self.width;
-        let ones = g.constant(None, ConstData::F32(vec![1.0; c]), &[c]);
-        let zeros = g.constant(None, ConstData::F32(vec![0.0; c]), &[c]);
+        let (ones, zeros) = self.unit_norm;
         let xhat = g.layer_norm(h, ones, zeros, LN_EPS);
         let s = g.reshape(scale, &[-1, 1]);
         let ws = g.times(w, s);
