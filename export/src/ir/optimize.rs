@@ -12,10 +12,9 @@
 //! - `cse`: common subexpressions (the same op on the same inputs, e.g. a shape or a transpose of
 //!   the same weight in the forward and the backward pass) computed once;
 //! - `scales`: (x @ W) * c for constants W (or a transpose of one) and c (a scalar, or a vector
-//!   along the product's last axis) is x @ (W * c), when nothing else reads x @ W: GELU's 1/2
-//!   in its adjoint (and the scale of a LayerNorm with an affine; the model's have theirs
-//!   folded into the next layer), a pass over an activation each, become a product of
-//!   constants that the engines fold when they load the graph.
+//!   along the product's last axis) is x @ (W * c), when nothing else reads x @ W: the
+//!   adjoints' LayerNorm scales and GELU's 1/2, a pass over an activation each, become a product
+//!   of constants that the engines fold when they load the graph.
 
 use std::collections::HashMap;
 

@@ -96,9 +96,6 @@ pub struct Layer {
     time: ((V, V), (V, V)),
     /// (K + 1, C): the class embeddings and, last, their mean (the unconditional row).
     classes: Option<(V, usize)>,
-    /// The affine of a LayerNorm without one, (ones, zeros) of the width (see
-    /// [`Layer::norm_linear`]), shared by the layer's LayerNorms.
-    unit_norm: (V, V),
 }
 
 const LN_EPS: f32 = 1e-5;
@@ -200,10 +197,6 @@ impl Layer {
                     w.linear(g, &format!("{p}.time_embed.mlp.2"), "time.fc2", 4 * width, width)?,
                 ),
                 classes,
-                unit_norm: (
-                    g.constant(None, ConstData::F32(vec![1.0; width]), &[width]),
-                    g.constant(None, ConstData::F32(vec![0.0; width]), &[width]),
-                ),
             })
         })
     }
@@ -254,23 +247,13 @@ impl Layer {
         self.merge(g, out, b)
     }
 
-    /// LayerNorm then a linear layer, LN(h) W + b with LN's affine folded into the layer:
-    /// LN(h) = xhat s + beta, so LN(h) W + b = xhat (diag(s) W) + (beta W + b). The graph
-    /// normalises without an affine and holds diag(s) W and beta W + b as products of the weights
-    /// (constants the engines fold when they load it). The LayerNorm's output is then xhat
-    /// itself, which its adjoint reads instead of computing (x - mean) / std again (two passes
-    /// over the activations fewer per LayerNorm), and the scale no longer multiplies the
-    /// adjoint's input.
+    /// LayerNorm then a linear layer. (Folding the LayerNorm's affine into the layer, so that
+    /// the adjoint could read xhat from the LayerNorm's output, was tried: two passes fewer per
+    /// LayerNorm in the score graphs, but tract's plan of the demo's score graph at batch 16 then
+    /// peaked at 125 MB instead of 107 MB.)
     fn norm_linear(&self, g: &mut Graph, h: V, (scale, beta): (V, V), (w, b): (V, V)) -> V {
-        let (ones, zeros) = self.unit_norm;
-        let xhat = g.layer_norm(h, ones, zeros, LN_EPS);
-        let s = g.reshape(scale, &[-1, 1]);
-        let ws = g.times(w, s);
-        let beta = g.reshape(beta, &[1, -1]);
-        let bw = g.matmul(beta, w);
-        let bw = g.reshape(bw, &[-1]);
-        let bias = g.plus(bw, b);
-        g.linear(xhat, ws, bias)
+        let x = g.layer_norm(h, scale, beta, LN_EPS);
+        g.linear(x, w, b)
     }
 
     /// q, k, v of shape (N, H, T, d) from the block's input h; q unscaled (see

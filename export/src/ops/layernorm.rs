@@ -4,14 +4,12 @@
 //! xhat = (x - mean) * r, r = 1 / sqrt(var + eps) and h = dy * scale,
 //! dx = r * (h - mean(h) - xhat * mean(h * xhat)), means over the last axis.
 //!
-//! The adjoint reads r (and the mean) from the forward LayerNorm itself ([`Stat`], ONNX's
+//! The adjoint reads the mean and r from the forward LayerNorm itself ([`Stat`], ONNX's
 //! optional outputs Mean and InvStdDev of the same node) instead of computing them again: five
-//! passes over x fewer per LayerNorm in every score and VJP graph. The model's LayerNorms run
-//! without an affine (folded into the next linear layer, `Layer::norm_linear`): their output is
-//! xhat, which the adjoint reads too, and h is dy.
+//! passes over x fewer per LayerNorm in every score and VJP graph.
 
 use super::Op;
-use crate::ir::{ConstData, DType, Dim, Graph, Node, Shape, V};
+use crate::ir::{DType, Dim, Graph, Node, Shape, V};
 use crate::onnx::Lowering;
 
 /// A statistic of a LayerNorm's input that its ONNX node can also output.
@@ -93,29 +91,19 @@ impl Graph {
     }
 }
 
-/// Whether `v` is a constant whose every value is `x`.
-fn constant_of(g: &Graph, v: V, x: f32) -> bool {
-    matches!(&g.producer(v).op, Op::Const(ConstData::F32(d)) if d.iter().all(|&y| y == x))
-}
-
 pub fn vjp(g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Option<V>> {
     assert!(!wants[1] && !wants[2], "LayerNorm's scale and bias are weights and are not differentiated");
-    let (x, scale, bias) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+    let (x, scale) = (node.inputs[0], node.inputs[1]);
     let last = g.rank(x) - 1;
     // The statistics are fp32 (the stash type) whatever x's type.
+    let mu = g.add(Op::LayerNormStat(Stat::Mean), &[node.output]);
+    let mu = g.cast(mu, g.dtype(x));
     let r = g.add(Op::LayerNormStat(Stat::InvStdDev), &[node.output]);
     let r = g.cast(r, g.dtype(x));
-    // Without an affine (the model's LayerNorms, their affine folded into the next layer) the
-    // output is xhat and h is dy; else xhat = (x - mean) r and h = dy * scale (a product the
-    // `scales` pass folds into the adjoint's matrix).
-    let (xhat, h) = if constant_of(g, scale, 1.0) && constant_of(g, bias, 0.0) {
-        (node.output, gy)
-    } else {
-        let mu = g.add(Op::LayerNormStat(Stat::Mean), &[node.output]);
-        let mu = g.cast(mu, g.dtype(x));
-        let xc = g.minus(x, mu);
-        (g.times(xc, r), g.times(gy, scale))
-    };
+    let xc = g.minus(x, mu);
+    let xhat = g.times(xc, r);
+    // A product of the adjoint's matrix by a constant, which the `scales` pass folds.
+    let h = g.times(gy, scale);
     let mh = g.mean(h, &[last]);
     let hx = g.times(h, xhat);
     let mhx = g.mean(hx, &[last]);
