@@ -29,7 +29,8 @@ if ! python3 -c "import onnxruntime; assert onnxruntime.__version__ == '1.31.1'"
     python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.31.1
 fi
 python3 -c "import onnxruntime, os; print('onnxruntime', onnxruntime.__version__, os.path.dirname(onnxruntime.__file__))"
-# NVIDIA Triton's Python client, which the tests of `itarflow-rt serve` call the server with.
-if ! python3 -c "import tritonclient.http, importlib.metadata as m; assert m.version('tritonclient') == '2.73.0'" 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check "tritonclient[http]==2.73.0"
+# NVIDIA Triton's Python clients (REST and gRPC), which the tests of `itarflow-rt serve` call the
+# server with.
+if ! python3 -c "import tritonclient.http, tritonclient.grpc, importlib.metadata as m; assert m.version('tritonclient') == '2.73.0'" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "tritonclient[http,grpc]==2.73.0"
 fi

@@ -1,6 +1,7 @@
-//! `itarflow-rt serve` end to end: the server started on an ephemeral port, called by NVIDIA
-//! Triton's Python client (health, metadata, every model with JSON and binary tensors, a seeded
-//! request equal to `itarflow-rt sample`), every bad request with its status and message,
+//! `itarflow-rt serve` end to end: the server started on ephemeral ports, called by NVIDIA
+//! Triton's Python clients over REST and gRPC (health, metadata, every model with JSON, binary
+//! and raw tensors, a seeded request equal to `itarflow-rt sample`, refusals with their codes),
+//! every bad request with its status and message,
 //! dynamic batching that never changes a result, the queue limit, Prometheus metrics, and a
 //! graceful shutdown.
 
@@ -31,6 +32,7 @@ fn package(dir: &Path) {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    grpc: SocketAddr,
 }
 
 impl Drop for Server {
@@ -42,7 +44,7 @@ impl Drop for Server {
 
 fn start(pkg: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(rt())
-        .args(["serve", "--name", "tiny", "--port", "0", "--model"])
+        .args(["serve", "--name", "tiny", "--port", "0", "--grpc-port", "0", "--model"])
         .arg(pkg)
         .args(extra)
         .stdout(Stdio::null())
@@ -50,15 +52,19 @@ fn start(pkg: &Path, extra: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
+    let mut addr = None;
+    let grpc = loop {
+        let line = lines.next().expect("the server printed its addresses").unwrap();
         if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = Some(a.trim().parse().unwrap());
+        }
+        if let Some(a) = line.strip_prefix("gRPC listening on ") {
             break a.trim().parse().unwrap();
         }
     };
     // Keep draining the server's log so that it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let server = Server { child, addr };
+    let server = Server { child, addr: addr.expect("the REST address before the gRPC one"), grpc };
     let deadline = Instant::now() + Duration::from_secs(120);
     while get(&server, "/v2/health/ready").0 != 200 {
         assert!(Instant::now() < deadline, "the server did not get ready");
@@ -155,16 +161,24 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
     expected.insert("denoised", read("denoised.npz").get("x").unwrap().clone());
     expected.write().unwrap();
 
-    let server = start(&pkg, &[]);
+    let server = start(&pkg, &["--max-body-mib", "2"]);
     let script = manifest_dir().join("tests/serve/triton_client.py");
-    let out = Command::new("python3").arg(script).arg(server.addr.to_string()).arg("tiny").arg(p("expected.npz")).output().unwrap();
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "the Triton client's checks failed (tritonclient[http] comes from scripts/setup.sh):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (protocol, addr) in [("http", server.addr), ("grpc", server.grpc)] {
+        let out = Command::new("python3").arg(&script).args([protocol, &addr.to_string(), "tiny"]).arg(p("expected.npz")).output().unwrap();
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "the Triton {protocol} client's checks failed (tritonclient[http,grpc] comes from scripts/setup.sh):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Both protocols' requests are counted.
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in ["itarflow_requests_total{model=\"tiny\",code=\"200\"} 3", "itarflow_requests_total{model=\"unknown\",code=\"404\"} 1"] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]

@@ -77,13 +77,14 @@ fn main() {
         let opts = ServeOptions {
             name: "fmnist".into(),
             addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_addr: None,
             batch: BatchOptions { max_batch: 64, max_delay: Duration::from_millis(delay_ms), max_queue: 4096 },
             limits: RequestLimits { max_images: 256, max_denoise_steps: 200 },
             max_body_bytes: 64 << 20,
             timeout: Duration::from_secs(600),
             shutdown_grace: Duration::ZERO,
         };
-        rt.block_on(serve(server_sampler, opts, std::future::pending(), move |addr| tx.send(addr).unwrap())).unwrap();
+        rt.block_on(serve(server_sampler, opts, std::future::pending(), move |at| tx.send(at.http).unwrap())).unwrap();
     });
     let addr: SocketAddr = rx.recv().unwrap();
     while post(addr, &request(0, 0)).0 != 200 {

@@ -1,7 +1,8 @@
-"""Calls an `itarflow-rt serve` server with NVIDIA Triton's own Python client (tritonclient[http],
-installed by scripts/setup.sh) and checks what it gets back. Run by tests/serve_tests.rs:
+"""Calls an `itarflow-rt serve` server with NVIDIA Triton's own Python client (tritonclient[http,grpc],
+installed by scripts/setup.sh), over REST or gRPC, and checks what it gets back. Run by
+tests/serve_tests.rs:
 
-    python3 tests/serve/triton_client.py URL NAME EXPECTED.npz
+    python3 tests/serve/triton_client.py http|grpc URL NAME EXPECTED.npz
 
 EXPECTED.npz holds what the `itarflow-rt` command line computed for the same inputs:
 `sample_x` (B, C, H, W) from `itarflow-rt sample --seed 7 --class 3 --num B --cfg 1.5`,
@@ -12,12 +13,40 @@ EXPECTED.npz holds what the `itarflow-rt` command line computed for the same inp
 import sys
 
 import numpy as np
+import tritonclient.grpc as grpc
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-url, name, expected = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
-client = http.InferenceServerClient(url=url)
+protocol, url, name, expected = sys.argv[1], sys.argv[2], sys.argv[3], np.load(sys.argv[4])
+GRPC = protocol == "grpc"
+api = grpc if GRPC else http
+client = api.InferenceServerClient(url=url)
 TOL = 1e-5
+
+
+def tensor(name, array, datatype, binary=True):
+    """An input; gRPC clients always send raw contents, REST ones JSON or binary as asked."""
+    t = api.InferInput(name, list(array.shape), datatype)
+    if GRPC:
+        t.set_data_from_numpy(array)
+    else:
+        t.set_data_from_numpy(array, binary_data=binary)
+    return t
+
+
+def output(name, binary=True):
+    return grpc.InferRequestedOutput(name) if GRPC else http.InferRequestedOutput(name, binary_data=binary)
+
+
+def refused(call, words, code=None):
+    """`call` raises the server's refusal carrying `words` (and, over gRPC, status `code`)."""
+    try:
+        call()
+    except InferenceServerException as e:
+        ok = all(w in str(e) for w in words) and (code is None or not GRPC or code in str(e.status()))
+        check(ok, f"refused: {e}")
+        return
+    check(False, f"refused with {words}")
 
 
 def check(cond, what):
@@ -34,53 +63,51 @@ def close(ours, want, what):
 
 check(client.is_server_live(), "server live")
 check(client.is_server_ready(), "server ready")
-meta = client.get_server_metadata()
-check("binary_tensor_data" in meta["extensions"], "server metadata lists the binary tensor data extension")
+meta = client.get_server_metadata(as_json=True) if GRPC else client.get_server_metadata()
+check(meta["name"] == "itarflow-rt", "server metadata")
+if not GRPC:
+    check("binary_tensor_data" in meta["extensions"], "server metadata lists the binary tensor data extension")
 for model in (name, f"{name}-score", f"{name}-denoise"):
     check(client.is_model_ready(model), f"model {model} ready")
-    m = client.get_model_metadata(model)
+    m = client.get_model_metadata(model, as_json=True) if GRPC else client.get_model_metadata(model)
     check(m["name"] == model and m["inputs"] and m["outputs"], f"model {model} metadata")
 
 # The sampler, seeded: the same images as `itarflow-rt sample --seed 7 --class 3 --num B --cfg 1.5`,
 # with JSON tensors and with binary data both ways.
 want = expected["sample_x"]
 b = want.shape[0]
-for binary in (False, True):
-    cls = http.InferInput("class", [b], "INT64")
-    cls.set_data_from_numpy(np.full(b, 3, dtype=np.int64), binary_data=binary)
-    seed = http.InferInput("seed", [1], "INT64")
-    seed.set_data_from_numpy(np.array([7], dtype=np.int64), binary_data=binary)
-    cfg = http.InferInput("cfg", [1], "FP32")
-    cfg.set_data_from_numpy(np.array([1.5], dtype=np.float32), binary_data=binary)
-    out = http.InferRequestedOutput("images", binary_data=binary)
-    r = client.infer(name, [cls, seed, cfg], outputs=[out])
-    close(r.as_numpy("images"), want, f"seeded samples equal `itarflow-rt sample` ({'binary' if binary else 'JSON'} tensors)")
+for binary in (False, True) if not GRPC else (True,):
+    inputs = [
+        tensor("class", np.full(b, 3, dtype=np.int64), "INT64", binary),
+        tensor("seed", np.array([7], dtype=np.int64), "INT64", binary),
+        tensor("cfg", np.array([1.5], dtype=np.float32), "FP32", binary),
+    ]
+    r = client.infer(name, inputs, outputs=[output("images", binary)])
+    how = "raw contents" if GRPC else "binary" if binary else "JSON"
+    close(r.as_numpy("images"), want, f"seeded samples equal `itarflow-rt sample` ({protocol}, {how} tensors)")
 
 # The score model: as `itarflow-rt score`.
 inputs = []
 for key, dtype in (("score_x", "FP32"), ("score_t", "FP32"), ("score_y", "INT64")):
     a = expected[key] if key == "score_x" else expected[key].reshape(-1)
-    t = http.InferInput(key.split("_")[1], list(a.shape), dtype)
-    t.set_data_from_numpy(a, binary_data=True)
-    inputs.append(t)
-r = client.infer(f"{name}-score", inputs, outputs=[http.InferRequestedOutput("score"), http.InferRequestedOutput("logp", binary_data=False)])
+    inputs.append(tensor(key.split("_")[1], a, dtype))
+r = client.infer(f"{name}-score", inputs, outputs=[output("score"), output("logp", binary=False)])
 close(r.as_numpy("score"), expected["score"], "score equals `itarflow-rt score`")
 close(r.as_numpy("logp"), expected["logp"], "log p equals `itarflow-rt score`")
 
 # The denoising model: as `itarflow-rt denoise`.
-x = http.InferInput("x", list(expected["denoise_x"].shape), "FP32")
-x.set_data_from_numpy(expected["denoise_x"])
-y = http.InferInput("y", list(expected["denoise_y"].shape), "INT64")
-y.set_data_from_numpy(expected["denoise_y"])
+x = tensor("x", expected["denoise_x"], "FP32")
+y = tensor("y", expected["denoise_y"], "INT64")
 r = client.infer(f"{name}-denoise", [x, y])
 close(r.as_numpy("images"), expected["denoised"], "denoised images equal `itarflow-rt denoise`")
 
-# A bad request is an InferenceServerException carrying the server's message.
-try:
-    bad = http.InferInput("class", [1], "INT64")
-    bad.set_data_from_numpy(np.array([99], dtype=np.int64))
-    client.infer(name, [bad])
-    check(False, "a class out of range is refused")
-except InferenceServerException as e:
-    check("out of range" in str(e), f"a class out of range is refused: {e}")
+# Bad requests are InferenceServerExceptions carrying the server's message (and gRPC's code).
+refused(lambda: client.infer(name, [tensor("class", np.array([99], dtype=np.int64), "INT64")]), ["out of range"], "INVALID_ARGUMENT")
+refused(lambda: client.infer(name, [tensor("class", np.array([[1]], dtype=np.int64), "INT64")]), ["shape [1, 1]"], "INVALID_ARGUMENT")
+refused(lambda: client.infer(name, [tensor("class", np.array([1.0], dtype=np.float32), "FP32")]), ["datatype FP32"], "INVALID_ARGUMENT")
+refused(lambda: client.infer("nope", [tensor("class", np.array([1], dtype=np.int64), "INT64")]), ["unknown model 'nope'"], "NOT_FOUND")
+if GRPC:
+    # Past the server's --max-body-mib (2 in the test): refused before decoding, naming the setting.
+    big = np.zeros((700, 1, 28, 28), dtype=np.float32)
+    refused(lambda: client.infer(f"{name}-denoise", [tensor("x", big, "FP32")]), ["--max-body-mib"], "RESOURCE_EXHAUSTED")
 print("all checks passed")

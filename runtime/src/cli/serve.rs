@@ -1,4 +1,5 @@
-//! `itarflow-rt serve`: the package behind the Open Inference Protocol (KServe v2 REST).
+//! `itarflow-rt serve`: the package behind the Open Inference Protocol (KServe v2 REST, and gRPC
+//! with `--grpc-port`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,9 +24,13 @@ pub struct ServeArgs {
     pub name: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Port (0: an ephemeral one, printed).
+    /// Port of the REST endpoints (0: an ephemeral one, printed).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Also serve the protocol's gRPC service (`inference.GRPCInferenceService`) on this port
+    /// (Triton's is 8001; 0: an ephemeral one, printed).
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
     /// Images per sampler run: concurrent requests with the same settings are merged up to this.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
@@ -100,6 +105,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let opts = ServeOptions {
         name,
         addr: SocketAddr::new(a.host, a.port),
+        grpc_addr: a.grpc_port.map(|p| SocketAddr::new(a.host, p)),
         batch: BatchOptions {
             max_batch: a.max_batch.max(1),
             max_delay: Duration::from_millis(a.max_queue_delay_ms),
@@ -111,9 +117,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s.max(0.0)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(serve(Arc::new(sampler), opts, signal(), |addr| {
-        eprintln!("listening on http://{addr}");
-        tracing::info!(%addr, "listening");
+    runtime.block_on(serve(Arc::new(sampler), opts, signal(), |at| {
+        eprintln!("listening on http://{}", at.http);
+        tracing::info!(addr = %at.http, "listening");
+        if let Some(g) = at.grpc {
+            eprintln!("gRPC listening on {g}");
+            tracing::info!(addr = %g, "gRPC listening");
+        }
     }))?;
     Ok(())
 }

@@ -6,8 +6,7 @@
 //! request timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,42 +14,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ndarray::ArrayView4;
 use serde_json::json;
 
-use super::batcher::Batcher;
-use super::metrics::Metrics;
-use super::models::{self, Kind, RequestLimits};
-use super::protocol::{self, HEADER_LENGTH, Output, Refusal};
-use crate::Sampler;
-
-/// What the handlers share.
-pub struct AppState {
-    pub name: String,
-    pub sampler: Arc<Sampler>,
-    pub batcher: Batcher,
-    pub metrics: Arc<Metrics>,
-    pub limits: RequestLimits,
-    pub max_body_bytes: usize,
-    pub timeout: Duration,
-    /// Graphs loaded and warmed.
-    pub ready: AtomicBool,
-    /// SIGTERM/SIGINT received: requests in flight finish, new ones are refused.
-    pub shutting_down: AtomicBool,
-    /// Seeds of requests that give none.
-    pub next_seed: AtomicU64,
-}
-
-impl AppState {
-    fn kind(&self, model: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.model_name(&self.name) == model)
-    }
-
-    fn unknown(&self, model: &str) -> Refusal {
-        let known: Vec<String> = Kind::ALL.iter().map(|k| k.model_name(&self.name)).collect();
-        Refusal::bad(format!("unknown model '{model}' (this server has {known:?})"))
-    }
-}
+use super::infer;
+use super::models;
+use super::protocol::{self, HEADER_LENGTH, Refusal};
+use super::state::AppState;
 
 fn refusal(r: Refusal) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -82,12 +51,8 @@ async fn live() -> Response {
     json_ok(json!({ "live": true }))
 }
 
-fn is_ready(s: &AppState) -> bool {
-    s.ready.load(Ordering::Acquire) && !s.shutting_down.load(Ordering::Acquire)
-}
-
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
-    if is_ready(&s) { json_ok(json!({ "ready": true })) } else { refusal(Refusal { status: 503, message: "not ready".into() }) }
+    if s.is_ready() { json_ok(json!({ "ready": true })) } else { refusal(Refusal { status: 503, message: "not ready".into() }) }
 }
 
 async fn server_metadata() -> Response {
@@ -96,7 +61,7 @@ async fn server_metadata() -> Response {
 
 async fn model_metadata(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     match s.kind(&model) {
-        Some(k) => json_ok(models::metadata(s.sampler.model(), &s.name, k)),
+        Some(k) => json_ok(json!(models::metadata(s.sampler.model(), &s.name, k))),
         None => refusal(s.unknown(&model)),
     }
 }
@@ -107,7 +72,7 @@ async fn model_metadata_version(state: State<Arc<AppState>>, Path((model, _)): P
 
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     match s.kind(&model) {
-        Some(_) if is_ready(&s) => json_ok(json!({ "name": model, "ready": true })),
+        Some(_) if s.is_ready() => json_ok(json!({ "name": model, "ready": true })),
         Some(_) => refusal(Refusal { status: 503, message: format!("model {model} is not ready") }),
         None => refusal(s.unknown(&model)),
     }
@@ -135,20 +100,12 @@ async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, header
             refusal(r)
         }
     };
-    // Metrics label only this server's models: names from arbitrary URLs would grow the label set.
-    let label = if s.kind(&model).is_some() { model.as_str() } else { "unknown" };
-    s.metrics.request(label, response.status().as_u16(), start.elapsed().as_secs_f64());
+    s.metrics.request(s.metrics_label(&model), response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
 async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: Body) -> Result<Response, Refusal> {
-    if s.shutting_down.load(Ordering::Acquire) {
-        return Err(Refusal { status: 503, message: "the server is shutting down".into() });
-    }
-    if !s.ready.load(Ordering::Acquire) {
-        return Err(Refusal { status: 503, message: "the server is not ready yet".into() });
-    }
-    let kind = s.kind(model).ok_or_else(|| s.unknown(model))?;
+    let kind = infer::admit(s, model)?;
     if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
         return Err(Refusal::bad("compressed request bodies are not supported; send them uncompressed"));
     }
@@ -166,52 +123,7 @@ async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: 
         None => None,
     };
     let req = protocol::decode(&bytes, header_length)?;
-    let c = &s.sampler.model().manifest.model;
-    let image_shape = |b: usize| vec![b, c.in_channels, c.img_size, c.img_size];
-    let outputs = match kind {
-        Kind::Sample => {
-            let seed = s.next_seed.fetch_add(1, Ordering::Relaxed);
-            let job = models::sample_job(s.sampler.model(), s.sampler.settings(), &req, s.limits, seed)?;
-            let b = job.labels.len();
-            let rx = s.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
-            let images = tokio::time::timeout(s.timeout, rx)
-                .await
-                .map_err(|_| Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) })?
-                .map_err(|_| Refusal { status: 500, message: "the batch was dropped".into() })?
-                .map_err(|e| Refusal { status: 500, message: e })?;
-            vec![Output { name: "images".into(), shape: image_shape(b), data: images }]
-        }
-        Kind::Score | Kind::Denoise => {
-            let job = models::image_job(s.sampler.model(), &req, s.limits, kind == Kind::Score)?;
-            let b = job.labels.len();
-            let sampler = s.sampler.clone();
-            let run = tokio::task::spawn_blocking(move || -> Result<Vec<Output>, String> {
-                let shape = (
-                    b,
-                    sampler.model().manifest.model.in_channels,
-                    sampler.model().manifest.model.img_size,
-                    sampler.model().manifest.model.img_size,
-                );
-                let x = ArrayView4::from_shape(shape, &job.x).map_err(|e| e.to_string())?;
-                let dims = vec![shape.0, shape.1, shape.2, shape.3];
-                if job.t.is_empty() {
-                    let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
-                    Ok(vec![Output { name: "images".into(), shape: dims, data: images.iter().copied().collect() }])
-                } else {
-                    let (score, logp) = sampler.score(x, &job.t, &job.labels).map_err(|e| e.to_string())?;
-                    Ok(vec![
-                        Output { name: "score".into(), shape: dims, data: score.iter().copied().collect() },
-                        Output { name: "logp".into(), shape: vec![b], data: logp.to_vec() },
-                    ])
-                }
-            });
-            tokio::time::timeout(s.timeout, run)
-                .await
-                .map_err(|_| Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) })?
-                .map_err(|e| Refusal { status: 500, message: e.to_string() })?
-                .map_err(|e| Refusal { status: 500, message: e })?
-        }
-    };
+    let outputs = infer::run(s, kind, &req).await?;
     let encoded = protocol::encode(model, &req, &outputs)?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();

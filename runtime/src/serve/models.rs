@@ -1,7 +1,7 @@
 //! The three models a server exposes for one package: `{name}` (the sampler), `{name}-score` and
 //! `{name}-denoise`; their metadata, and their requests checked and turned into work.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::protocol::{DataType, Refusal, Request, Tensor, Values};
 use crate::model::Model;
@@ -51,12 +51,31 @@ pub struct ImageJob {
     pub labels: Vec<i64>,
 }
 
-fn spec(name: &str, datatype: DataType, shape: &[i64]) -> Value {
-    json!({ "name": name, "datatype": datatype.name(), "shape": shape })
+/// A model's input or output as its metadata lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorMeta {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    /// -1: any size.
+    pub shape: Vec<i64>,
 }
 
-/// `GET /v2/models/{name}`: inputs and outputs with datatypes and shapes (-1: any size).
-pub fn metadata(model: &Model, base: &str, kind: Kind) -> Value {
+/// A model's metadata (`GET /v2/models/{name}`, gRPC `ModelMetadata`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metadata {
+    pub name: String,
+    pub versions: Vec<&'static str>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+fn spec(name: &'static str, datatype: DataType, shape: &[i64]) -> TensorMeta {
+    TensorMeta { name, datatype: datatype.name(), shape: shape.to_vec() }
+}
+
+/// A model's inputs and outputs with datatypes and shapes (-1: any size).
+pub fn metadata(model: &Model, base: &str, kind: Kind) -> Metadata {
     let c = &model.manifest.model;
     let image = [-1, c.in_channels as i64, c.img_size as i64, c.img_size as i64];
     let (inputs, outputs) = match kind {
@@ -77,7 +96,7 @@ pub fn metadata(model: &Model, base: &str, kind: Kind) -> Value {
             (vec![spec("x", DataType::Fp32, &image), spec("y", DataType::Int64, &[-1])], vec![spec("images", DataType::Fp32, &image)])
         }
     };
-    json!({ "name": kind.model_name(base), "versions": ["1"], "platform": "itarflow", "inputs": inputs, "outputs": outputs })
+    Metadata { name: kind.model_name(base), versions: vec!["1"], platform: "itarflow", inputs, outputs }
 }
 
 fn typed<'a>(t: &'a Tensor, datatype: DataType, shape_ok: bool, expected: &str) -> Result<&'a Values, Refusal> {

@@ -43,7 +43,7 @@ impl DataType {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "FP32" => Some(DataType::Fp32),
             "INT64" => Some(DataType::Int64),
@@ -52,7 +52,8 @@ impl DataType {
         }
     }
 
-    fn width(self) -> usize {
+    /// Bytes per element.
+    pub fn width(self) -> usize {
         match self {
             DataType::Fp32 | DataType::Int32 => 4,
             DataType::Int64 => 8,
@@ -144,12 +145,40 @@ fn json_values(name: &str, datatype: DataType, data: &Value) -> Result<Values, R
     })
 }
 
-fn binary_values(datatype: DataType, bytes: &[u8]) -> Values {
+/// Values from little-endian bytes (a whole number of elements: the caller checks the length).
+pub fn binary_values(datatype: DataType, bytes: &[u8]) -> Values {
     match datatype {
         DataType::Fp32 => Values::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()),
         DataType::Int64 => Values::I64(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
         DataType::Int32 => Values::I64(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()),
     }
+}
+
+/// An input's datatype, shape and element count, checked.
+pub fn input_spec(name: &str, datatype: &str, shape: &[i64]) -> Result<(DataType, Vec<usize>, usize), Refusal> {
+    let datatype = DataType::parse(datatype)
+        .ok_or_else(|| Refusal::bad(format!("input '{name}': datatype {datatype} is not one of FP32, INT64, INT32")))?;
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Refusal::bad(format!("input '{name}': negative dimension in shape {shape:?}"))))
+        .collect::<Result<_, _>>()?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Refusal::bad(format!("input '{name}': shape {dims:?} overflows")))?;
+    Ok((datatype, dims, count))
+}
+
+/// An input tensor, its values' count checked against its shape's.
+pub fn tensor(name: String, shape: Vec<usize>, count: usize, datatype: DataType, values: Values) -> Result<Tensor, Refusal> {
+    let len = match &values {
+        Values::F32(v) => v.len(),
+        Values::I64(v) => v.len(),
+    };
+    if len != count {
+        return Err(Refusal::bad(format!("input '{name}': {len} values for shape {shape:?}")));
+    }
+    Ok(Tensor { name, shape, datatype, values })
 }
 
 /// Decodes a request body; `header_length` is the `Inference-Header-Content-Length` header's
@@ -164,19 +193,7 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<Request, Refu
         serde_json::from_slice(head).map_err(|e| Refusal::bad(format!("the request is not an inference request: {e}")))?;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for i in wire.inputs {
-        let datatype = DataType::parse(&i.datatype)
-            .ok_or_else(|| Refusal::bad(format!("input '{}': datatype {} is not one of FP32, INT64, INT32", i.name, i.datatype)))?;
-        let shape: Vec<usize> = i
-            .shape
-            .iter()
-            .map(|&d| {
-                usize::try_from(d).map_err(|_| Refusal::bad(format!("input '{}': negative dimension in shape {:?}", i.name, i.shape)))
-            })
-            .collect::<Result<_, _>>()?;
-        let count = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Refusal::bad(format!("input '{}': shape {shape:?} overflows", i.name)))?;
+        let (datatype, shape, count) = input_spec(&i.name, &i.datatype, &i.shape)?;
         let values = match (i.parameters.get("binary_data_size").and_then(Value::as_u64), &i.data) {
             (Some(size), _) => {
                 let size = size as usize;
@@ -201,14 +218,7 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<Request, Refu
             (None, Some(data)) => json_values(&i.name, datatype, data)?,
             (None, None) => return Err(Refusal::bad(format!("input '{}' has neither data nor binary_data_size", i.name))),
         };
-        let len = match &values {
-            Values::F32(v) => v.len(),
-            Values::I64(v) => v.len(),
-        };
-        if len != count {
-            return Err(Refusal::bad(format!("input '{}': {len} values for shape {shape:?}", i.name)));
-        }
-        inputs.push(Tensor { name: i.name, shape, datatype, values });
+        inputs.push(tensor(i.name, shape, count, datatype, values)?);
     }
     let outputs = wire.outputs.map(|outs| {
         outs.into_iter().map(|o| (o.name, o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(false))).collect()
@@ -240,11 +250,11 @@ struct WireResponse<'a> {
     outputs: Vec<Value>,
 }
 
-/// Encodes the outputs the request asked for (all when it named none), as JSON data or, where
-/// asked, binary data after the JSON header.
-pub fn encode(model: &str, req: &Request, outputs: &[Output]) -> Result<Encoded, Refusal> {
-    let wanted: Vec<(&Output, bool)> = match &req.outputs {
-        None => outputs.iter().map(|o| (o, req.binary_by_default)).collect(),
+/// The outputs the request asked for (all when it named none), each with whether it is wanted
+/// as binary data.
+pub fn select<'a>(model: &str, req: &Request, outputs: &'a [Output]) -> Result<Vec<(&'a Output, bool)>, Refusal> {
+    match &req.outputs {
+        None => Ok(outputs.iter().map(|o| (o, req.binary_by_default)).collect()),
         Some(list) => list
             .iter()
             .map(|(name, binary)| {
@@ -253,8 +263,14 @@ pub fn encode(model: &str, req: &Request, outputs: &[Output]) -> Result<Encoded,
                     Refusal::bad(format!("model {model} has no output '{name}' (it has {have:?})"))
                 })
             })
-            .collect::<Result<_, _>>()?,
-    };
+            .collect(),
+    }
+}
+
+/// Encodes the outputs the request asked for (all when it named none), as JSON data or, where
+/// asked, binary data after the JSON header.
+pub fn encode(model: &str, req: &Request, outputs: &[Output]) -> Result<Encoded, Refusal> {
+    let wanted = select(model, req, outputs)?;
     let mut binary = Vec::new();
     let mut json_outputs = Vec::new();
     for (o, as_binary) in &wanted {

@@ -1,0 +1,163 @@
+//! The messages of the Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`,
+//! KServe v2's `grpc_predict_v2.proto`, which Triton's `grpc_service.proto` extends with the same
+//! field numbers) that this server answers, as prost messages. Fields a request may carry that
+//! the server does not read (`parameters`) are left out: protobuf decoding skips unknown fields.
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerLiveRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerLiveResponse {
+    #[prost(bool, tag = "1")]
+    pub live: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerReadyRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerReadyResponse {
+    #[prost(bool, tag = "1")]
+    pub ready: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelReadyRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelReadyResponse {
+    #[prost(bool, tag = "1")]
+    pub ready: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerMetadataRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerMetadataResponse {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(string, repeated, tag = "3")]
+    pub extensions: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelMetadataRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorMetadata {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub datatype: String,
+    #[prost(int64, repeated, tag = "3")]
+    pub shape: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelMetadataResponse {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, repeated, tag = "2")]
+    pub versions: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub platform: String,
+    #[prost(message, repeated, tag = "4")]
+    pub inputs: Vec<TensorMetadata>,
+    #[prost(message, repeated, tag = "5")]
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// A tensor's values in typed fields (the alternative to `raw_*_contents`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferTensorContents {
+    #[prost(bool, repeated, tag = "1")]
+    pub bool_contents: Vec<bool>,
+    #[prost(int32, repeated, tag = "2")]
+    pub int_contents: Vec<i32>,
+    #[prost(int64, repeated, tag = "3")]
+    pub int64_contents: Vec<i64>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub uint_contents: Vec<u32>,
+    #[prost(uint64, repeated, tag = "5")]
+    pub uint64_contents: Vec<u64>,
+    #[prost(float, repeated, tag = "6")]
+    pub fp32_contents: Vec<f32>,
+    #[prost(double, repeated, tag = "7")]
+    pub fp64_contents: Vec<f64>,
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pub bytes_contents: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferInputTensor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub datatype: String,
+    #[prost(int64, repeated, tag = "3")]
+    pub shape: Vec<i64>,
+    #[prost(message, optional, tag = "5")]
+    pub contents: Option<InferTensorContents>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferRequestedOutputTensor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelInferRequest {
+    #[prost(string, tag = "1")]
+    pub model_name: String,
+    #[prost(string, tag = "2")]
+    pub model_version: String,
+    #[prost(string, tag = "3")]
+    pub id: String,
+    #[prost(message, repeated, tag = "5")]
+    pub inputs: Vec<InferInputTensor>,
+    #[prost(message, repeated, tag = "6")]
+    pub outputs: Vec<InferRequestedOutputTensor>,
+    /// The inputs' values as little-endian bytes, one entry per input in order (then no input
+    /// has `contents`).
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    pub raw_input_contents: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferOutputTensor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub datatype: String,
+    #[prost(int64, repeated, tag = "3")]
+    pub shape: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelInferResponse {
+    #[prost(string, tag = "1")]
+    pub model_name: String,
+    #[prost(string, tag = "2")]
+    pub model_version: String,
+    #[prost(string, tag = "3")]
+    pub id: String,
+    #[prost(message, repeated, tag = "5")]
+    pub outputs: Vec<InferOutputTensor>,
+    /// The outputs' values as little-endian bytes, one entry per output in order.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub raw_output_contents: Vec<Vec<u8>>,
+}

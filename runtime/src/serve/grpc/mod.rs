@@ -1,0 +1,13 @@
+//! The Open Inference Protocol over gRPC (KServe v2's `inference.GRPCInferenceService`, as
+//! Triton's gRPC clients call it), beside the REST endpoints (`--grpc-port`).
+//!
+//! - [`messages`]: the service's protobuf messages (prost);
+//! - [`tensors`]: inference messages to and from the protocol's requests and outputs, refusals
+//!   as gRPC status codes;
+//! - [`service`]: the methods, routed by path.
+
+pub mod messages;
+pub mod service;
+pub mod tensors;
+
+pub use service::InferenceService;

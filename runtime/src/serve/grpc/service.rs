@@ -1,0 +1,171 @@
+//! `inference.GRPCInferenceService` over tonic: health, server and model metadata, model
+//! readiness and inference, on the same state as the REST endpoints. Methods of Triton's
+//! extensions (statistics, repository, shared memory, streaming) answer UNIMPLEMENTED.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http;
+use tonic::body::Body;
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+
+use super::messages::*;
+use super::tensors;
+use crate::serve::infer;
+use crate::serve::models;
+use crate::serve::protocol::Refusal;
+use crate::serve::state::AppState;
+
+const SERVICE: &str = "inference.GRPCInferenceService";
+
+/// The service; cheap to clone (tonic clones it per connection).
+#[derive(Clone)]
+pub struct InferenceService {
+    state: Arc<AppState>,
+}
+
+impl InferenceService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl NamedService for InferenceService {
+    const NAME: &'static str = SERVICE;
+}
+
+/// A handler as tonic's unary service: called once per request.
+struct Unary<F>(Option<F>);
+
+impl<Req, Resp, F, Fut> UnaryService<Req> for Unary<F>
+where
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    type Response = Resp;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        match self.0.take() {
+            Some(f) => {
+                let fut = f(request.into_inner());
+                Box::pin(async move { fut.await.map(Response::new) })
+            }
+            None => Box::pin(async { Err(Status::internal("a handler was called twice")) }),
+        }
+    }
+}
+
+/// Decodes the request message (at most `limit` bytes), runs `handler`, encodes its answer.
+async fn unary<Req, Resp, F, Fut>(req: http::Request<Body>, limit: usize, handler: F) -> http::Response<Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let response = Grpc::new(ProstCodec::<Resp, Req>::default()).max_decoding_message_size(limit).unary(Unary(Some(handler)), req).await;
+    // tonic refuses a message past the limit with OUT_OF_RANGE (no handler here answers that
+    // code); gRPC's own servers say RESOURCE_EXHAUSTED, and the message should name the setting.
+    if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
+        return Status::resource_exhausted(format!("the request message is larger than {limit} bytes (--max-body-mib)")).into_http();
+    }
+    response
+}
+
+fn not_found(s: &AppState, model: &str) -> Status {
+    tensors::status(Refusal { status: 404, message: s.unknown(model).message })
+}
+
+impl tower_service::Service<http::Request<Body>> for InferenceService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let s = self.state.clone();
+        Box::pin(async move {
+            let limit = s.max_body_bytes;
+            let path = req.uri().path().to_string();
+            let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(SERVICE)).and_then(|p| p.strip_prefix('/'));
+            Ok(match method {
+                Some("ServerLive") => unary(req, limit, |_: ServerLiveRequest| async { Ok(ServerLiveResponse { live: true }) }).await,
+                Some("ServerReady") => {
+                    let ready = s.is_ready();
+                    unary(req, limit, move |_: ServerReadyRequest| async move { Ok(ServerReadyResponse { ready }) }).await
+                }
+                Some("ModelReady") => {
+                    unary(req, limit, |m: ModelReadyRequest| {
+                        let r = match s.kind(&m.name) {
+                            Some(_) => Ok(ModelReadyResponse { ready: s.is_ready() }),
+                            None => Err(not_found(&s, &m.name)),
+                        };
+                        async move { r }
+                    })
+                    .await
+                }
+                Some("ServerMetadata") => {
+                    unary(req, limit, |_: ServerMetadataRequest| async {
+                        Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec![] })
+                    })
+                    .await
+                }
+                Some("ModelMetadata") => unary(req, limit, |m: ModelMetadataRequest| std::future::ready(model_metadata(&s, &m.name))).await,
+                Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
+                _ => Status::unimplemented(format!(
+                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer"
+                ))
+                .into_http(),
+            })
+        })
+    }
+}
+
+fn model_metadata(s: &AppState, model: &str) -> Result<ModelMetadataResponse, Status> {
+    let kind = s.kind(model).ok_or_else(|| not_found(s, model))?;
+    let m = models::metadata(s.sampler.model(), &s.name, kind);
+    let tensors = |list: Vec<models::TensorMeta>| {
+        list.into_iter().map(|t| TensorMetadata { name: t.name.into(), datatype: t.datatype.into(), shape: t.shape }).collect()
+    };
+    Ok(ModelMetadataResponse {
+        name: m.name,
+        versions: m.versions.into_iter().map(String::from).collect(),
+        platform: m.platform.into(),
+        inputs: tensors(m.inputs),
+        outputs: tensors(m.outputs),
+    })
+}
+
+async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let start = Instant::now();
+    let model = m.model_name.clone();
+    let result = async {
+        if s.kind(&model).is_none() {
+            return Err(not_found(&s, &model));
+        }
+        let kind = infer::admit(&s, &model).map_err(tensors::status)?;
+        let req = tensors::decode(m).map_err(tensors::status)?;
+        let outputs = infer::run(&s, kind, &req).await.map_err(tensors::status)?;
+        tensors::encode(&model, &req, &outputs).map_err(tensors::status)
+    }
+    .await;
+    let code = match &result {
+        Ok(_) => 200,
+        Err(e) => {
+            tracing::info!(model = %model, code = ?e.code(), error = %e.message(), "gRPC request refused");
+            tensors::http_status(e)
+        }
+    };
+    s.metrics.request(s.metrics_label(&model), code, start.elapsed().as_secs_f64());
+    result
+}

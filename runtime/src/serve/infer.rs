@@ -1,0 +1,70 @@
+//! An inference request run, whichever protocol brought it: refused while the server is not
+//! ready or shutting down, checked against the model's inputs, sampling requests queued for the
+//! batcher, score and denoising requests run on the blocking pool, each within the timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ndarray::ArrayView4;
+
+use super::models::{self, Kind};
+use super::protocol::{Output, Refusal, Request};
+use super::state::AppState;
+
+/// The model a request for `model` goes to, if the server takes requests now (checked before
+/// the request's body is read).
+pub fn admit(s: &AppState, model: &str) -> Result<Kind, Refusal> {
+    if s.shutting_down.load(Ordering::Acquire) {
+        return Err(Refusal { status: 503, message: "the server is shutting down".into() });
+    }
+    if !s.ready.load(Ordering::Acquire) {
+        return Err(Refusal { status: 503, message: "the server is not ready yet".into() });
+    }
+    s.kind(model).ok_or_else(|| s.unknown(model))
+}
+
+/// The outputs of `req` to the model `kind` (from [`admit`]), or why not (with the HTTP status
+/// the REST endpoint answers).
+pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<Vec<Output>, Refusal> {
+    let c = &s.sampler.model().manifest.model;
+    let image_shape = |b: usize| vec![b, c.in_channels, c.img_size, c.img_size];
+    let late = || Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) };
+    Ok(match kind {
+        Kind::Sample => {
+            let seed = s.next_seed.fetch_add(1, Ordering::Relaxed);
+            let job = models::sample_job(s.sampler.model(), s.sampler.settings(), req, s.limits, seed)?;
+            let b = job.labels.len();
+            let rx = s.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
+            let images = tokio::time::timeout(s.timeout, rx)
+                .await
+                .map_err(|_| late())?
+                .map_err(|_| Refusal { status: 500, message: "the batch was dropped".into() })?
+                .map_err(|e| Refusal { status: 500, message: e })?;
+            vec![Output { name: "images".into(), shape: image_shape(b), data: images }]
+        }
+        Kind::Score | Kind::Denoise => {
+            let job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
+            let dims = image_shape(job.labels.len());
+            let sampler = s.sampler.clone();
+            let run = tokio::task::spawn_blocking(move || -> Result<Vec<Output>, String> {
+                let x = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
+                if job.t.is_empty() {
+                    let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
+                    Ok(vec![Output { name: "images".into(), shape: dims, data: images.iter().copied().collect() }])
+                } else {
+                    let (score, logp) = sampler.score(x, &job.t, &job.labels).map_err(|e| e.to_string())?;
+                    let b = dims[0];
+                    Ok(vec![
+                        Output { name: "score".into(), shape: dims, data: score.iter().copied().collect() },
+                        Output { name: "logp".into(), shape: vec![b], data: logp.to_vec() },
+                    ])
+                }
+            });
+            tokio::time::timeout(s.timeout, run)
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| Refusal { status: 500, message: e.to_string() })?
+                .map_err(|e| Refusal { status: 500, message: e })?
+        }
+    })
+}

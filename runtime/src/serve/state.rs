@@ -1,0 +1,52 @@
+//! What a server's endpoints share, whichever protocol they speak: the sampler, the batcher,
+//! the metrics, the limits, and whether the server is ready or shutting down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::batcher::Batcher;
+use super::metrics::Metrics;
+use super::models::{Kind, RequestLimits};
+use super::protocol::Refusal;
+use crate::Sampler;
+
+pub struct AppState {
+    pub name: String,
+    pub sampler: Arc<Sampler>,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    pub limits: RequestLimits,
+    pub max_body_bytes: usize,
+    pub timeout: Duration,
+    /// Graphs loaded and warmed.
+    pub ready: AtomicBool,
+    /// SIGTERM/SIGINT received: requests in flight finish, new ones are refused.
+    pub shutting_down: AtomicBool,
+    /// Seeds of requests that give none.
+    pub next_seed: AtomicU64,
+}
+
+impl AppState {
+    /// The model called `model` on this server.
+    pub fn kind(&self, model: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.model_name(&self.name) == model)
+    }
+
+    /// The refusal of a request for a model this server does not have.
+    pub fn unknown(&self, model: &str) -> Refusal {
+        let known: Vec<String> = Kind::ALL.iter().map(|k| k.model_name(&self.name)).collect();
+        Refusal::bad(format!("unknown model '{model}' (this server has {known:?})"))
+    }
+
+    /// Ready for requests: warmed up and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The label of `model` in the metrics: only this server's models (names from arbitrary
+    /// requests would grow the label set).
+    pub fn metrics_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.kind(model).is_some() { model } else { "unknown" }
+    }
+}
