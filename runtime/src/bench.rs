@@ -134,7 +134,7 @@ fn time_loop_step<E: Engine>(gs: &GraphSet<E>, images: usize, guided: Option<Cfg
             LoopInit::Host(HostTensor::F32(vec![images, tokens, info.token_dim], vec![0.3; images * tokens * info.token_dim])),
             LoopInit::Host(HostTensor::I64(vec![], vec![0])),
         ];
-        s.extend(crate::sampler::empty_caches(entry, images)?);
+        s.extend(crate::sampler::empty_caches(entry, images));
         Ok(s)
     };
     let fixed: Vec<&E::Value> = fixed.iter().collect();

@@ -181,14 +181,6 @@ impl HostTensor {
     }
 
     /// Whether every value is zero.
-    pub fn is_zero(&self) -> bool {
-        match self {
-            HostTensor::F32(_, d) => d.iter().all(|v| *v == 0.0),
-            HostTensor::F16(_, d) => d.iter().all(|v| v.to_f32() == 0.0),
-            HostTensor::I64(_, d) => d.iter().all(|v| *v == 0),
-        }
-    }
-
     fn kind(&self) -> &'static str {
         match self {
             HostTensor::F32(..) => "float32",
@@ -277,6 +269,7 @@ pub fn feed_loop<E: Engine>(
             .map(|s| match s {
                 LoopInit::Value(v) => Ok(v),
                 LoopInit::Host(t) => g.upload(&t),
+                LoopInit::Zeros(dtype, shape) => g.upload(&HostTensor::zeros(&dtype, shape)?),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let n = values.len();
@@ -292,9 +285,12 @@ pub fn feed_loop<E: Engine>(
     }
 }
 
-/// The initial value of one loop state input: an engine value (e.g. another graph's output), or
-/// host data to upload (zeros of a KV cache, the tokens to invert).
+/// The initial value of one loop state input: an engine value (e.g. another graph's output),
+/// host data to upload (the tokens to invert), or zeros (an empty KV cache: made where the loop
+/// runs, so that a GPU loop neither builds nor sends them from the host each layer).
 pub enum LoopInit<V> {
     Value(V),
     Host(HostTensor),
+    /// Zeros of a manifest dtype (`float32`, `float16`, `int64`) and shape.
+    Zeros(String, Vec<usize>),
 }

@@ -339,6 +339,16 @@ fn host_key(t: &HostTensor) -> (TensorElementType, Vec<i64>) {
     (ty, t.shape().iter().map(|&d| d as i64).collect())
 }
 
+/// The element type of a manifest dtype name.
+fn element_type(dtype: &str) -> Result<TensorElementType, ort::Error> {
+    match dtype {
+        "float32" => Ok(TensorElementType::Float32),
+        "float16" => Ok(TensorElementType::Float16),
+        "int64" => Ok(TensorElementType::Int64),
+        other => Err(ort::Error::new(format!("no loop state of dtype {other}"))),
+    }
+}
+
 fn host_value(t: &HostTensor) -> Result<DynValue, ort::Error> {
     match t {
         HostTensor::F32(s, d) => Tensor::from_array((s.clone(), d.clone())).map(|t| t.into_dyn()),
@@ -490,6 +500,7 @@ impl OrtGraph {
             key.push(match s {
                 LoopInit::Value(v) => value_key(v)?,
                 LoopInit::Host(t) => host_key(t),
+                LoopInit::Zeros(dtype, shape) => (element_type(dtype)?, shape.iter().map(|&d| d as i64).collect()),
             });
         }
         let i = self.loop_buffers(st, key, fixed.len())?;
@@ -501,13 +512,15 @@ impl OrtGraph {
         for (k, (s, buf)) in state.iter().zip(lp.a.iter_mut()).enumerate() {
             match s {
                 LoopInit::Value(v) => copy_to(v, buf)?,
-                // Zeros (an empty KV cache) are copied on the device from zeros made once.
-                LoopInit::Host(t) if t.is_zero() => {
+                // Zeros (an empty KV cache) are copied on the device from zeros made once per
+                // loop shape.
+                LoopInit::Zeros(dtype, shape) => {
                     if lp.zeros[k].is_none() {
                         let alloc = self.load.allocator(session)?;
-                        let (ty, shape) = host_key(t);
-                        let mut z = DynTensor::new(&alloc, ty, shape)?;
-                        copy_to(&host_value(t)?, &mut z)?;
+                        let t = HostTensor::zeros(dtype, shape.clone()).map_err(|e| ort::Error::new(e.to_string()))?;
+                        let (ty, dims) = host_key(&t);
+                        let mut z = DynTensor::new(&alloc, ty, dims)?;
+                        copy_to(&host_value(&t)?, &mut z)?;
                         lp.zeros[k] = Some(z);
                     }
                     if let Some(z) = &lp.zeros[k] {

@@ -208,7 +208,7 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let fixed: Vec<&E::Value> = if guided { guidance.iter().collect() } else { vec![&cond] };
     let mut state =
         vec![LoopInit::Host(HostTensor::F32(vec![b, tokens, width], seq.to_vec())), LoopInit::Host(HostTensor::I64(vec![], vec![0]))];
-    state.extend(empty_caches(entry, b)?);
+    state.extend(empty_caches(entry, b));
     let out = g.run_loop(&fixed, state, steps, 1)?.remove(0).into_f32()?;
     seq.copy_from_slice(&out);
     Ok(())
@@ -273,14 +273,14 @@ fn takes_style(entry: &itarflow_base::manifest::GraphEntry) -> bool {
 
 /// Zero KV caches for a fused inversion graph of `images` images, shaped and typed as its
 /// manifest entry declares them (guided graphs hold both branches; fp16 graphs keep them in fp16).
-pub fn empty_caches<V>(entry: &itarflow_base::manifest::GraphEntry, images: usize) -> Result<Vec<LoopInit<V>>, RtError> {
+pub fn empty_caches<V>(entry: &itarflow_base::manifest::GraphEntry, images: usize) -> Vec<LoopInit<V>> {
     entry
         .inputs
         .iter()
         .filter(|t| t.name.starts_with("past_"))
         .map(|spec| {
             let shape = spec.shape.iter().map(|d| d.as_u64().map_or(images, |n| n as usize)).collect();
-            HostTensor::zeros(&spec.dtype, shape).map(LoopInit::Host)
+            LoopInit::Zeros(spec.dtype.clone(), shape)
         })
         .collect()
 }
