@@ -2,9 +2,11 @@
 //! KServe v2's `grpc_predict_v2.proto`, which Triton's `grpc_service.proto` extends with the same
 //! field numbers) that this server answers, as prost messages. Fields a request may carry that
 //! the server does not read (`parameters`) are left out: protobuf decoding skips unknown fields.
+//! Messages of the same fields share one type (the wire format knows fields, not names).
 
+/// `ServerLiveRequest`, `ServerReadyRequest`, `ServerMetadataRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ServerLiveRequest {}
+pub struct Empty {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerLiveResponse {
@@ -13,16 +15,14 @@ pub struct ServerLiveResponse {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ServerReadyRequest {}
-
-#[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerReadyResponse {
     #[prost(bool, tag = "1")]
     pub ready: bool,
 }
 
+/// `ModelReadyRequest`, `ModelMetadataRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelReadyRequest {
+pub struct ModelRef {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(string, tag = "2")]
@@ -36,9 +36,6 @@ pub struct ModelReadyResponse {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ServerMetadataRequest {}
-
-#[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerMetadataResponse {
     #[prost(string, tag = "1")]
     pub name: String,
@@ -48,14 +45,8 @@ pub struct ServerMetadataResponse {
     pub extensions: Vec<String>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelMetadataRequest {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub version: String,
-}
-
+/// `ModelMetadataResponse.TensorMetadata`, and `ModelInferResponse.InferOutputTensor` (the same
+/// first three fields; an output's `parameters` and `contents` are not sent).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorMetadata {
     #[prost(string, tag = "1")]
@@ -138,16 +129,6 @@ pub struct ModelInferRequest {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct InferOutputTensor {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub datatype: String,
-    #[prost(int64, repeated, tag = "3")]
-    pub shape: Vec<i64>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelInferResponse {
     #[prost(string, tag = "1")]
     pub model_name: String,
@@ -156,7 +137,7 @@ pub struct ModelInferResponse {
     #[prost(string, tag = "3")]
     pub id: String,
     #[prost(message, repeated, tag = "5")]
-    pub outputs: Vec<InferOutputTensor>,
+    pub outputs: Vec<TensorMetadata>,
     /// The outputs' values as little-endian bytes, one entry per output in order.
     #[prost(bytes = "vec", repeated, tag = "6")]
     pub raw_output_contents: Vec<Vec<u8>>,

@@ -99,13 +99,13 @@ impl tower_service::Service<http::Request<Body>> for InferenceService {
             let path = req.uri().path().to_string();
             let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(SERVICE)).and_then(|p| p.strip_prefix('/'));
             Ok(match method {
-                Some("ServerLive") => unary(req, limit, |_: ServerLiveRequest| async { Ok(ServerLiveResponse { live: true }) }).await,
+                Some("ServerLive") => unary(req, limit, |_: Empty| async { Ok(ServerLiveResponse { live: true }) }).await,
                 Some("ServerReady") => {
                     let ready = s.is_ready();
-                    unary(req, limit, move |_: ServerReadyRequest| async move { Ok(ServerReadyResponse { ready }) }).await
+                    unary(req, limit, move |_: Empty| async move { Ok(ServerReadyResponse { ready }) }).await
                 }
                 Some("ModelReady") => {
-                    unary(req, limit, |m: ModelReadyRequest| {
+                    unary(req, limit, |m: ModelRef| {
                         let r = match s.kind(&m.name) {
                             Some(_) => Ok(ModelReadyResponse { ready: s.is_ready() }),
                             None => Err(not_found(&s, &m.name)),
@@ -115,12 +115,12 @@ impl tower_service::Service<http::Request<Body>> for InferenceService {
                     .await
                 }
                 Some("ServerMetadata") => {
-                    unary(req, limit, |_: ServerMetadataRequest| async {
+                    unary(req, limit, |_: Empty| async {
                         Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec![] })
                     })
                     .await
                 }
-                Some("ModelMetadata") => unary(req, limit, |m: ModelMetadataRequest| std::future::ready(model_metadata(&s, &m.name))).await,
+                Some("ModelMetadata") => unary(req, limit, |m: ModelRef| std::future::ready(model_metadata(&s, &m.name))).await,
                 Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
                 _ => Status::unimplemented(format!(
                     "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer"

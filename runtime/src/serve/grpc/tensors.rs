@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use super::messages::{InferOutputTensor, ModelInferRequest, ModelInferResponse};
+use super::messages::{ModelInferRequest, ModelInferResponse, TensorMetadata};
 use crate::serve::protocol::{self, DataType, Output, Refusal, Request, Values};
 
 /// The gRPC status of a refusal (its HTTP status on the REST endpoint in brackets): invalid
@@ -83,7 +83,7 @@ pub fn encode(model: &str, req: &Request, outputs: &[Output]) -> Result<ModelInf
         id: req.id.clone().unwrap_or_default(),
         outputs: wanted
             .iter()
-            .map(|(o, _)| InferOutputTensor {
+            .map(|(o, _)| TensorMetadata {
                 name: o.name.clone(),
                 datatype: DataType::Fp32.name().into(),
                 shape: o.shape.iter().map(|&d| d as i64).collect(),
