@@ -12,6 +12,9 @@
 #                                         export, check on cuda, bench at batch 16
 #   bash scripts/gpu_check.sh quick       a shorter recheck: check the demo on cuda (summary),
 #                                         bench it at batch 16 and 256; s64 export, check, bench
+#   bash scripts/gpu_check.sh cpu         the CPU providers on the host's cores (the README's CPU figures
+#                                         are of a 2-core VM): bench tract and ONNX Runtime CPU at
+#                                         batch 16 and 64, CFG 2
 #   bash scripts/gpu_check.sh profile     where a GPU's time goes, kernel by kernel: Nsight Compute
 #                                         (ncu, where the machine lets it read the GPU) over a window
 #                                         of kernels of a demo sampling run at batch 256 (CUDA graphs
@@ -177,6 +180,16 @@ stage_quick() {
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
+stage_cpu() {
+    load_env
+    say "bench: demo package on the CPU providers, $(nproc) cores, CFG 2"
+    local b
+    for b in 16 64; do
+        run 300 "$RT" bench --providers tract,cpu --batch "$b" --cfg 2 --json --repeats 3
+    done
+    grep '^{' "$log" > "$out/bench.jsonl"
+}
+
 # ncu times each kernel of a window (after the first PROFILE_SKIP launches, PROFILE_COUNT of
 # them: a few phase-1 steps and Euler steps of the demo at batch 256), one replay each.
 stage_profile() {
@@ -209,11 +222,11 @@ for k, (c, t) in sorted(total.items(), key=lambda kv: -kv[1][1])[:40]:
 EOF2
 }
 
-[ $# -gt 0 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,27p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         stash) stage_stash "$2"; shift 2 ;;
-        setup|demo|s64|quick|profile) "stage_$1"; shift ;;
+        setup|demo|s64|quick|cpu|profile) "stage_$1"; shift ;;
         *) echo "unknown stage $1"; exit 2 ;;
     esac
 done
