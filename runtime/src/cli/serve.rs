@@ -14,6 +14,13 @@ use itarflow_rt::serve::{ServeOptions, serve};
 
 use super::args::Run;
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PadArg {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -37,6 +44,11 @@ pub struct ServeArgs {
     /// How long a waiting request waits for others to merge with, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub max_queue_delay_ms: u64,
+    /// Pad each sampler run to a power of two images (at most --max-batch): on: always; auto: where
+    /// the sampler's loops run as captured CUDA graphs (CUDA, TensorRT), which capture one graph
+    /// per batch size.
+    #[arg(long, value_enum, default_value_t = PadArg::Auto)]
+    pub pad_batches: PadArg,
     /// Requests waiting for the sampler, at most (more get 429).
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
@@ -110,12 +122,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_batch: a.max_batch.max(1),
             max_delay: Duration::from_millis(a.max_queue_delay_ms),
             max_queue: a.max_queue,
+            pad: match a.pad_batches {
+                PadArg::On => true,
+                PadArg::Off => false,
+                PadArg::Auto => sampler.resident() && sampler.provider().device_resident(),
+            },
         },
         limits: RequestLimits { max_images: a.max_images.max(1), max_denoise_steps: a.max_denoise_steps },
         max_body_bytes: a.max_body_mib << 20,
         timeout: Duration::from_secs(a.timeout_s.max(1)),
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s.max(0.0)),
     };
+    tracing::info!(max_batch = opts.batch.max_batch, pad_batches = opts.batch.pad, "batching");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(Arc::new(sampler), opts, signal(), |at| {
         eprintln!("listening on http://{}", at.http);

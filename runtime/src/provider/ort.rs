@@ -202,6 +202,8 @@ struct LoopBuffers {
     zeros: Vec<Option<DynTensor>>,
     bindings: [IoBinding; 2],
     options: [RunOptions; 2],
+    /// Its runs are captured as CUDA graphs (under graph ids of their own).
+    captured: bool,
 }
 
 /// A session, whether it captures CUDA graphs, and the loops it has run (their buffers are kept
@@ -216,8 +218,13 @@ struct SessionState {
     next_graph_id: i64,
 }
 
-/// Loop shapes whose buffers a session keeps (the oldest dropped first).
-const MAX_LOOPS: usize = 4;
+/// Loop shapes a CUDA-graph session captures, at most. ONNX Runtime keeps a captured graph for
+/// as long as the session lives (graph ids cannot be captured again), so the loops of captured
+/// graphs are never dropped, and shapes past these run without capture: a server merging
+/// requests into batches of every size would otherwise capture (and hold) a graph per size.
+const MAX_CAPTURED_LOOPS: usize = 8;
+/// Loop shapes without capture whose buffers a session keeps (the oldest dropped first).
+const MAX_UNCAPTURED_LOOPS: usize = 4;
 
 /// A graph in an ONNX Runtime session. On a GPU, inputs and outputs are bound through
 /// IoBinding and outputs stay in device memory, feeding later runs without a copy; only
@@ -451,8 +458,13 @@ impl OrtGraph {
         if let Some(i) = st.loops.iter().position(|l| l.key == key) {
             return Ok(i);
         }
-        if st.loops.len() >= MAX_LOOPS {
-            st.loops.remove(0);
+        let captured = st.loops.iter().filter(|l| l.captured).count();
+        let capture = st.cuda_graph.is_ok() && captured < MAX_CAPTURED_LOOPS;
+        if !capture
+            && st.loops.len() - captured >= MAX_UNCAPTURED_LOOPS
+            && let Some(oldest) = st.loops.iter().position(|l| !l.captured)
+        {
+            st.loops.remove(oldest);
         }
         let alloc = self.load.allocator(&st.session)?;
         let make = |keys: &[(TensorElementType, Vec<i64>)]| -> Result<Vec<DynTensor>, ort::Error> {
@@ -474,13 +486,18 @@ impl OrtGraph {
         let names = (self.inputs.as_slice(), self.outputs.as_slice());
         let ab = bind(&st.session, names, &fixed_bufs, &mut a, &mut b, true)?;
         let ba = bind(&st.session, names, &fixed_bufs, &mut a, &mut b, false)?;
-        let ids = st.cuda_graph.is_ok().then(|| {
-            st.next_graph_id += 2;
-            (st.next_graph_id - 2, st.next_graph_id - 1)
-        });
+        // On a CUDA-graph session a loop past the captured ones runs under id -1 (no capture).
+        let ids = match st.cuda_graph.is_ok() {
+            true if capture => {
+                st.next_graph_id += 2;
+                Some((st.next_graph_id - 2, st.next_graph_id - 1))
+            }
+            true => Some((-1, -1)),
+            false => None,
+        };
         let options = [run_options(ids.map(|i| i.0), true)?, run_options(ids.map(|i| i.1), true)?];
         let zeros = (0..key.len() - fixed).map(|_| None).collect();
-        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options });
+        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options, captured: capture });
         Ok(st.loops.len() - 1)
     }
 
@@ -631,6 +648,9 @@ impl Engine for OrtGraph {
         }
         let st = self.state.lock().ok()?;
         Some(match &st.cuda_graph {
+            Ok(()) if st.loops.iter().filter(|l| l.captured).count() >= MAX_CAPTURED_LOOPS => {
+                format!("device buffers, CUDA graphs for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
+            }
             Ok(()) => "device buffers, CUDA graphs".to_string(),
             Err(why) => format!("device buffers, no CUDA graphs ({why})"),
         })

@@ -23,6 +23,16 @@ pub struct BatchOptions {
     pub max_delay: Duration,
     /// Requests waiting, at most.
     pub max_queue: usize,
+    /// Pad each run to a power of two images ([`bucket`]): a sampler whose loops run as captured
+    /// CUDA graphs captures one per batch size, so merged batches of every size would each cost
+    /// a capture (and ONNX Runtime holds every captured graph).
+    pub pad: bool,
+}
+
+/// The images a run of `n` is padded to: the next power of two, at most `max_batch` (a request
+/// larger than that runs as it is).
+pub fn bucket(n: usize, max_batch: usize) -> usize {
+    if n >= max_batch { n } else { n.next_power_of_two().min(max_batch) }
 }
 
 /// A request's images (B, C, H, W), or why the run failed.
@@ -98,10 +108,17 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
         }
         metrics.queue(&model, -(batch.len() as i64));
         metrics.batch(&model, images);
-        let (z, labels): (Vec<f32>, Vec<i64>) = (
+        let (mut z, mut labels): (Vec<f32>, Vec<i64>) = (
             batch.iter().flat_map(|p| p.job.z.iter().copied()).collect(),
             batch.iter().flat_map(|p| p.job.labels.iter().copied()).collect(),
         );
+        if opts.pad {
+            // Rows of zero noise with the first request's class, dropped from the reply: each
+            // image's computation is its own, so the padding changes no request's images.
+            let rows = bucket(images, opts.max_batch) - images;
+            z.resize(z.len() + rows * sampler.model().noise_len(), 0.0);
+            labels.resize(labels.len() + rows, labels[0]);
+        }
         let s = sampler.clone();
         let result = tokio::task::spawn_blocking(move || s.sample_with(&z, &labels, &settings, &mut |_| {}))
             .await
@@ -119,5 +136,17 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
             // A client that went away does not stop the others' replies.
             let _ = p.reply.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    #[test]
+    fn runs_are_padded_to_powers_of_two_up_to_the_batch_limit() {
+        let padded: Vec<usize> = [1, 2, 3, 5, 8, 9, 33, 48, 64, 65, 200].iter().map(|&n| bucket(n, 64)).collect();
+        assert_eq!(padded, [1, 2, 4, 8, 8, 16, 64, 64, 64, 65, 200]);
+        assert_eq!(bucket(40, 48), 48);
     }
 }

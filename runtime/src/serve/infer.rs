@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use ndarray::ArrayView4;
 
+use super::batcher::bucket;
 use super::models::{self, Kind};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
@@ -43,15 +44,25 @@ pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<Vec<Out
             vec![Output { name: "images".into(), shape: image_shape(b), data: images }]
         }
         Kind::Score | Kind::Denoise => {
-            let job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
+            let mut job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
             let dims = image_shape(job.labels.len());
             let sampler = s.sampler.clone();
+            let pad = s.pad;
+            let max_batch = s.max_batch;
             let run = tokio::task::spawn_blocking(move || -> Result<Vec<Output>, String> {
-                let x = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                 if job.t.is_empty() {
+                    // Denoising runs as a loop on a device-resident sampler: padded as sampling
+                    // runs are (zero images, dropped from the reply).
+                    let b = job.labels.len();
+                    let rows = if pad { bucket(b, max_batch) } else { b };
+                    job.x.resize(rows * dims[1] * dims[2] * dims[3], 0.0);
+                    job.labels.resize(rows, job.labels[0]);
+                    let x = ArrayView4::from_shape((rows, dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                     let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
-                    Ok(vec![Output { name: "images".into(), shape: dims, data: images.iter().copied().collect() }])
+                    let data = images.iter().take(dims.iter().product()).copied().collect();
+                    Ok(vec![Output { name: "images".into(), shape: dims, data }])
                 } else {
+                    let x = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                     let (score, logp) = sampler.score(x, &job.t, &job.labels).map_err(|e| e.to_string())?;
                     let b = dims[0];
                     Ok(vec![
