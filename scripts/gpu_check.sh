@@ -15,6 +15,9 @@
 #   bash scripts/gpu_check.sh cpu         the CPU providers on the host's cores (the README's CPU figures
 #                                         are of a 2-core VM): bench tract and ONNX Runtime CPU at
 #                                         batch 16 and 64, CFG 2
+#   bash scripts/gpu_check.sh serve       `itarflow-rt serve --provider cuda` (SERVE_PROVIDER): 8 clients, 96 requests
+#                                         of 1 to 12 images (every batch size merged differently),
+#                                         padded (the default on CUDA) and not: images/s, the metrics
 #   bash scripts/gpu_check.sh profile     where a GPU's time goes, kernel by kernel: Nsight Compute
 #                                         (ncu, where the machine lets it read the GPU) over a window
 #                                         of kernels of a demo sampling run at batch 256 (CUDA graphs
@@ -190,6 +193,47 @@ stage_cpu() {
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
+stage_serve() {
+    load_env
+    local pad
+    for pad in auto off; do
+        say "serve: demo package on ${SERVE_PROVIDER:-cuda}, --pad-batches $pad, 96 requests of 1 to 12 images from 8 clients"
+        "$RT" serve --provider "${SERVE_PROVIDER:-cuda}" --port 0 --pad-batches "$pad" --max-batch 64 2> "$out/serve_$pad.log" &
+        local pid=$! addr=""
+        for _ in $(seq 600); do
+            addr=$(sed -n 's/^listening on http:\/\///p' "$out/serve_$pad.log" | head -1)
+            [ -n "$addr" ] && curl -sf "http://$addr/v2/health/ready" >/dev/null && break
+            sleep 0.2
+        done
+        timeout 300 python3 - "$addr" <<'EOF3' 2>&1 | tee -a "$log"
+import json, sys, threading, time, urllib.request
+addr = sys.argv[1]
+def post(n, seed):
+    body = json.dumps({"inputs": [{"name": "class", "shape": [n], "datatype": "INT64", "data": [seed % 10] * n},
+                                  {"name": "seed", "shape": [1], "datatype": "INT64", "data": [seed]}]}).encode()
+    r = urllib.request.urlopen(urllib.request.Request(f"http://{addr}/v2/models/fmnist/infer", body, {"Content-Type": "application/json"}), timeout=300)
+    return len(json.loads(r.read())["outputs"][0]["data"]) // 784
+done, errors = [], []
+def client(c):
+    for r in range(12):
+        k = c * 12 + r
+        try:
+            done.append(post(1 + k % 12, k))
+        except Exception as e:
+            errors.append(str(e))
+t = time.perf_counter()
+threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+[x.start() for x in threads]; [x.join() for x in threads]
+dt = time.perf_counter() - t
+print(f"{len(done)} requests, {sum(done)} images in {dt:.2f} s: {sum(done) / dt:.1f} images/s; {len(errors)} errors {errors[:2]}")
+m = urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
+print("\n".join(l for l in m.splitlines() if l.startswith(("itarflow_requests_total", "itarflow_batch_images_count", "itarflow_batch_images_sum"))))
+EOF3
+        kill "$pid"; wait "$pid"
+        grep -E "batching|ERROR|error" "$out/serve_$pad.log" | head -5 | tee -a "$log"
+    done
+}
+
 # ncu times each kernel of a window (after the first PROFILE_SKIP launches, PROFILE_COUNT of
 # them: a few phase-1 steps and Euler steps of the demo at batch 256), one replay each.
 stage_profile() {
@@ -222,11 +266,11 @@ for k, (c, t) in sorted(total.items(), key=lambda kv: -kv[1][1])[:40]:
 EOF2
 }
 
-[ $# -gt 0 ] || { sed -n '2,27p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         stash) stage_stash "$2"; shift 2 ;;
-        setup|demo|s64|quick|cpu|profile) "stage_$1"; shift ;;
+        setup|demo|s64|quick|cpu|serve|profile) "stage_$1"; shift ;;
         *) echo "unknown stage $1"; exit 2 ;;
     esac
 done
