@@ -299,7 +299,7 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("pkg");
     package(&pkg);
-    let mut server = start(&pkg, &["--max-queue", "1", "--max-batch", "4", "--shutdown-grace-s", "3"]);
+    let mut server = start(&pkg, &["--max-queue", "1", "--max-batch", "4", "--shutdown-grace-s", "6"]);
     let a = server.addr;
     // A long run (many steps) holds the sampler while more requests arrive.
     let slow = json!({"inputs": [
@@ -339,6 +339,23 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     assert_eq!(s, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("shutting down"), "{body}");
     assert_eq!(get(&server, "/v2/health/ready").0, 503);
+    // The same over gRPC: not ready, and a request refused as UNAVAILABLE with the reason.
+    let grpc = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, numpy as np, tritonclient.grpc as g\n\
+             c = g.InferenceServerClient(sys.argv[1])\n\
+             assert not c.is_server_ready()\n\
+             x = g.InferInput('class', [1], 'INT64'); x.set_data_from_numpy(np.array([1]))\n\
+             try:\n    c.infer('tiny', [x]); sys.exit('served while shutting down')\n\
+             except g.InferenceServerException as e:\n    print(e.status(), e.message())",
+        )
+        .arg(server.grpc.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&grpc.stdout);
+    assert!(grpc.status.success(), "{said}{}", String::from_utf8_lossy(&grpc.stderr));
+    assert!(said.contains("UNAVAILABLE") && said.contains("shutting down"), "{said}");
     let (s, body) = in_flight.join().unwrap();
     assert_eq!(s, 200, "the request in flight did not finish: {body}");
     let exit = server.child.wait().unwrap();
