@@ -436,3 +436,16 @@ fn bench_subcommand_reports_every_figure_per_provider() {
     assert!(!out.status.success());
     assert!(err.contains("bench on cpu failed") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
 }
+
+/// Phase 2's batch from a memory budget per kind of provider: the CPU's on tract (host memory),
+/// never the GPU's (the default GPU budget is 8x the CPU's).
+#[test]
+fn the_score_batch_follows_the_budget_of_the_provider_it_runs_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = package(&tmp.path().join("pkg"));
+    let per_image = itarflow_rt::memory::score_bytes_per_image(&model.manifest, ScoreForm::Whole);
+    let s = Sampler::builder(model.clone()).provider(Provider::Tract).memory_budgets(3 * per_image, 300 * per_image).build().unwrap();
+    assert_eq!(s.settings().denoise_batch, 3);
+    let s = Sampler::builder(model).provider(Provider::Tract).memory_budget(5 * per_image).build().unwrap();
+    assert_eq!(s.settings().denoise_batch, 5);
+}

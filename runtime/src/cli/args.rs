@@ -143,9 +143,10 @@ pub struct Run {
     /// Images per score evaluation (default: as many as fit --memory-budget-mib).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Memory for the score evaluations, in MiB; sizes phase 2's batches.
-    #[arg(long, default_value_t = 1024)]
-    pub memory_budget_mib: usize,
+    /// Memory for the score evaluations, in MiB; sizes phase 2's batches. Default: 1024 on a CPU
+    /// provider, 8192 (of device memory) on a GPU one.
+    #[arg(long)]
+    pub memory_budget_mib: Option<usize>,
     /// Score computed by the whole-model graph, or layer by layer with the VJP graphs
     /// (memory that does not grow with depth).
     #[arg(long, value_enum, default_value = "whole")]
@@ -163,7 +164,7 @@ impl Run {
             .provider(self.provider.into())
             .provider_options(self.common.options())
             .precision(self.common.precision())
-            .memory_budget(self.memory_budget_mib << 20)
+            .memory_budgets(self.memory_budget_mib.unwrap_or(1024) << 20, self.memory_budget_mib.unwrap_or(8192) << 20)
             .score_form(self.score_form.into());
         if let Some(on) = self.resident.setting() {
             b = b.resident(on);

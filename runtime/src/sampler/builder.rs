@@ -32,7 +32,8 @@ pub struct SamplerBuilder {
     seed: u64,
     classes: Classes,
     on_non_finite: OnNonFinite,
-    memory_budget: Option<usize>,
+    /// Bytes for the score evaluations on a CPU and on a GPU provider.
+    memory_budget: Option<(usize, usize)>,
     score_form: ScoreForm,
     step_cache: Option<StepCache>,
     resident: Option<bool>,
@@ -144,7 +145,13 @@ impl SamplerBuilder {
     /// Bytes the score evaluations may use: phase 2 (and `score`) run as many images at once as
     /// fit (see [`memory::score_bytes_per_image`]). Default: 64 images per evaluation.
     pub fn memory_budget(mut self, bytes: usize) -> Self {
-        self.memory_budget = Some(bytes);
+        self.memory_budget = Some((bytes, bytes));
+        self
+    }
+    /// [`Self::memory_budget`] by where the graphs run: `cpu` bytes of host memory on a CPU
+    /// provider, `gpu` bytes of device memory on a GPU one (resolved once `Auto` has chosen).
+    pub fn memory_budgets(mut self, cpu: usize, gpu: usize) -> Self {
+        self.memory_budget = Some((cpu, gpu));
         self
     }
     /// Images per score evaluation, overriding the memory budget.
@@ -184,10 +191,11 @@ impl SamplerBuilder {
         };
         let labels = itarflow_base::inputs::choose_labels(given, None, n, self.seed, c.num_classes, "the sampler's classes")?;
         let mut settings = self.settings;
-        if let Some(budget) = self.memory_budget {
+        let (loaded, provider, skipped) = Loaded::open_auto(self.model.clone(), self.provider, self.precision, &self.options)?;
+        if let Some((cpu, gpu)) = self.memory_budget {
+            let budget = if provider.is_gpu() { gpu } else { cpu };
             settings.denoise_batch = memory::batch_for_budget(&self.model.manifest, self.score_form, budget);
         }
-        let (loaded, provider, skipped) = Loaded::open_auto(self.model.clone(), self.provider, self.precision, &self.options)?;
         let step_cache = self.step_cache.unwrap_or(if provider == Provider::TensorRt { StepCache::Fixed } else { StepCache::Growing });
         let has_loops = self.model.manifest.graphs.iter().any(|g| g.kind.is_loop());
         let resident = self.resident.unwrap_or(provider.device_resident() && has_loops);
