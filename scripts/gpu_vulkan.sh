@@ -12,6 +12,9 @@
 #   log and last grid written to OUT/run)
 # BACKEND=wgpu runs the `wgpu` build instead (Burn's kernels as WGSL, compiled to SPIR-V by wgpu's
 # naga; part p4) where cubecl's own SPIR-V (the `vulkan` build, p1 and p2) fails on the driver.
+# (cubecl 0.11.3's SPIR-V for shared memory is invalid on devices without
+# VK_KHR_workgroup_memory_explicit_layout: docs/upstream/cubecl-spirv-implicit-shared-memory.md;
+# NVIDIA's drivers have the extension, so the `vulkan` build is expected to run there.)
 # p1 (loader libraries) is staged either way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
