@@ -12,5 +12,5 @@ fn main() {
         "sum" => a.sum().reshape([1, 1]),
         _ => a.clone().matmul(a),
     };
-    println!("{what}: {:?}", out.into_data());
+    println!("{what}: {:?}", out.into_data().to_vec::<f32>().unwrap());
 }
