@@ -1,9 +1,9 @@
 //! tract's Softmax over a short last axis, rewritten at load into ops tract runs vectorised.
 //!
-//! On x86-64, tract's Softmax (and its Reduce<Max>) walks each row with per-row kernel calls:
+//! On x86-64, tract's Softmax (and its `Reduce<Max>`) walks each row with per-row kernel calls:
 //! the demo's attention, rows of 49 scores, cost ~20 ns per element (1.3 ms for 16 images x 2
 //! heads x 49 x 49 on this machine, ONNX Runtime 0.05 ms). Its MaxPool over the same rows is
-//! vectorised across rows, and its elementwise ops and Reduce<Sum> are fast. So where the
+//! vectorised across rows, and its elementwise ops and `Reduce<Sum>` are fast. So where the
 //! softmax axis is the last one and of a known length L, the node becomes
 //!
 //! ```text
