@@ -174,10 +174,10 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Both protocols' requests are counted.
+    // Both protocols' requests are counted (REST JSON and binary, gRPC, gRPC streamed).
     let (_, _, metrics) = http(server.addr, "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8(metrics).unwrap();
-    for line in ["itarflow_requests_total{model=\"tiny\",code=\"200\"} 3", "itarflow_requests_total{model=\"unknown\",code=\"404\"} 1"] {
+    for line in ["itarflow_requests_total{model=\"tiny\",code=\"200\"} 4", "itarflow_requests_total{model=\"unknown\",code=\"404\"} 1"] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }

@@ -109,6 +109,26 @@ refused(lambda: client.infer(name, [tensor("class", np.array([[1]], dtype=np.int
 refused(lambda: client.infer(name, [tensor("class", np.array([1.0], dtype=np.float32), "FP32")]), ["datatype FP32"], "INVALID_ARGUMENT")
 refused(lambda: client.infer("nope", [tensor("class", np.array([1], dtype=np.int64), "INT64")]), ["unknown model 'nope'"], "NOT_FOUND")
 if GRPC:
+    # Streamed inference (ModelStreamInfer): both requests answered on the stream, the seeded one
+    # with the command line's images (matched by its id), the bad one with the server's message.
+    import queue
+
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    seeded = [
+        tensor("class", np.full(b, 3, dtype=np.int64), "INT64"),
+        tensor("seed", np.array([7], dtype=np.int64), "INT64"),
+        tensor("cfg", np.array([1.5], dtype=np.float32), "FP32"),
+    ]
+    client.async_stream_infer(name, seeded, request_id="seeded", outputs=[output("images")])
+    client.async_stream_infer(name, [tensor("class", np.array([99], dtype=np.int64), "INT64")], request_id="bad")
+    got = [answers.get(timeout=120) for _ in range(2)]
+    client.stop_stream()
+    results = [r for r, e in got if e is None]
+    errors = [str(e) for r, e in got if e is not None]
+    check(len(results) == 1 and results[0].get_response().id == "seeded", f"one streamed answer, its id ({len(results)} answers)")
+    close(results[0].as_numpy("images"), want, "streamed seeded samples equal `itarflow-rt sample`")
+    check(len(errors) == 1 and "out of range" in errors[0], f"a streamed bad request answered with the reason: {errors}")
     # Past the server's --max-body-mib (2 in the test): refused before decoding, naming the setting.
     big = np.zeros((700, 1, 28, 28), dtype=np.float32)
     refused(lambda: client.infer(f"{name}-denoise", [tensor("x", big, "FP32")]), ["--max-body-mib"], "RESOURCE_EXHAUSTED")

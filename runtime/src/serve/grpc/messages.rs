@@ -142,3 +142,12 @@ pub struct ModelInferResponse {
     #[prost(bytes = "vec", repeated, tag = "6")]
     pub raw_output_contents: Vec<Vec<u8>>,
 }
+
+/// One answer on `ModelStreamInfer`'s stream: the response, or why the request failed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelStreamInferResponse {
+    #[prost(string, tag = "1")]
+    pub error_message: String,
+    #[prost(message, optional, tag = "2")]
+    pub infer_response: Option<ModelInferResponse>,
+}

@@ -4,7 +4,7 @@
 //! - [`messages`]: the service's protobuf messages (prost);
 //! - [`tensors`]: inference messages to and from the protocol's requests and outputs, refusals
 //!   as gRPC status codes;
-//! - [`service`]: the methods, routed by path.
+//! - [`service`]: the methods (streamed inference too), routed by path.
 
 pub mod messages;
 pub mod service;

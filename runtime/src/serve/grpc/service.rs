@@ -1,6 +1,8 @@
 //! `inference.GRPCInferenceService` over tonic: health, server and model metadata, model
-//! readiness and inference, on the same state as the REST endpoints. Methods of Triton's
-//! extensions (statistics, repository, shared memory, streaming) answer UNIMPLEMENTED.
+//! readiness, inference, and streamed inference (`ModelStreamInfer`: requests on one stream run as
+//! they arrive, so that they batch together, and each answer, in the order they finish, carries
+//! its request's id), on the same state as the REST endpoints. Methods of Triton's other
+//! extensions (statistics, repository, shared memory) answer UNIMPLEMENTED.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,9 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::messages::*;
@@ -71,12 +74,57 @@ where
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
     let response = Grpc::new(ProstCodec::<Resp, Req>::default()).max_decoding_message_size(limit).unary(Unary(Some(handler)), req).await;
-    // tonic refuses a message past the limit with OUT_OF_RANGE (no handler here answers that
-    // code); gRPC's own servers say RESOURCE_EXHAUSTED, and the message should name the setting.
+    too_large(response, limit)
+}
+
+/// tonic refuses a message past the limit with OUT_OF_RANGE (no handler here answers that code):
+/// gRPC's own servers say RESOURCE_EXHAUSTED, and the message should name the setting.
+fn too_large(response: http::Response<Body>, limit: usize) -> http::Response<Body> {
     if response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
         return Status::resource_exhausted(format!("the request message is larger than {limit} bytes (--max-body-mib)")).into_http();
     }
     response
+}
+
+/// `ModelStreamInfer`: each request of the inbound stream runs as it arrives; answers go out as
+/// they finish, a failed request as its error message (with its id) instead of ending the stream.
+struct StreamInfer(Arc<AppState>);
+
+impl StreamingService<ModelInferRequest> for StreamInfer {
+    type Response = ModelStreamInferResponse;
+    type ResponseStream = ReceiverStream<Result<ModelStreamInferResponse, Status>>;
+    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<ModelInferRequest>>) -> Self::Future {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let s = self.0.clone();
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            loop {
+                let m = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                };
+                let (s, tx) = (s.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (model, id) = (m.model_name.clone(), m.id.clone());
+                    let answer = match model_infer(s, m).await {
+                        Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+                        Err(e) => ModelStreamInferResponse {
+                            error_message: e.message().to_string(),
+                            infer_response: Some(ModelInferResponse { model_name: model, id, ..Default::default() }),
+                        },
+                    };
+                    let _ = tx.send(Ok(answer)).await;
+                });
+            }
+        });
+        std::future::ready(Ok(Response::new(ReceiverStream::new(rx))))
+    }
 }
 
 fn not_found(s: &AppState, model: &str) -> Status {
@@ -122,8 +170,15 @@ impl tower_service::Service<http::Request<Body>> for InferenceService {
                 }
                 Some("ModelMetadata") => unary(req, limit, |m: ModelRef| std::future::ready(model_metadata(&s, &m.name))).await,
                 Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
+                Some("ModelStreamInfer") => {
+                    let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
+                        .max_decoding_message_size(limit)
+                        .streaming(StreamInfer(s.clone()), req)
+                        .await;
+                    too_large(response, limit)
+                }
                 _ => Status::unimplemented(format!(
-                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer"
+                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and ModelStreamInfer"
                 ))
                 .into_http(),
             })
