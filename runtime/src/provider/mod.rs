@@ -180,7 +180,6 @@ impl HostTensor {
         }
     }
 
-    /// Whether every value is zero.
     fn kind(&self) -> &'static str {
         match self {
             HostTensor::F32(..) => "float32",

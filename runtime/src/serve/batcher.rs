@@ -23,16 +23,26 @@ pub struct BatchOptions {
     pub max_delay: Duration,
     /// Requests waiting, at most.
     pub max_queue: usize,
-    /// Pad each run to a power of two images ([`bucket`]): a sampler whose loops run as captured
+    /// Pad each run to a power of two images ([`Self::run_size`]): a sampler whose loops run as captured
     /// CUDA graphs captures one per batch size, so merged batches of every size would each cost
     /// a capture (and ONNX Runtime holds every captured graph).
     pub pad: bool,
 }
 
-/// The images a run of `n` is padded to: the next power of two, at most `max_batch` (a request
-/// larger than that runs as it is).
-pub fn bucket(n: usize, max_batch: usize) -> usize {
-    if n >= max_batch { n } else { n.next_power_of_two().min(max_batch) }
+impl BatchOptions {
+    /// The images a run of `n` is made of: `n`, or with `pad` the next power of two, at most
+    /// `max_batch` (a request larger than that runs as it is).
+    pub fn run_size(&self, n: usize) -> usize {
+        if !self.pad || n >= self.max_batch { n } else { n.next_power_of_two().min(self.max_batch) }
+    }
+}
+
+/// Pads a run of images to `rows`: rows of zeros (`per_row` values each) with the first image's
+/// label, dropped from the reply. Each image's computation is its own, so the padding changes no
+/// other image.
+pub fn pad_run(values: &mut Vec<f32>, labels: &mut Vec<i64>, per_row: usize, rows: usize) {
+    values.resize(rows * per_row, 0.0);
+    labels.resize(rows, labels[0]);
 }
 
 /// A request's images (B, C, H, W), or why the run failed.
@@ -45,6 +55,8 @@ struct Pending {
 
 /// The queue in front of the sampler.
 pub struct Batcher {
+    /// How its runs are made (denoising requests, run outside the queue, are padded alike).
+    pub opts: BatchOptions,
     tx: mpsc::Sender<Pending>,
     metrics: Arc<Metrics>,
     model: String,
@@ -59,7 +71,7 @@ impl Batcher {
     pub fn start(sampler: Arc<Sampler>, opts: BatchOptions, metrics: Arc<Metrics>, model: String) -> Self {
         let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
         tokio::spawn(run(sampler, opts, rx, metrics.clone(), model.clone()));
-        Self { tx, metrics, model }
+        Self { opts, tx, metrics, model }
     }
 
     /// Queues `job`; the receiver gets its images once its run is done.
@@ -112,13 +124,7 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
             batch.iter().flat_map(|p| p.job.z.iter().copied()).collect(),
             batch.iter().flat_map(|p| p.job.labels.iter().copied()).collect(),
         );
-        if opts.pad {
-            // Rows of zero noise with the first request's class, dropped from the reply: each
-            // image's computation is its own, so the padding changes no request's images.
-            let rows = bucket(images, opts.max_batch) - images;
-            z.resize(z.len() + rows * sampler.model().noise_len(), 0.0);
-            labels.resize(labels.len() + rows, labels[0]);
-        }
+        pad_run(&mut z, &mut labels, sampler.model().noise_len(), opts.run_size(images));
         let s = sampler.clone();
         let result = tokio::task::spawn_blocking(move || s.sample_with(&z, &labels, &settings, &mut |_| {}))
             .await
@@ -141,12 +147,15 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
 
 #[cfg(test)]
 mod tests {
-    use super::bucket;
+    use super::BatchOptions;
+    use std::time::Duration;
 
     #[test]
     fn runs_are_padded_to_powers_of_two_up_to_the_batch_limit() {
-        let padded: Vec<usize> = [1, 2, 3, 5, 8, 9, 33, 48, 64, 65, 200].iter().map(|&n| bucket(n, 64)).collect();
+        let opts = |max_batch, pad| BatchOptions { max_batch, max_delay: Duration::ZERO, max_queue: 1, pad };
+        let padded: Vec<usize> = [1, 2, 3, 5, 8, 9, 33, 48, 64, 65, 200].iter().map(|&n| opts(64, true).run_size(n)).collect();
         assert_eq!(padded, [1, 2, 4, 8, 8, 16, 64, 64, 64, 65, 200]);
-        assert_eq!(bucket(40, 48), 48);
+        assert_eq!(opts(48, true).run_size(40), 48);
+        assert_eq!(opts(64, false).run_size(3), 3);
     }
 }

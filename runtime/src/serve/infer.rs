@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use ndarray::ArrayView4;
 
-use super::batcher::bucket;
+use super::batcher::pad_run;
 use super::models::{self, Kind};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
@@ -47,16 +47,12 @@ pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<Vec<Out
             let mut job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
             let dims = image_shape(job.labels.len());
             let sampler = s.sampler.clone();
-            let pad = s.pad;
-            let max_batch = s.max_batch;
+            let rows = s.batcher.opts.run_size(dims[0]);
             let run = tokio::task::spawn_blocking(move || -> Result<Vec<Output>, String> {
                 if job.t.is_empty() {
                     // Denoising runs as a loop on a device-resident sampler: padded as sampling
-                    // runs are (zero images, dropped from the reply).
-                    let b = job.labels.len();
-                    let rows = if pad { bucket(b, max_batch) } else { b };
-                    job.x.resize(rows * dims[1] * dims[2] * dims[3], 0.0);
-                    job.labels.resize(rows, job.labels[0]);
+                    // runs are.
+                    pad_run(&mut job.x, &mut job.labels, dims[1] * dims[2] * dims[3], rows);
                     let x = ArrayView4::from_shape((rows, dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                     let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
                     let data = images.iter().take(dims.iter().product()).copied().collect();

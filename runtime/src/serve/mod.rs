@@ -83,8 +83,6 @@ pub async fn serve(
         batcher,
         metrics,
         limits: opts.limits,
-        pad: opts.batch.pad,
-        max_batch: opts.batch.max_batch,
         max_body_bytes: opts.max_body_bytes,
         timeout: opts.timeout,
         ready: AtomicBool::new(false),

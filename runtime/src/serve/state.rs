@@ -17,9 +17,6 @@ pub struct AppState {
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub limits: RequestLimits,
-    /// Runs padded to power-of-two batch sizes (see [`super::batcher::BatchOptions::pad`]).
-    pub pad: bool,
-    pub max_batch: usize,
     pub max_body_bytes: usize,
     pub timeout: Duration,
     /// Graphs loaded and warmed.
