@@ -127,8 +127,13 @@ impl StreamingService<ModelInferRequest> for StreamInfer {
     }
 }
 
+/// A request for a model this server does not have: NOT_FOUND over gRPC (REST answers 400).
+fn unknown(s: &AppState, model: &str) -> Refusal {
+    Refusal { status: 404, message: s.unknown(model).message }
+}
+
 fn not_found(s: &AppState, model: &str) -> Status {
-    tensors::status(Refusal { status: 404, message: s.unknown(model).message })
+    tensors::status(unknown(s, model))
 }
 
 impl tower_service::Service<http::Request<Body>> for InferenceService {
@@ -206,21 +211,22 @@ async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInfe
     let model = m.model_name.clone();
     let result = async {
         if s.kind(&model).is_none() {
-            return Err(not_found(&s, &model));
+            return Err(unknown(&s, &model));
         }
-        let kind = infer::admit(&s, &model).map_err(tensors::status)?;
-        let req = tensors::decode(m).map_err(tensors::status)?;
-        let outputs = infer::run(&s, kind, &req).await.map_err(tensors::status)?;
-        tensors::encode(&model, &req, &outputs).map_err(tensors::status)
+        let kind = infer::admit(&s, &model)?;
+        let req = tensors::decode(m)?;
+        let outputs = infer::run(&s, kind, &req).await?;
+        tensors::encode(&model, &req, &outputs)
     }
     .await;
+    // The metrics count a refusal under the HTTP status REST gives it (404: an unknown model).
     let code = match &result {
         Ok(_) => 200,
-        Err(e) => {
-            tracing::info!(model = %model, code = ?e.code(), error = %e.message(), "gRPC request refused");
-            tensors::http_status(e)
+        Err(r) => {
+            tracing::info!(model = %model, status = r.status, error = %r.message, "gRPC request refused");
+            r.status
         }
     };
     s.metrics.request(s.metrics_label(&model), code, start.elapsed().as_secs_f64());
-    result
+    result.map_err(tensors::status)
 }

@@ -22,19 +22,6 @@ pub fn status(r: Refusal) -> Status {
     Status::new(code, r.message)
 }
 
-/// The HTTP status a gRPC status stands for in the request metrics (which count both protocols).
-pub fn http_status(s: &Status) -> u16 {
-    match s.code() {
-        Code::Ok => 200,
-        Code::InvalidArgument => 400,
-        Code::NotFound => 404,
-        Code::ResourceExhausted => 429,
-        Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        _ => 500,
-    }
-}
-
 /// A gRPC inference request as the protocol's request.
 pub fn decode(req: ModelInferRequest) -> Result<Request, Refusal> {
     let raw = !req.raw_input_contents.is_empty();
