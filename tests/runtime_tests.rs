@@ -449,3 +449,46 @@ fn the_score_batch_follows_the_budget_of_the_provider_it_runs_on() {
     let s = Sampler::builder(model).provider(Provider::Tract).memory_budget(5 * per_image).build().unwrap();
     assert_eq!(s.settings().denoise_batch, 5);
 }
+
+#[test]
+fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones() {
+    let v = vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(false);
+    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    opts.precisions = itarflow_export::package::Precisions::Both;
+    let dir = tmp.path().join("pkg");
+    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), &dir, &opts, &mut |_| {}).unwrap();
+    let model = Arc::new(Model::load(&dir).unwrap());
+    let (_, z) = array(&v, "rev_z");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let with = |precision: itarflow_rt::Precision, steps: usize| {
+        let s = Sampler::builder(model.clone()).provider(Provider::Tract).precision(precision).cfg(2.0).t_max(0.3).t_min(0.01);
+        s.denoise_steps(steps).score_batch(3).build().unwrap()
+    };
+    use itarflow_rt::Precision::{Fp16, Fp32, Mixed};
+    // What mixed should be: phase 1 of the fp32 sampler, then phase 2 of the fp16 one.
+    let phase1 = with(Fp32, 0).sample_from(&z, &y, &mut |_| {}).unwrap().images;
+    let want = with(Fp16, 10).denoise(phase1.view(), &y, &mut |_| {}).unwrap();
+    let mixed = with(Mixed, 10).sample_from(&z, &y, &mut |_| {}).unwrap().images;
+    let max_diff = |a: &ndarray::Array4<f32>, b: &ndarray::Array4<f32>| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let d = max_diff(&mixed, &want);
+    println!("mixed against fp32 phase 1 + fp16 phase 2: max |diff| {d:.2e}");
+    assert!(d <= 1e-6, "mixed precision is not fp32 phase 1 then fp16 phase 2: {d:.2e}");
+    // Both precisions' samples differ from it, so the comparison above can tell them apart.
+    for p in [Fp32, Fp16] {
+        let other = with(p, 10).sample_from(&z, &y, &mut |_| {}).unwrap().images;
+        let d = max_diff(&mixed, &other);
+        println!("mixed against {}: max |diff| {d:.2e}", p.name());
+        assert!(d > 1e-5, "{} sampling gives the mixed samples ({d:.2e})", p.name());
+    }
+    // A package without fp16 graphs cannot run mixed: the error names the missing graphs.
+    let fp32_only = package(&tmp.path().join("fp32"));
+    let e = Sampler::builder(fp32_only)
+        .provider(Provider::Tract)
+        .precision(Mixed)
+        .build()
+        .and_then(|s| s.sample_from(&z, &y, &mut |_| {}).map(|_| ()));
+    let msg = e.unwrap_err().to_string();
+    assert!(msg.contains("fp16") && msg.contains("--precision"), "{msg}");
+}

@@ -117,7 +117,7 @@ fn time_loop_step<E: Engine>(gs: &GraphSet<E>, images: usize, guided: Option<Cfg
     let info = &model.manifest.layers[l];
     let kind = guided.map_or(GraphKind::Invert, |style| crate::sampler::guided_loop_kind(model, style));
     let g = &gs.get(kind)?[l];
-    let entry = model.entry(kind, Some(l), gs.precision().name())?;
+    let entry = gs.entry(kind, Some(l))?;
     let (tokens, steps) = (info.tokens, info.tokens - 1);
     let cond = vec![0.1; images * info.width];
     let host = match guided {

@@ -120,7 +120,7 @@ fn run_graphs<E: Engine>(gs: &GraphSet<E>, r: &Reference) -> Result<Runs, RtErro
         let (_, u) = f32s(r.npz, &names::layer(l, "u"))?;
         let (_, ref_cond) = f32s(r.npz, &names::layer(l, "cond"))?;
         for step_cache in [StepCache::Growing, StepCache::Fixed] {
-            let name = model.entry(step_cache.graph_kind(), Some(l), precision)?.name.clone();
+            let name = gs.entry(step_cache.graph_kind(), Some(l))?.name.clone();
             attempt(name.clone(), &mut || {
                 let (a, b) = run_steps(gs, r, l, step_cache, &u, &ref_cond)?;
                 Ok(vec![one(&name, "a", a), one(&name, "b", b)])
@@ -212,7 +212,7 @@ fn check_inversion<E: Engine>(
             }
         }
     }
-    let entry = model.entry(kind, Some(l), gs.precision().name())?;
+    let entry = gs.entry(kind, Some(l))?;
     let g = &gs.get(kind)?[l];
     let host = if kind == GraphKind::Invert {
         vec![HostTensor::F32(vec![b, info.width], cond.to_vec())]

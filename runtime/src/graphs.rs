@@ -47,6 +47,12 @@ impl<G> GraphSet<G> {
         self.precision
     }
 
+    /// The manifest entry of the graph of `kind` (of layer `layer`) this set runs: its
+    /// precision's, or under [`Precision::Mixed`] its phase's.
+    pub fn entry(&self, kind: GraphKind, layer: Option<usize>) -> Result<&GraphEntry, RtError> {
+        self.model.entry(kind, layer, self.precision.of(kind).name())
+    }
+
     /// The graphs of `kind`: one per layer, or the single whole-model graph (score, denoising
     /// step).
     pub fn get(&self, kind: GraphKind) -> Result<&[G], RtError> {
@@ -56,7 +62,7 @@ impl<G> GraphSet<G> {
             layers
                 .into_iter()
                 .map(|l| {
-                    let entry = self.model.entry(kind, l, self.precision.name())?;
+                    let entry = self.entry(kind, l)?;
                     (self.loader)(&self.model, entry)
                 })
                 .collect::<Result<Vec<G>, RtError>>()

@@ -79,8 +79,9 @@ pub struct Common {
     /// Model package directory (default: the demo Fashion-MNIST package in models/).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Graph precision.
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+    /// Graph precision: fp32, fp16, or mixed (phase 1 in fp32, phase 2's score in fp16; needs a
+    /// package exported with `--precision both`).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "mixed"])]
     pub precision: String,
     /// libonnxruntime to load (default: ORT_DYLIB_PATH, else the onnxruntime Python package).
     #[arg(long)]

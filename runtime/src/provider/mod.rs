@@ -8,6 +8,8 @@ pub mod tract;
 
 use std::path::PathBuf;
 
+use itarflow_base::manifest::GraphKind;
+
 use crate::RtError;
 
 /// Where graphs run.
@@ -85,6 +87,11 @@ impl std::str::FromStr for Provider {
 pub enum Precision {
     Fp32,
     Fp16,
+    /// Phase 1 in fp32 (the conditioning, step and inversion graphs: the autoregressive
+    /// inversion feeds each token's rounding into every later token) and phase 2 in fp16 (the
+    /// score, denoising-step and layer-wise score graphs: ten independent Euler steps whose
+    /// cost is memory traffic, which fp16 halves). Needs a package exported with both.
+    Mixed,
 }
 
 impl Precision {
@@ -92,6 +99,17 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+            Precision::Mixed => "mixed",
+        }
+    }
+
+    /// The precision of the graphs of `kind` (fp32 or fp16; [`Precision::Mixed`] picks by
+    /// phase).
+    pub fn of(self, kind: GraphKind) -> Precision {
+        match (self, kind) {
+            (Precision::Mixed, GraphKind::Score | GraphKind::DenoiseStep | GraphKind::Forward | GraphKind::LayerVjp) => Precision::Fp16,
+            (Precision::Mixed, _) => Precision::Fp32,
+            (p, _) => p,
         }
     }
 }
@@ -102,7 +120,8 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
-            other => Err(RtError::Setting(format!("unknown precision '{other}': use fp32 or fp16"))),
+            "mixed" => Ok(Precision::Mixed),
+            other => Err(RtError::Setting(format!("unknown precision '{other}': use fp32, fp16 or mixed"))),
         }
     }
 }

@@ -189,7 +189,7 @@ fn invert_by_loop<E: Engine>(graphs: &GraphSet<E>, run: LayerRun, labels: &[i64]
     let (tokens, width) = (info.tokens, info.token_dim);
     let kind = if guided { guided_loop_kind(model, s.guidance.style) } else { GraphKind::Invert };
     let g = &graphs.get(kind)?[l];
-    let entry = model.entry(kind, Some(l), graphs.precision().name())?;
+    let entry = graphs.entry(kind, Some(l))?;
     let steps = tokens - 1;
     // A guided layer's conditioning: both branches' rows in one run of the cond graph, brought
     // to the host once per layer and passed stacked (or apart, to a format-3 graph).
