@@ -12,6 +12,9 @@
 #                                         export, check on cuda, bench at batch 16
 #   bash scripts/gpu_check.sh quick       a shorter recheck: check the demo on cuda (summary),
 #                                         bench it at batch 16 and 256; s64 export, check, bench
+#   bash scripts/gpu_check.sh loops       whole loops as one CUDA graph (--cuda-graphs loop) against
+#                                         ONNX Runtime's per-run graphs (step): seeded samples compared,
+#                                         bench at batch 16 and 256; --precision fp16 and mixed at 256
 #   bash scripts/gpu_check.sh cpu         the CPU providers on the host's cores (the README's CPU figures
 #                                         are of a 2-core VM): bench tract and ONNX Runtime CPU at
 #                                         batch 16 and 64, CFG 2
@@ -183,6 +186,34 @@ stage_quick() {
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
+stage_loops() {
+    load_env
+    say "seeded samples: --cuda-graphs loop against step (both CUDA, IEEE fp32), and mixed precision"
+    local g
+    for g in step loop; do
+        run 120 "$RT" sample --provider cuda --seed 1 --num 32 --cfg 2 --cuda-graphs "$g" --output "/tmp/x_$g.npz" --json
+    done
+    run 120 "$RT" sample --provider cuda --seed 1 --num 32 --cfg 2 --precision mixed --output /tmp/x_mixed.npz --json
+    python3 - 2>&1 <<'PY' | tee -a "$log"
+import numpy as n
+x = {k: n.load(f"/tmp/x_{k}.npz")["x"] for k in ("step", "loop", "mixed")}
+print("max |loop - step|", float(abs(x["loop"] - x["step"]).max()), "max |mixed - step|", float(abs(x["mixed"] - x["step"]).max()))
+PY
+    say "bench: demo package, CFG 2, per-run graphs (step) against whole loops (loop)"
+    local b
+    for b in 16 256; do
+        for g in step loop; do
+            run 120 "$RT" bench --providers cuda --batch "$b" --cfg 2 --json --repeats 5 --cuda-graphs "$g"
+        done
+    done
+    for p in fp16 mixed; do
+        for g in step loop; do
+            run 120 "$RT" bench --providers cuda --batch 256 --cfg 2 --json --repeats 5 --precision "$p" --cuda-graphs "$g"
+        done
+    done
+    grep '^{' "$log" > "$out/bench.jsonl"
+}
+
 stage_cpu() {
     load_env
     say "bench: demo package on the CPU providers, $(nproc) cores, CFG 2"
@@ -266,11 +297,11 @@ for k, (c, t) in sorted(total.items(), key=lambda kv: -kv[1][1])[:40]:
 EOF2
 }
 
-[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n "2,33p" "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         stash) stage_stash "$2"; shift 2 ;;
-        setup|demo|s64|quick|cpu|serve|profile) "stage_$1"; shift ;;
+        setup|demo|s64|quick|loops|cpu|serve|profile) "stage_$1"; shift ;;
         *) echo "unknown stage $1"; exit 2 ;;
     esac
 done

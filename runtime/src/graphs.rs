@@ -10,7 +10,7 @@ use crate::RtError;
 use crate::model::Model;
 use crate::provider::ort::{OrtDevice, OrtGraph, OrtLoad, trt_profiles};
 use crate::provider::tract::{TractDevice, TractGraph};
-use crate::provider::{Precision, Provider, ProviderOptions};
+use crate::provider::{CudaGraphs, Precision, Provider, ProviderOptions};
 
 const KINDS: usize = GraphKind::ALL.len();
 
@@ -174,7 +174,7 @@ impl Loaded {
                             device: ort_device(p, &opts, m, e),
                             library: opts.ort_lib.clone(),
                             threads: if small { 1 } else { threads },
-                            cuda_graph: opts.cuda_graphs && e.kind.is_loop(),
+                            cuda_graphs: if e.kind.is_loop() { opts.cuda_graphs } else { CudaGraphs::Off },
                             io_binding: opts.io_binding,
                             release_memory: matches!(e.kind, GraphKind::Forward | GraphKind::LayerVjp),
                         };

@@ -30,7 +30,7 @@ use thiserror::Error;
 
 pub use graphs::{GraphSet, Loaded};
 pub use model::Model;
-pub use provider::{HostTensor, Precision, Provider, ProviderOptions};
+pub use provider::{CudaGraphs, HostTensor, Precision, Provider, ProviderOptions};
 pub use sampler::{Classes, OnNonFinite, Progress, Sampler, SamplerBuilder, Samples, ScoreForm, StepCache};
 
 #[derive(Debug, Error)]

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use itarflow_base::Npz;
 use itarflow_base::inputs;
-use itarflow_rt::{Model, Precision, Provider, ProviderOptions, Sampler, SamplerBuilder, ScoreForm, StepCache};
+use itarflow_rt::{CudaGraphs, Model, Precision, Provider, ProviderOptions, Sampler, SamplerBuilder, ScoreForm, StepCache};
 
 /// The demo package shipped in the repository.
 const DEMO_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist/package");
@@ -103,8 +103,14 @@ pub struct Common {
     /// fp32: `check` applies its TF32 tolerance). Off by default.
     #[arg(long)]
     pub tf32: bool,
-    /// CUDA and TensorRT: run the loop graphs without capturing CUDA graphs.
-    #[arg(long)]
+    /// CUDA and TensorRT: how loops replay as CUDA graphs. step: ONNX Runtime captures each run
+    /// (waiting for the GPU after each replay); loop: a loop's runs recorded as one graph, one
+    /// launch and one wait per loop (CUDA; falls back to step where recording fails, and says
+    /// so); off: no graphs.
+    #[arg(long, default_value = "step", value_parser = ["step", "loop", "off"])]
+    pub cuda_graphs: String,
+    /// The same as `--cuda-graphs off`.
+    #[arg(long, conflicts_with = "cuda_graphs")]
     pub no_cuda_graphs: bool,
 }
 
@@ -122,7 +128,7 @@ impl Common {
             trt_max_batch: self.trt_max_batch,
             threads: self.threads,
             tf32: self.tf32,
-            cuda_graphs: !self.no_cuda_graphs,
+            cuda_graphs: if self.no_cuda_graphs { CudaGraphs::Off } else { self.cuda_graphs.parse().expect("clap checked it") },
             io_binding: false,
         }
     }

@@ -2,6 +2,7 @@
 //! type, so that outputs (e.g. a step's present K/V) can feed the next run without a copy
 //! through host memory.
 
+pub mod cuda_loop;
 pub mod denormals;
 pub mod ort;
 pub mod tract;
@@ -126,6 +127,43 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// How loops run on ONNX Runtime's GPU providers (CUDA and TensorRT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CudaGraphs {
+    /// Each run a kernel launch at a time.
+    Off,
+    /// ONNX Runtime captures each run of a loop as a CUDA graph and replays it (one graph per
+    /// binding and loop shape), waiting for the GPU after every replay. A graph it cannot
+    /// capture runs without.
+    Step,
+    /// A loop's runs recorded once as one CUDA graph from a stream of the session's own, replayed
+    /// with one launch and one wait per loop (CUDA provider; [`cuda_loop`]). Where recording
+    /// fails, the session falls back to `Step` and says why.
+    Loop,
+}
+
+impl CudaGraphs {
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaGraphs::Off => "off",
+            CudaGraphs::Step => "step",
+            CudaGraphs::Loop => "loop",
+        }
+    }
+}
+
+impl std::str::FromStr for CudaGraphs {
+    type Err = RtError;
+    fn from_str(s: &str) -> Result<Self, RtError> {
+        match s {
+            "off" => Ok(CudaGraphs::Off),
+            "step" => Ok(CudaGraphs::Step),
+            "loop" => Ok(CudaGraphs::Loop),
+            other => Err(RtError::Setting(format!("unknown CUDA graph mode '{other}': use step, loop or off"))),
+        }
+    }
+}
+
 /// Settings of the ONNX Runtime providers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderOptions {
@@ -143,9 +181,9 @@ pub struct ProviderOptions {
     /// CUDA: TensorFloat-32 matrix products (faster; inputs rounded to 10 mantissa bits, so
     /// fp32 is no longer IEEE fp32: `check` applies the TF32 tolerance). Off by default.
     pub tf32: bool,
-    /// CUDA and TensorRT: replay the loop graphs (fused inversion and denoising steps) as
-    /// captured CUDA graphs. On by default; a graph ONNX Runtime cannot capture runs without.
-    pub cuda_graphs: bool,
+    /// CUDA and TensorRT: how the loop graphs (fused inversion and denoising steps) replay as
+    /// CUDA graphs (see [`CudaGraphs`]).
+    pub cuda_graphs: CudaGraphs,
     /// ONNX Runtime on the CPU: bind inputs and outputs through IoBinding and run loops in
     /// buffers of their own, as on a GPU (for tests of that code path on CPU machines).
     pub io_binding: bool,
@@ -167,7 +205,7 @@ impl Default for ProviderOptions {
             trt_max_batch: 128,
             threads: 0,
             tf32: false,
-            cuda_graphs: true,
+            cuda_graphs: CudaGraphs::Step,
             io_binding: false,
         }
     }
@@ -311,4 +349,38 @@ pub enum LoopInit<V> {
     Host(HostTensor),
     /// Zeros of a manifest dtype (`float32`, `float16`, `int64`) and shape.
     Zeros(String, Vec<usize>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_from_their_names_and_refuse_others_with_the_choices() {
+        for g in [CudaGraphs::Off, CudaGraphs::Step, CudaGraphs::Loop] {
+            assert_eq!(g.name().parse::<CudaGraphs>().unwrap(), g);
+        }
+        for p in [Precision::Fp32, Precision::Fp16, Precision::Mixed] {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        let e = "graph".parse::<CudaGraphs>().unwrap_err().to_string();
+        assert!(e.contains("step, loop or off"), "{e}");
+        let e = "bf16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("fp32, fp16 or mixed"), "{e}");
+    }
+
+    #[test]
+    fn mixed_precision_runs_phase_two_graphs_in_fp16_and_the_rest_in_fp32() {
+        use GraphKind::*;
+        let fp16 = [Score, DenoiseStep, Forward, LayerVjp];
+        let fp32 = [Cond, Step, StepFixed, Invert, InvertGuided, InvertGuidedStarflow];
+        assert_eq!(fp16.len() + fp32.len(), GraphKind::ALL.len(), "every kind is placed");
+        for (kinds, want) in [(&fp16[..], Precision::Fp16), (&fp32[..], Precision::Fp32)] {
+            for &kind in kinds {
+                assert_eq!(Precision::Mixed.of(kind), want, "{kind:?}");
+                assert_eq!(Precision::Fp16.of(kind), Precision::Fp16);
+                assert_eq!(Precision::Fp32.of(kind), Precision::Fp32);
+            }
+        }
+    }
 }

@@ -10,7 +10,8 @@ use ort::environment::Environment;
 use ort::session::{IoBinding, RunOptions, Session};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::{Engine, HostTensor, LoopInit};
+use super::cuda_loop::{LoopGraph, LoopStream};
+use super::{CudaGraphs, Engine, HostTensor, LoopInit};
 use crate::RtError;
 
 /// The ONNX Runtime devices.
@@ -149,8 +150,8 @@ pub struct OrtLoad {
     /// thirty sessions, and spinning pools of idle sessions would take the cores from the one
     /// running).
     pub threads: usize,
-    /// Capture each loop's runs as CUDA graphs (CUDA and TensorRT; meant for loop graphs).
-    pub cuda_graph: bool,
+    /// How loops replay as CUDA graphs (CUDA and TensorRT; meant for loop graphs).
+    pub cuda_graphs: CudaGraphs,
     /// Bind inputs and outputs through IoBinding and run loops in buffers of their own even on
     /// the CPU (always on a GPU): the GPU's code path, exercised by the tests of CPU machines.
     pub io_binding: bool,
@@ -202,16 +203,24 @@ struct LoopBuffers {
     zeros: Vec<Option<DynTensor>>,
     bindings: [IoBinding; 2],
     options: [RunOptions; 2],
-    /// Its runs are captured as CUDA graphs (under graph ids of their own).
+    /// Its runs are captured as CUDA graphs (under graph ids of their own), or on a session
+    /// that records whole loops, recorded.
     captured: bool,
+    /// The loop recorded as one graph, with its number of steps (whole-loop sessions).
+    recorded: Option<(usize, LoopGraph)>,
 }
 
 /// A session, whether it captures CUDA graphs, and the loops it has run (their buffers are kept
 /// for later loops of the same shapes, so that captured graphs replay on the same addresses).
 struct SessionState {
     session: Session,
-    /// Ok when loop runs replay captured CUDA graphs; else why not.
+    /// Ok when ONNX Runtime captures and replays each loop run as a CUDA graph; else why not.
     cuda_graph: Result<(), String>,
+    /// The session's own stream, on a session that records whole loops (`--cuda-graphs loop`);
+    /// declared after the session, so that the session (which runs on it) goes first.
+    whole: Option<LoopStream>,
+    /// Why a session asked to record whole loops does not (it captures runs instead).
+    whole_refused: Option<String>,
     /// Options of runs outside loops (annotation -1, no capture, on a CUDA-graph session).
     plain: RunOptions,
     loops: Vec<LoopBuffers>,
@@ -238,7 +247,9 @@ pub struct OrtGraph {
     load: OrtLoad,
 }
 
-fn session(path: &Path, load: &OrtLoad, cuda_graph: bool) -> Result<Session, RtError> {
+/// A session for `path`: ONNX Runtime's per-run CUDA graphs if `cuda_graph`, its kernels on
+/// `stream` if given (whole-loop recording; CUDA only).
+fn session(path: &Path, load: &OrtLoad, cuda_graph: bool, stream: Option<&LoopStream>) -> Result<Session, RtError> {
     let p = load.device.name();
     // The library's failure is this provider's: name the provider the caller asked for.
     let env = environment(load.library.as_deref()).map_err(|e| match e {
@@ -252,11 +263,17 @@ fn session(path: &Path, load: &OrtLoad, cuda_graph: bool) -> Result<Session, RtE
         OrtDevice::Cpu => ort::ep::CPU::default().with_arena_allocator(true).build(),
         // Arenas grow by what is asked, not by doubling: the sampler holds some twenty sessions,
         // and doubling arenas held 5.8 GiB of GPU memory for the demo model at batch 16.
-        OrtDevice::Cuda { tf32 } => ort::ep::CUDA::default()
-            .with_tf32(*tf32)
-            .with_cuda_graph(cuda_graph)
-            .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested)
-            .build(),
+        OrtDevice::Cuda { tf32 } => {
+            let cuda = ort::ep::CUDA::default()
+                .with_tf32(*tf32)
+                .with_cuda_graph(cuda_graph)
+                .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+            match stream {
+                // SAFETY: the stream outlives the session (`SessionState` drops the session first).
+                Some(s) => unsafe { cuda.with_compute_stream(s.raw()) }.build(),
+                None => cuda.build(),
+            }
+        }
         OrtDevice::TensorRt { fp16, cache_dir, profiles } => {
             let mut trt = ort::ep::TensorRT::default()
                 .with_fp16(*fp16)
@@ -411,8 +428,35 @@ impl SessionState {
         if release_memory {
             plain.set("memory.enable_memory_arena_shrinkage", "cpu:0")?;
         }
-        Ok(Self { session, cuda_graph, plain, loops: Vec::new(), next_graph_id: 1 })
+        Ok(Self { session, cuda_graph, whole: None, whole_refused: None, plain, loops: Vec::new(), next_graph_id: 1 })
     }
+
+    /// A session whose loops are recorded whole on `stream`.
+    fn whole(session: Session, stream: LoopStream) -> Result<Self, ort::Error> {
+        let mut st = Self::new(session, Err("whole loops recorded instead".into()), false)?;
+        st.whole = Some(stream);
+        Ok(st)
+    }
+
+    /// Whether loops of new shapes are captured or recorded (up to [`MAX_CAPTURED_LOOPS`]).
+    fn captures(&self) -> bool {
+        self.cuda_graph.is_ok() || self.whole.is_some()
+    }
+}
+
+/// A session's state with ONNX Runtime's per-run CUDA graphs if `capture` (without, and saying
+/// why, where ONNX Runtime refuses them at load), or without any because `why`.
+fn capture_or_not(path: &Path, load: &OrtLoad, capture: bool, why: String, release_memory: bool) -> Result<SessionState, RtError> {
+    let p = load.device.name();
+    let (session, cuda_graph) = if capture {
+        match session(path, load, true, None) {
+            Ok(s) => (s, Ok(())),
+            Err(e) => (session(path, load, false, None)?, Err(format!("refused at load: {e}"))),
+        }
+    } else {
+        (session(path, load, false, None)?, Err(why))
+    };
+    SessionState::new(session, cuda_graph, release_memory).map_err(|e| fail(p, e))
 }
 
 impl OrtGraph {
@@ -422,7 +466,7 @@ impl OrtGraph {
             device: device.clone(),
             library: library.map(Path::to_path_buf),
             threads: 1,
-            cuda_graph: false,
+            cuda_graphs: CudaGraphs::Off,
             io_binding: false,
             release_memory: false,
         };
@@ -433,19 +477,33 @@ impl OrtGraph {
     /// have them, it is made without, and [`Engine::loop_mode`] says why.
     pub fn load_with(path: &Path, load: &OrtLoad) -> Result<Self, RtError> {
         let p = load.device.name();
-        let (session, cuda_graph) = if load.cuda_graph && load.device.is_gpu() {
-            match session(path, load, true) {
-                Ok(s) => (s, Ok(())),
-                Err(e) => (session(path, load, false)?, Err(format!("refused at load: {e}"))),
+        let gpu = load.device.is_gpu();
+        let mut whole_refused = None;
+        if gpu && load.cuda_graphs == CudaGraphs::Loop {
+            let stream = match load.device {
+                OrtDevice::Cuda { .. } => LoopStream::new(),
+                _ => Err("whole loops are recorded on the CUDA provider only".to_string()),
+            };
+            match stream {
+                Ok(stream) => {
+                    let s = session(path, load, false, Some(&stream))?;
+                    let state = SessionState::whole(s, stream).map_err(|e| fail(p, e))?;
+                    return Ok(Self::from_state(state, path, load));
+                }
+                Err(e) => whole_refused = Some(e),
             }
-        } else {
-            (session(path, load, false)?, Err("not asked".to_string()))
-        };
-        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
-        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        let release = load.release_memory && !load.device.is_gpu();
-        let state = SessionState::new(session, cuda_graph, release).map_err(|e| fail(p, e))?;
-        Ok(Self { state: Mutex::new(state), outputs, inputs, provider: p, path: path.to_path_buf(), load: load.clone() })
+        }
+        let capture = gpu && load.cuda_graphs != CudaGraphs::Off;
+        let mut state = capture_or_not(path, load, capture, "not asked".into(), !gpu && load.release_memory)?;
+        state.whole_refused = whole_refused;
+        Ok(Self::from_state(state, path, load))
+    }
+
+    fn from_state(state: SessionState, path: &Path, load: &OrtLoad) -> Self {
+        let inputs = state.session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let outputs = state.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let provider = load.device.name();
+        Self { state: Mutex::new(state), outputs, inputs, provider, path: path.to_path_buf(), load: load.clone() }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, SessionState>, RtError> {
@@ -459,7 +517,7 @@ impl OrtGraph {
             return Ok(i);
         }
         let captured = st.loops.iter().filter(|l| l.captured).count();
-        let capture = st.cuda_graph.is_ok() && captured < MAX_CAPTURED_LOOPS;
+        let capture = st.captures() && captured < MAX_CAPTURED_LOOPS;
         if !capture
             && st.loops.len() - captured >= MAX_UNCAPTURED_LOOPS
             && let Some(oldest) = st.loops.iter().position(|l| !l.captured)
@@ -497,13 +555,15 @@ impl OrtGraph {
         };
         let options = [run_options(ids.map(|i| i.0), true)?, run_options(ids.map(|i| i.1), true)?];
         let zeros = (0..key.len() - fixed).map(|_| None).collect();
-        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options, captured: capture });
+        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options, captured: capture, recorded: None });
         Ok(st.loops.len() - 1)
     }
 
     /// The loop on the device: inputs copied into the loop's buffers, `steps` runs alternating
-    /// between the two bindings without waiting for the device, then the first `keep` values of
-    /// the final state downloaded.
+    /// between the two bindings without waiting for the device (or, on a whole-loop session,
+    /// the loop's recorded graph launched), then the first `keep` values of the final state
+    /// downloaded. A whole-loop session records a loop after its first run (which sized the
+    /// arena and made the libraries' handles); why recording failed is returned beside the values.
     fn device_loop(
         &self,
         st: &mut SessionState,
@@ -511,7 +571,7 @@ impl OrtGraph {
         state: &[LoopInit<DynValue>],
         steps: usize,
         keep: usize,
-    ) -> Result<Vec<HostTensor>, ort::Error> {
+    ) -> Result<(Vec<HostTensor>, Option<String>), ort::Error> {
         let mut key = fixed.iter().map(|v| value_key(v)).collect::<Result<Vec<_>, _>>()?;
         for s in state {
             key.push(match s {
@@ -521,7 +581,7 @@ impl OrtGraph {
             });
         }
         let i = self.loop_buffers(st, key, fixed.len())?;
-        let SessionState { session, loops, .. } = st;
+        let SessionState { session, loops, whole, .. } = st;
         let lp = &mut loops[i];
         for (v, buf) in fixed.iter().zip(lp.fixed.iter_mut()) {
             copy_to(v, buf)?;
@@ -547,18 +607,56 @@ impl OrtGraph {
                 LoopInit::Host(t) => copy_to(&host_value(t)?, buf)?,
             }
         }
-        for step in 0..steps {
-            session.run_binding_with_options(&lp.bindings[step % 2], &lp.options[step % 2])?;
+        let replay = match (&lp.recorded, whole.as_ref()) {
+            (Some((n, graph)), Some(stream)) if *n == steps => Some((graph, stream)),
+            _ => None,
+        };
+        let replayed = replay.is_some();
+        match replay {
+            Some((graph, stream)) => graph.launch().and_then(|()| stream.synchronize()).map_err(ort::Error::new)?,
+            None => {
+                for step in 0..steps {
+                    session.run_binding_with_options(&lp.bindings[step % 2], &lp.options[step % 2])?;
+                }
+                match whole.as_ref() {
+                    Some(stream) => stream.synchronize().map_err(ort::Error::new)?,
+                    // The final state is in B after an odd number of runs.
+                    None => lp.bindings[(steps + 1) % 2].synchronize_outputs()?,
+                }
+            }
         }
-        // The final state is in B after an odd number of runs.
-        let last = &lp.bindings[(steps + 1) % 2];
-        last.synchronize_outputs()?;
-        (0..keep)
+        let out = (0..keep)
             .map(|k| match &lp.b[k] {
                 Some(bk) if steps % 2 == 1 => download_tensor(bk),
                 _ => download_tensor(&lp.a[k]),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut refused = None;
+        if let Some(stream) = whole.as_ref()
+            && lp.captured
+            && !replayed
+        {
+            let (bindings, options) = (&lp.bindings, &lp.options);
+            let mut runs = || -> Result<(), String> {
+                for step in 0..steps {
+                    session.run_binding_with_options(&bindings[step % 2], &options[step % 2]).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            };
+            match stream.record(&mut runs) {
+                Ok(graph) => lp.recorded = Some((steps, graph)),
+                Err(why) => refused = Some(why),
+            }
+        }
+        Ok((out, refused))
+    }
+
+    /// The session made again with ONNX Runtime's per-run CUDA graphs (`capture`) or without any
+    /// (`why`), the reason whole loops are not recorded kept.
+    fn reload(&self, capture: bool, why: String, whole_refused: Option<String>) -> Result<SessionState, RtError> {
+        let mut st = capture_or_not(&self.path, &self.load, capture, why, false)?;
+        st.whole_refused = whole_refused;
+        Ok(st)
     }
 }
 
@@ -631,12 +729,23 @@ impl Engine for OrtGraph {
         }
         let mut st = self.lock()?;
         match self.device_loop(&mut st, fixed, &state, steps, keep) {
-            Ok(out) => Ok(out),
+            Ok((out, None)) => Ok(out),
+            Ok((out, Some(why))) => {
+                // Recording the loop failed (its values came from the runs before): the session
+                // again, ONNX Runtime capturing each run instead.
+                *st = self.reload(true, String::new(), Some(format!("refused at recording: {why}")))?;
+                Ok(out)
+            }
+            Err(e) if st.whole.is_some() => {
+                let why = Some(format!("refused at a run or replay: {e}"));
+                *st = self.reload(true, String::new(), why)?;
+                self.device_loop(&mut st, fixed, &state, steps, keep).map(|(out, _)| out).map_err(|e| fail(self.provider, e))
+            }
             Err(e) if st.cuda_graph.is_ok() => {
                 // The capture failed at run time: the session again without CUDA graphs.
-                let session = session(&self.path, &self.load, false)?;
-                *st = SessionState::new(session, Err(format!("refused at capture: {e}")), false).map_err(|e| fail(self.provider, e))?;
-                self.device_loop(&mut st, fixed, &state, steps, keep).map_err(|e| fail(self.provider, e))
+                let whole_refused = st.whole_refused.take();
+                *st = self.reload(false, format!("refused at capture: {e}"), whole_refused)?;
+                self.device_loop(&mut st, fixed, &state, steps, keep).map(|(out, _)| out).map_err(|e| fail(self.provider, e))
             }
             Err(e) => Err(fail(self.provider, e)),
         }
@@ -647,12 +756,21 @@ impl Engine for OrtGraph {
             return None;
         }
         let st = self.state.lock().ok()?;
-        Some(match &st.cuda_graph {
-            Ok(()) if st.loops.iter().filter(|l| l.captured).count() >= MAX_CAPTURED_LOOPS => {
+        let all_captured = st.loops.iter().filter(|l| l.captured).count() >= MAX_CAPTURED_LOOPS;
+        let mode = match (&st.whole, &st.cuda_graph) {
+            (Some(_), _) if all_captured => {
+                format!("device buffers, each loop one CUDA graph for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
+            }
+            (Some(_), _) => "device buffers, each loop one CUDA graph".to_string(),
+            (None, Ok(())) if all_captured => {
                 format!("device buffers, CUDA graphs for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
             }
-            Ok(()) => "device buffers, CUDA graphs".to_string(),
-            Err(why) => format!("device buffers, no CUDA graphs ({why})"),
+            (None, Ok(())) => "device buffers, CUDA graphs".to_string(),
+            (None, Err(why)) => format!("device buffers, no CUDA graphs ({why})"),
+        };
+        Some(match &st.whole_refused {
+            Some(why) => format!("{mode}; whole loops not recorded: {why}"),
+            None => mode,
         })
     }
 }
