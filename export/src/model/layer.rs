@@ -114,35 +114,24 @@ fn block(w: &Weights, g: &mut Graph, name: &str, width: usize) -> Result<Block, 
     })
 }
 
-/// Classifier-free guidance of the (scale, shift) pairs of the conditional and unconditional
-/// branches with weight `w` (see `itarflow_base::sampling`): tarflow s = s_c + w (s_c - s_u),
-/// b = b_c + w (b_c - b_u); starflow r = min(s_c / s_u, 1)^2, s = s_c / sqrt(1 + w - w r),
-/// b = ((1 + w) b_c - w r b_u) / (1 + w - w r).
-fn combine_guided(g: &mut Graph, w: V, style: GuidedStyle, (sc, bc): (V, V), (su, bu): (V, V)) -> (V, V) {
-    match style {
-        GuidedStyle::Tarflow => {
-            let ds = g.minus(sc, su);
-            let wds = g.times(w, ds);
-            let db = g.minus(bc, bu);
-            let wdb = g.times(w, db);
-            (g.plus(sc, wds), g.plus(bc, wdb))
-        }
-        GuidedStyle::Starflow => {
-            let ratio = g.divide(sc, su);
-            let one = g.scalar(1.0);
-            let above = g.add(Op::Less, &[one, ratio]);
-            let ratio = g.add(Op::Where, &[above, one, ratio]);
-            let r = g.times(ratio, ratio);
-            let one_w = g.plus(one, w);
-            let wr = g.times(w, r);
-            let den = g.minus(one_w, wr);
-            let root = g.unary(Un::Sqrt, den);
-            let cb = g.times(one_w, bc);
-            let ub = g.times(wr, bu);
-            let num = g.minus(cb, ub);
-            (g.divide(sc, root), g.divide(num, den))
-        }
-    }
+/// The 'starflow' classifier-free guidance of the (scale, shift) pairs of the conditional and
+/// unconditional branches with weight `w` (see `itarflow_base::sampling`): r = min(s_c / s_u,
+/// 1)^2, s = s_c / sqrt(1 + w - w r), b = ((1 + w) b_c - w r b_u) / (1 + w - w r). (The
+/// 'tarflow' style is linear in the pair: [`Layer::invert_step`] combines the updated tokens.)
+fn combine_starflow(g: &mut Graph, w: V, (sc, bc): (V, V), (su, bu): (V, V)) -> (V, V) {
+    let ratio = g.divide(sc, su);
+    let one = g.scalar(1.0);
+    let above = g.add(Op::Less, &[one, ratio]);
+    let ratio = g.add(Op::Where, &[above, one, ratio]);
+    let r = g.times(ratio, ratio);
+    let one_w = g.plus(one, w);
+    let wr = g.times(w, r);
+    let den = g.minus(one_w, wr);
+    let root = g.unary(Un::Sqrt, den);
+    let cb = g.times(one_w, bc);
+    let ub = g.times(wr, bu);
+    let num = g.minus(cb, ub);
+    (g.divide(sc, root), g.divide(num, den))
 }
 
 impl Layer {
@@ -487,24 +476,48 @@ impl Layer {
                 let one = g.constant(None, ConstData::I64(vec![1]), &[]);
                 let next = g.binary(crate::ops::Bin::Add, io.pos, one);
                 let z = g.gather(io.seq, next, 1);
-                let (s, shift) = match io.guidance {
-                    None => (g.unary(Un::Exp, a), b),
-                    Some(gi) => {
-                        // (2N, c) -> (2, N, c): the conditional half, then the unconditional one.
-                        let half = |g: &mut Graph, v: V, k: i64| {
-                            let two = g.reshape(v, &[2, -1, c]);
+                // (2N, c) -> (2, N, c): the conditional half, then the unconditional one.
+                let half = |g: &mut Graph, v: V, k: i64| {
+                    let two = g.reshape(v, &[2, -1, c]);
+                    let idx = g.constant(None, ConstData::I64(vec![k]), &[]);
+                    g.gather(two, idx, 0)
+                };
+                let u = match io.guidance {
+                    None => {
+                        let s = g.unary(Un::Exp, a);
+                        let zs = g.times(z, s);
+                        g.plus(zs, b)
+                    }
+                    Some(gi) if gi.style == GuidedStyle::Tarflow => {
+                        // The 'tarflow' combination is linear in (exp(a), b), so it is that of
+                        // both branches' updated tokens u_k = z exp(a_k) + b_k: u = u_c + w (u_c
+                        // - u_u), the update computed once over both branches (13 kernels where
+                        // combining scales and shifts apart took 18).
+                        let s = g.unary(Un::Exp, a);
+                        let s = g.reshape(s, &[2, -1, c]);
+                        let b = g.reshape(b, &[2, -1, c]);
+                        let zs = g.times(z, s);
+                        let both = g.plus(zs, b);
+                        let branch = |g: &mut Graph, k: i64| {
                             let idx = g.constant(None, ConstData::I64(vec![k]), &[]);
-                            g.gather(two, idx, 0)
+                            g.gather(both, idx, 0)
                         };
+                        let (uc, uu) = (branch(g, 0), branch(g, 1));
+                        let w = g.gather(gi.weights, io.pos, 0);
+                        let du = g.minus(uc, uu);
+                        let wdu = g.times(w, du);
+                        g.plus(uc, wdu)
+                    }
+                    Some(gi) => {
                         let (ac, au, bc, bu) = (half(g, a, 0), half(g, a, 1), half(g, b, 0), half(g, b, 1));
                         let sc = g.unary(Un::Exp, ac);
                         let su = g.unary(Un::Exp, au);
                         let w = g.gather(gi.weights, io.pos, 0);
-                        combine_guided(g, w, gi.style, (sc, bc), (su, bu))
+                        let (s, shift) = combine_starflow(g, w, (sc, bc), (su, bu));
+                        let zs = g.times(z, s);
+                        g.plus(zs, shift)
                     }
                 };
-                let zs = g.times(z, s);
-                let u = g.plus(zs, shift);
                 let u = g.reshape(u, &[0, 1, c]);
                 let slots = g.ints((0..t).collect());
                 let at = g.add(Op::Equal, &[slots, next]);
