@@ -482,6 +482,21 @@ fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones(
         println!("mixed against {}: max |diff| {d:.2e}", p.name());
         assert!(d > 1e-5, "{} sampling gives the mixed samples ({d:.2e})", p.name());
     }
+    // The command line says when tract would emulate fp16 (about 100x slower than fp32), and
+    // only then.
+    let note = "note: tract computes fp16 graphs in software";
+    for (provider, precision) in [("tract", "mixed"), ("tract", "fp32"), ("cpu", "fp16")] {
+        let out = std::process::Command::new(rt_binary())
+            .args(["sample", "--model", dir.to_str().unwrap(), "--provider", provider, "--precision", precision, "--num", "1"])
+            .arg("--out")
+            .arg(tmp.path().join(format!("{provider}_{precision}.png")))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{provider} {precision}: {err}");
+        let want = provider == "tract" && precision != "fp32" && !itarflow_rt::provider::tract::native_f16();
+        assert_eq!(err.contains(note), want, "{provider} {precision}: {err}");
+    }
     // A package without fp16 graphs cannot run mixed: the error names the missing graphs.
     let fp32_only = package(&tmp.path().join("fp32"));
     let e = Sampler::builder(fp32_only)

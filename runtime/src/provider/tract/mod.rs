@@ -149,6 +149,20 @@ impl TractDevice {
     }
 }
 
+/// Whether tract computes fp16 graphs in hardware on this CPU (aarch64 with FP16 arithmetic);
+/// elsewhere it converts every fp16 value on the way in and out of its kernels: on this project's
+/// x86 CI machine the demo's score of 8 images took 2.1 s in fp16 against 14 ms in fp32.
+pub fn native_f16() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
 #[cfg(feature = "tract-cuda")]
 fn cuda_runtime() -> Result<&'static dyn Runtime, RtError> {
     // Linking the crate registers its runtime.
