@@ -122,6 +122,14 @@ fn images(v: &Value) -> Vec<f32> {
     v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
+/// gRPC's health service's answer about `service` (tests/serve/grpc_health.py).
+fn grpc_health(s: &Server, service: &str) -> String {
+    let script = manifest_dir().join("tests/serve/grpc_health.py");
+    let out = Command::new("python3").arg(script).arg(s.grpc.to_string()).arg(service).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn run_cli(args: &[&str]) {
     let out = Command::new(rt()).args(args).output().unwrap();
     assert!(out.status.success(), "itarflow-rt {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -174,6 +182,12 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // gRPC's standard health service (Kubernetes' gRPC probes) says serving, for the server and
+    // the inference service, and names what it reports on when asked about another service.
+    assert_eq!(grpc_health(&server, ""), "SERVING");
+    assert_eq!(grpc_health(&server, "inference.GRPCInferenceService"), "SERVING");
+    let other = grpc_health(&server, "grpc.reflection.v1.ServerReflection");
+    assert!(other.starts_with("NOT_FOUND") && other.contains("inference.GRPCInferenceService"), "{other}");
     // Both protocols' requests are counted (REST JSON and binary, gRPC, gRPC streamed).
     let (_, _, metrics) = http(server.addr, "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8(metrics).unwrap();
@@ -339,6 +353,7 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     assert_eq!(s, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("shutting down"), "{body}");
     assert_eq!(get(&server, "/v2/health/ready").0, 503);
+    assert_eq!(grpc_health(&server, ""), "NOT_SERVING");
     // The same over gRPC: not ready, and a request refused as UNAVAILABLE with the reason.
     let grpc = Command::new("python3")
         .arg("-c")

@@ -139,7 +139,8 @@ pub async fn serve(
     match grpc {
         Some((listener, grpc_addr)) => {
             let grpc = tonic::transport::Server::builder()
-                .add_service(grpc::InferenceService::new(state))
+                .add_service(grpc::InferenceService::new(state.clone()))
+                .add_service(grpc::HealthService::new(state))
                 .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stopped(stop_rx));
             let grpc =
                 async { grpc.await.map_err(|e| RtError::Io { path: grpc_addr.to_string().into(), source: std::io::Error::other(e) }) };

@@ -4,10 +4,13 @@
 //! - [`messages`]: the service's protobuf messages (prost);
 //! - [`tensors`]: inference messages to and from the protocol's requests and outputs, refusals
 //!   as gRPC status codes;
-//! - [`service`]: the methods (streamed inference too), routed by path.
+//! - [`service`]: the methods (streamed inference too), routed by path;
+//! - [`health`]: gRPC's standard health service, for Kubernetes' gRPC probes.
 
+pub mod health;
 pub mod messages;
 pub mod service;
 pub mod tensors;
 
+pub use health::HealthService;
 pub use service::InferenceService;

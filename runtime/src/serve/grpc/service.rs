@@ -25,7 +25,7 @@ use crate::serve::models;
 use crate::serve::protocol::Refusal;
 use crate::serve::state::AppState;
 
-const SERVICE: &str = "inference.GRPCInferenceService";
+pub(super) const SERVICE: &str = "inference.GRPCInferenceService";
 
 /// The service; cheap to clone (tonic clones it per connection).
 #[derive(Clone)]
@@ -66,7 +66,7 @@ where
 }
 
 /// Decodes the request message (at most `limit` bytes), runs `handler`, encodes its answer.
-async fn unary<Req, Resp, F, Fut>(req: http::Request<Body>, limit: usize, handler: F) -> http::Response<Body>
+pub(super) async fn unary<Req, Resp, F, Fut>(req: http::Request<Body>, limit: usize, handler: F) -> http::Response<Body>
 where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
