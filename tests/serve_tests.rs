@@ -182,6 +182,48 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Triton's statistics extension, read by Triton's clients over both protocols: the same
+    // figures, and what the requests above were (successes and refusals per model, images, runs
+    // by padded batch size, every counted duration timed).
+    let out = Command::new("python3")
+        .arg(manifest_dir().join("tests/serve/triton_stats.py"))
+        .args([server.addr.to_string(), server.grpc.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (by_http, by_grpc) = (&said[0]["http"], &said[1]["grpc"]);
+    let without_time = |v: &Value| {
+        let mut v = v.clone();
+        for m in v.as_object_mut().unwrap().values_mut() {
+            m.as_object_mut().unwrap().remove("last_inference");
+        }
+        v
+    };
+    assert_eq!(without_time(by_http), without_time(by_grpc), "REST and gRPC report other statistics");
+    let scored = v.get("x").unwrap().shape[0] as u64;
+    let denoised = v.get("itd_x_init").unwrap().shape[0] as u64;
+    // (model, successes, refusals, images): 2 + 2 seeded requests of 3 images (one streamed), 3 + 3
+    // + 1 streamed refusals; a score request per protocol; two denoising requests per protocol.
+    for (model, ok, refused, images) in [("tiny", 4, 7, 12), ("tiny-score", 2, 0, 2 * scored), ("tiny-denoise", 4, 0, 2 * (denoised + 3))] {
+        let m = &by_http[model];
+        let c = &m["counts"];
+        assert_eq!((c["success"].as_u64(), c["fail"].as_u64()), (Some(ok), Some(refused)), "{model}: {m}");
+        for f in ["queue", "compute_input", "compute_infer", "compute_output"] {
+            assert_eq!(c[f].as_u64(), Some(ok), "{model} {f}: {m}");
+        }
+        assert_eq!(m["inference_count"].as_u64(), Some(images), "{model}: {m}");
+        assert_eq!(m["timed"], true, "{model}: a counted duration took no time: {m}");
+        assert!(m["last_inference"].as_u64().unwrap() > 1_700_000_000_000, "{model}: {m}");
+        let runs = m["execution_count"].as_u64().unwrap();
+        let batches = m["batches"].as_object().unwrap();
+        assert_eq!(batches.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), runs, "{model}: {m}");
+        assert!((1..=ok).contains(&runs), "{model}: {m}");
+        if model != "tiny-score" {
+            // Sampling and denoising runs are padded (--pad-batches on): 3 images run as 4.
+            assert!(batches.keys().all(|b| b.parse::<u64>().unwrap().is_power_of_two()), "{model}: {m}");
+        }
+    }
     // gRPC's standard health service (Kubernetes' gRPC probes) says serving, for the server and
     // the inference service, and names what it reports on when asked about another service.
     assert_eq!(grpc_health(&server, ""), "SERVING");

@@ -6,12 +6,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::Metrics;
 use super::models::SampleJob;
+use super::stats::Statistics;
 use crate::Sampler;
 
 /// How requests are merged.
@@ -45,12 +46,22 @@ pub fn pad_run(values: &mut Vec<f32>, labels: &mut Vec<i64>, per_row: usize, row
     labels.resize(rows, labels[0]);
 }
 
-/// A request's images (B, C, H, W), or why the run failed.
-pub type Reply = Result<Vec<f32>, String>;
+/// A request's images (B, C, H, W) with how long it waited for its run and how long the run
+/// took.
+#[derive(Debug)]
+pub struct Ran {
+    pub images: Vec<f32>,
+    pub queued: Duration,
+    pub infer: Duration,
+}
+
+/// A request's run, or why the run failed.
+pub type Reply = Result<Ran, String>;
 
 struct Pending {
     job: SampleJob,
     reply: oneshot::Sender<Reply>,
+    since: Instant,
 }
 
 /// The queue in front of the sampler.
@@ -62,28 +73,36 @@ pub struct Batcher {
     model: String,
 }
 
+/// What a batcher reports to.
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Statistics>,
+}
+
 /// The queue held `max_queue` requests already.
 #[derive(Debug)]
 pub struct QueueFull;
 
 impl Batcher {
     /// Starts the batching task of `model` on the current tokio runtime.
-    pub fn start(sampler: Arc<Sampler>, opts: BatchOptions, metrics: Arc<Metrics>, model: String) -> Self {
+    pub fn start(sampler: Arc<Sampler>, opts: BatchOptions, observers: Observers, model: String) -> Self {
         let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
-        tokio::spawn(run(sampler, opts, rx, metrics.clone(), model.clone()));
+        let metrics = observers.metrics.clone();
+        tokio::spawn(run(sampler, opts, rx, observers, model.clone()));
         Self { opts, tx, metrics, model }
     }
 
     /// Queues `job`; the receiver gets its images once its run is done.
     pub fn submit(&self, job: SampleJob) -> Result<oneshot::Receiver<Reply>, QueueFull> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Pending { job, reply }).map_err(|_| QueueFull)?;
+        self.tx.try_send(Pending { job, reply, since: Instant::now() }).map_err(|_| QueueFull)?;
         self.metrics.queue(&self.model, 1);
         Ok(rx)
     }
 }
 
-async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<Pending>, metrics: Arc<Metrics>, model: String) {
+async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<Pending>, observers: Observers, model: String) {
+    let Observers { metrics, stats } = observers;
     let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
         let first = match held.pop_front() {
@@ -124,18 +143,28 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
             batch.iter().flat_map(|p| p.job.z.iter().copied()).collect(),
             batch.iter().flat_map(|p| p.job.labels.iter().copied()).collect(),
         );
-        pad_run(&mut z, &mut labels, sampler.model().noise_len(), opts.run_size(images));
+        let rows = opts.run_size(images);
+        pad_run(&mut z, &mut labels, sampler.model().noise_len(), rows);
         let s = sampler.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || s.sample_with(&z, &labels, &settings, &mut |_| {}))
             .await
             .map_err(|e| format!("the sampler's thread failed: {e}"))
             .and_then(|r| r.map_err(|e| e.to_string()));
+        let infer = started.elapsed();
+        if result.is_ok() {
+            stats.execution(&model, rows, infer);
+        }
         let per = sampler.model().image_len();
         let mut start = 0;
         for p in batch {
             let n = p.job.labels.len() * per;
             let reply = match &result {
-                Ok(samples) => Ok(samples.images.as_slice().map(|v| v[start..start + n].to_vec()).unwrap_or_default()),
+                Ok(samples) => Ok(Ran {
+                    images: samples.images.as_slice().map(|v| v[start..start + n].to_vec()).unwrap_or_default(),
+                    queued: started.duration_since(p.since),
+                    infer,
+                }),
                 Err(e) => Err(e.clone()),
             };
             start += n;

@@ -1,5 +1,6 @@
 //! The REST endpoints of the Open Inference Protocol (KServe v2) over axum: health, server and
-//! model metadata, model readiness, inference, and Prometheus `/metrics`. Every refusal is the
+//! model metadata, model readiness, inference, per-model statistics (Triton's statistics
+//! extension), and Prometheus `/metrics`. Every refusal is the
 //! protocol's `{"error": "..."}` with its status: 400 for bad requests (unknown model, wrong
 //! datatype, shape or rank, out-of-range class, NaN input, missing input), 413 for a body past
 //! the limit, 429 when the queue is full, 503 while shutting down or not ready, 504 past the
@@ -20,6 +21,7 @@ use super::infer;
 use super::models;
 use super::protocol::{self, HEADER_LENGTH, Refusal};
 use super::state::AppState;
+use super::stats::RequestTimes;
 
 fn refusal(r: Refusal) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -42,6 +44,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -56,7 +61,7 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn server_metadata() -> Response {
-    json_ok(json!({ "name": "itarflow-rt", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }))
+    json_ok(json!({ "name": "itarflow-rt", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data", "statistics"] }))
 }
 
 async fn model_metadata(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
@@ -93,18 +98,19 @@ async fn infer_version(state: State<Arc<AppState>>, Path((model, _)): Path<(Stri
 async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let result = infer_inner(&s, &model, &headers, body).await;
-    let response = match result {
-        Ok(r) => r,
+    let (response, times) = match result {
+        Ok((r, times)) => (r, Some(times)),
         Err(r) => {
             tracing::info!(model = %model, status = r.status, error = %r.message, "request refused");
-            refusal(r)
+            (refusal(r), None)
         }
     };
     s.metrics.request(s.metrics_label(&model), response.status().as_u16(), start.elapsed().as_secs_f64());
+    s.stats.request(&model, start.elapsed(), times);
     response
 }
 
-async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: Body) -> Result<Response, Refusal> {
+async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: Body) -> Result<(Response, RequestTimes), Refusal> {
     let kind = infer::admit(s, model)?;
     if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
         return Err(Refusal::bad("compressed request bodies are not supported; send them uncompressed"));
@@ -123,8 +129,10 @@ async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: 
         None => None,
     };
     let req = protocol::decode(&bytes, header_length)?;
-    let outputs = infer::run(s, kind, &req).await?;
+    let (outputs, mut times) = infer::run(s, kind, &req).await?;
+    let encoding = Instant::now();
     let encoded = protocol::encode(model, &req, &outputs)?;
+    times.output += encoding.elapsed();
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     match encoded.header_length {
@@ -136,5 +144,21 @@ async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: 
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    Ok(response)
+    Ok((response, times))
+}
+
+/// Triton's statistics extension: `{"model_stats": [...]}` of every model, or of one.
+async fn all_stats(State(s): State<Arc<AppState>>) -> Response {
+    json_ok(json!({ "model_stats": s.stats.snapshot(None).unwrap_or_default() }))
+}
+
+async fn model_stats(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match s.stats.snapshot(Some(&model)) {
+        Some(stats) => json_ok(json!({ "model_stats": stats })),
+        None => refusal(s.unknown(&model)),
+    }
+}
+
+async fn model_stats_version(state: State<Arc<AppState>>, Path((model, _)): Path<(String, String)>) -> Response {
+    model_stats(state, Path(model)).await
 }

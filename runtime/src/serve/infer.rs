@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use ndarray::ArrayView4;
 
@@ -11,6 +12,7 @@ use super::batcher::pad_run;
 use super::models::{self, Kind};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
+use super::stats::RequestTimes;
 
 /// The model a request for `model` goes to, if the server takes requests now (checked before
 /// the request's body is read).
@@ -24,54 +26,72 @@ pub fn admit(s: &AppState, model: &str) -> Result<Kind, Refusal> {
     s.kind(model).ok_or_else(|| s.unknown(model))
 }
 
-/// The outputs of `req` to the model `kind` (from [`admit`]), or why not (with the HTTP status
-/// the REST endpoint answers).
-pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<Vec<Output>, Refusal> {
+/// The outputs of `req` to the model `kind` (from [`admit`]) with where its time went, or why
+/// not (with the HTTP status the REST endpoint answers). Score and denoising runs are recorded as
+/// the model's executions here; sampling runs by the batcher.
+pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<(Vec<Output>, RequestTimes), Refusal> {
     let c = &s.sampler.model().manifest.model;
     let image_shape = |b: usize| vec![b, c.in_channels, c.img_size, c.img_size];
     let late = || Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) };
+    let begun = Instant::now();
     Ok(match kind {
         Kind::Sample => {
             let seed = s.next_seed.fetch_add(1, Ordering::Relaxed);
             let job = models::sample_job(s.sampler.model(), s.sampler.settings(), req, s.limits, seed)?;
             let b = job.labels.len();
+            let input = begun.elapsed();
             let rx = s.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
-            let images = tokio::time::timeout(s.timeout, rx)
+            let ran = tokio::time::timeout(s.timeout, rx)
                 .await
                 .map_err(|_| late())?
                 .map_err(|_| Refusal { status: 500, message: "the batch was dropped".into() })?
                 .map_err(|e| Refusal { status: 500, message: e })?;
-            vec![Output { name: "images".into(), shape: image_shape(b), data: images }]
+            let gathered = Instant::now();
+            let out = vec![Output { name: "images".into(), shape: image_shape(b), data: ran.images }];
+            let times = RequestTimes { queue: ran.queued, input, infer: ran.infer, output: gathered.elapsed(), images: b };
+            (out, times)
         }
         Kind::Score | Kind::Denoise => {
             let mut job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
             let dims = image_shape(job.labels.len());
             let sampler = s.sampler.clone();
-            let rows = s.batcher.opts.run_size(dims[0]);
-            let run = tokio::task::spawn_blocking(move || -> Result<Vec<Output>, String> {
+            let (images, rows) = (dims[0], s.batcher.opts.run_size(dims[0]));
+            let input = begun.elapsed();
+            let queued_at = Instant::now();
+            let run = tokio::task::spawn_blocking(move || -> Result<(Vec<Output>, [Duration; 3]), String> {
+                let started = Instant::now();
+                let queue = started.duration_since(queued_at);
                 if job.t.is_empty() {
                     // Denoising runs as a loop on a device-resident sampler: padded as sampling
                     // runs are.
                     pad_run(&mut job.x, &mut job.labels, dims[1] * dims[2] * dims[3], rows);
                     let x = ArrayView4::from_shape((rows, dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                     let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
+                    let infer = started.elapsed();
                     let data = images.iter().take(dims.iter().product()).copied().collect();
-                    Ok(vec![Output { name: "images".into(), shape: dims, data }])
+                    let out = vec![Output { name: "images".into(), shape: dims, data }];
+                    Ok((out, [queue, infer, started.elapsed() - infer]))
                 } else {
                     let x = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
                     let (score, logp) = sampler.score(x, &job.t, &job.labels).map_err(|e| e.to_string())?;
+                    let infer = started.elapsed();
                     let b = dims[0];
-                    Ok(vec![
+                    let out = vec![
                         Output { name: "score".into(), shape: dims, data: score.iter().copied().collect() },
                         Output { name: "logp".into(), shape: vec![b], data: logp.to_vec() },
-                    ])
+                    ];
+                    Ok((out, [queue, infer, started.elapsed() - infer]))
                 }
             });
-            tokio::time::timeout(s.timeout, run)
+            let (out, [queue, infer, output]) = tokio::time::timeout(s.timeout, run)
                 .await
                 .map_err(|_| late())?
                 .map_err(|e| Refusal { status: 500, message: e.to_string() })?
-                .map_err(|e| Refusal { status: 500, message: e })?
+                .map_err(|e| Refusal { status: 500, message: e })?;
+            // Denoising runs padded as sampling runs are; scores run as they come.
+            let batch = if kind == Kind::Denoise { rows } else { images };
+            s.stats.execution(&kind.model_name(&s.name), batch, infer);
+            (out, RequestTimes { queue, input, infer, output, images })
         }
     })
 }

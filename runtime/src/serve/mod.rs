@@ -10,6 +10,7 @@
 //! - [`infer`]: a request run, whichever protocol brought it;
 //! - [`batcher`]: concurrent sampling requests merged into sampler runs;
 //! - [`metrics`]: Prometheus counters and histograms;
+//! - [`stats`]: per-model statistics (Triton's statistics extension);
 //! - [`http`]: the REST endpoints;
 //! - [`grpc`]: the gRPC service.
 
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod models;
 pub mod protocol;
 pub mod state;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,10 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::{RtError, Sampler};
-use batcher::{BatchOptions, Batcher};
+use batcher::{BatchOptions, Batcher, Observers};
 use metrics::Metrics;
-use models::RequestLimits;
+use models::{Kind, RequestLimits};
 use state::AppState;
+use stats::Statistics;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -75,13 +78,17 @@ pub async fn serve(
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), RtError> {
     let metrics = Arc::new(Metrics::default());
-    let batcher = Batcher::start(sampler.clone(), opts.batch, metrics.clone(), opts.name.clone());
+    let names: Vec<String> = Kind::ALL.iter().map(|k| k.model_name(&opts.name)).collect();
+    let stats = Arc::new(Statistics::new(&names));
+    let observers = Observers { metrics: metrics.clone(), stats: stats.clone() };
+    let batcher = Batcher::start(sampler.clone(), opts.batch, observers, opts.name.clone());
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let state = Arc::new(AppState {
         name: opts.name.clone(),
         sampler: sampler.clone(),
         batcher,
         metrics,
+        stats,
         limits: opts.limits,
         max_body_bytes: opts.max_body_bytes,
         timeout: opts.timeout,

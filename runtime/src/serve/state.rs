@@ -1,5 +1,5 @@
 //! What a server's endpoints share, whichever protocol they speak: the sampler, the batcher,
-//! the metrics, the limits, and whether the server is ready or shutting down.
+//! the metrics and statistics, the limits, and whether the server is ready or shutting down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use super::batcher::Batcher;
 use super::metrics::Metrics;
 use super::models::{Kind, RequestLimits};
 use super::protocol::Refusal;
+use super::stats::Statistics;
 use crate::Sampler;
 
 pub struct AppState {
@@ -16,6 +17,7 @@ pub struct AppState {
     pub sampler: Arc<Sampler>,
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
+    pub stats: Arc<Statistics>,
     pub limits: RequestLimits,
     pub max_body_bytes: usize,
     pub timeout: Duration,

@@ -5,11 +5,13 @@
 //! - [`tensors`]: inference messages to and from the protocol's requests and outputs, refusals
 //!   as gRPC status codes;
 //! - [`service`]: the methods (streamed inference too), routed by path;
+//! - [`statistics`]: per-model statistics as Triton's `ModelStatistics` messages;
 //! - [`health`]: gRPC's standard health service, for Kubernetes' gRPC probes.
 
 pub mod health;
 pub mod messages;
 pub mod service;
+pub mod statistics;
 pub mod tensors;
 
 pub use health::HealthService;

@@ -1,8 +1,9 @@
 //! `inference.GRPCInferenceService` over tonic: health, server and model metadata, model
 //! readiness, inference, and streamed inference (`ModelStreamInfer`: requests on one stream run as
 //! they arrive, so that they batch together, and each answer, in the order they finish, carries
-//! its request's id), on the same state as the REST endpoints. Methods of Triton's other
-//! extensions (statistics, repository, shared memory) answer UNIMPLEMENTED.
+//! its request's id), and Triton's statistics extension (`ModelStatistics`), on the same state as
+//! the REST endpoints. Methods of Triton's other extensions (repository, shared memory) answer
+//! UNIMPLEMENTED.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::messages::*;
-use super::tensors;
+use super::{statistics, tensors};
 use crate::serve::infer;
 use crate::serve::models;
 use crate::serve::protocol::Refusal;
@@ -169,11 +170,22 @@ impl tower_service::Service<http::Request<Body>> for InferenceService {
                 }
                 Some("ServerMetadata") => {
                     unary(req, limit, |_: Empty| async {
-                        Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions: vec![] })
+                        let extensions = vec!["statistics".into()];
+                        Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions })
                     })
                     .await
                 }
                 Some("ModelMetadata") => unary(req, limit, |m: ModelRef| std::future::ready(model_metadata(&s, &m.name))).await,
+                Some("ModelStatistics") => {
+                    unary(req, limit, |m: ModelStatisticsRequest| {
+                        let r = match s.stats.snapshot((!m.name.is_empty()).then_some(m.name.as_str())) {
+                            Some(stats) => Ok(statistics::response(stats)),
+                            None => Err(not_found(&s, &m.name)),
+                        };
+                        async move { r }
+                    })
+                    .await
+                }
                 Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
                 Some("ModelStreamInfer") => {
                     let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
@@ -183,7 +195,7 @@ impl tower_service::Service<http::Request<Body>> for InferenceService {
                     too_large(response, limit)
                 }
                 _ => Status::unimplemented(format!(
-                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and ModelStreamInfer"
+                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelStatistics, ModelInfer and ModelStreamInfer"
                 ))
                 .into_http(),
             })
@@ -215,18 +227,22 @@ async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInfe
         }
         let kind = infer::admit(&s, &model)?;
         let req = tensors::decode(m)?;
-        let outputs = infer::run(&s, kind, &req).await?;
-        tensors::encode(&model, &req, &outputs)
+        let (outputs, mut times) = infer::run(&s, kind, &req).await?;
+        let encoding = Instant::now();
+        let response = tensors::encode(&model, &req, &outputs)?;
+        times.output += encoding.elapsed();
+        Ok((response, times))
     }
     .await;
     // The metrics count a refusal under the HTTP status REST gives it (404: an unknown model).
-    let code = match &result {
-        Ok(_) => 200,
+    let (code, times) = match &result {
+        Ok((_, times)) => (200, Some(*times)),
         Err(r) => {
             tracing::info!(model = %model, status = r.status, error = %r.message, "gRPC request refused");
-            r.status
+            (r.status, None)
         }
     };
     s.metrics.request(s.metrics_label(&model), code, start.elapsed().as_secs_f64());
-    result.map_err(tensors::status)
+    s.stats.request(&model, start.elapsed(), times);
+    result.map(|(response, _)| response).map_err(tensors::status)
 }
