@@ -4,17 +4,13 @@
 //! NOT_SERVING during a shutdown's grace period, and NOT_FOUND for a service not served here.
 //! `Watch` (a stream of status changes) answers UNIMPLEMENTED: probes poll `Check`.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::http;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::server::NamedService;
 
+use super::routed::{Routed, Routes};
 use super::service::{SERVICE, unary};
 use crate::serve::state::AppState;
 
@@ -41,21 +37,11 @@ pub struct HealthCheckResponse {
     pub status: i32,
 }
 
-/// The health service; cheap to clone.
-#[derive(Clone)]
-pub struct HealthService {
-    state: Arc<AppState>,
-}
+/// The health service's methods.
+pub struct Health;
 
-impl HealthService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
-
-impl NamedService for HealthService {
-    const NAME: &'static str = HEALTH;
-}
+/// The health service on a server's state.
+pub type HealthService = Routed<Health>;
 
 /// The status of `service` ("" is the whole server), or NOT_FOUND.
 fn check(s: &AppState, service: &str) -> Result<HealthCheckResponse, Status> {
@@ -66,25 +52,16 @@ fn check(s: &AppState, service: &str) -> Result<HealthCheckResponse, Status> {
     Ok(HealthCheckResponse { status: status as i32 })
 }
 
-impl tower_service::Service<http::Request<Body>> for HealthService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+impl Routes for Health {
+    const NAME: &'static str = HEALTH;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let s = self.state.clone();
-        Box::pin(async move {
-            let path = req.uri().path().to_string();
-            Ok(match path.strip_prefix(&format!("/{HEALTH}/")) {
-                Some("Check") => unary(req, s.max_body_bytes, |r: HealthCheckRequest| std::future::ready(check(&s, &r.service))).await,
-                Some("Watch") => Status::unimplemented(format!("{HEALTH}/Watch is not served here: poll {HEALTH}/Check")).into_http(),
-                _ => Status::unimplemented(format!("{path} is not served here: itarflow-rt answers {HEALTH}/Check")).into_http(),
-            })
-        })
+    async fn route(s: Arc<AppState>, req: http::Request<Body>) -> http::Response<Body> {
+        let path = req.uri().path().to_string();
+        match path.strip_prefix(&format!("/{HEALTH}/")) {
+            Some("Check") => unary(req, s.max_body_bytes, |r: HealthCheckRequest| std::future::ready(check(&s, &r.service))).await,
+            Some("Watch") => Status::unimplemented(format!("{HEALTH}/Watch is not served here: poll {HEALTH}/Check")).into_http(),
+            _ => Status::unimplemented(format!("{path} is not served here: itarflow-rt answers {HEALTH}/Check")).into_http(),
+        }
     }
 }
 

@@ -6,10 +6,12 @@
 //!   as gRPC status codes;
 //! - [`service`]: the methods (streamed inference too), routed by path;
 //! - [`statistics`]: per-model statistics as Triton's `ModelStatistics` messages;
+//! - [`routed`]: a service (a routing function by path) as tonic mounts it;
 //! - [`health`]: gRPC's standard health service, for Kubernetes' gRPC probes.
 
 pub mod health;
 pub mod messages;
+pub mod routed;
 pub mod service;
 pub mod statistics;
 pub mod tensors;

@@ -5,21 +5,20 @@
 //! the REST endpoints. Methods of Triton's other extensions (repository, shared memory) answer
 //! UNIMPLEMENTED.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
-use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::server::{Grpc, StreamingService, UnaryService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::messages::*;
+use super::routed::{Routed, Routes};
 use super::{statistics, tensors};
 use crate::serve::infer;
 use crate::serve::models;
@@ -28,21 +27,11 @@ use crate::serve::state::AppState;
 
 pub(super) const SERVICE: &str = "inference.GRPCInferenceService";
 
-/// The service; cheap to clone (tonic clones it per connection).
-#[derive(Clone)]
-pub struct InferenceService {
-    state: Arc<AppState>,
-}
+/// The inference service's methods.
+pub struct Inference;
 
-impl InferenceService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
-
-impl NamedService for InferenceService {
-    const NAME: &'static str = SERVICE;
-}
+/// The inference service on a server's state.
+pub type InferenceService = Routed<Inference>;
 
 /// A handler as tonic's unary service: called once per request.
 struct Unary<F>(Option<F>);
@@ -137,69 +126,60 @@ fn not_found(s: &AppState, model: &str) -> Status {
     tensors::status(unknown(s, model))
 }
 
-impl tower_service::Service<http::Request<Body>> for InferenceService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+impl Routes for Inference {
+    const NAME: &'static str = SERVICE;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let s = self.state.clone();
-        Box::pin(async move {
-            let limit = s.max_body_bytes;
-            let path = req.uri().path().to_string();
-            let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(SERVICE)).and_then(|p| p.strip_prefix('/'));
-            Ok(match method {
-                Some("ServerLive") => unary(req, limit, |_: Empty| async { Ok(ServerLiveResponse { live: true }) }).await,
-                Some("ServerReady") => {
-                    let ready = s.is_ready();
-                    unary(req, limit, move |_: Empty| async move { Ok(ServerReadyResponse { ready }) }).await
-                }
-                Some("ModelReady") => {
-                    unary(req, limit, |m: ModelRef| {
-                        let r = match s.kind(&m.name) {
-                            Some(_) => Ok(ModelReadyResponse { ready: s.is_ready() }),
-                            None => Err(not_found(&s, &m.name)),
-                        };
-                        async move { r }
-                    })
-                    .await
-                }
-                Some("ServerMetadata") => {
-                    unary(req, limit, |_: Empty| async {
-                        let extensions = vec!["statistics".into()];
-                        Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions })
-                    })
-                    .await
-                }
-                Some("ModelMetadata") => unary(req, limit, |m: ModelRef| std::future::ready(model_metadata(&s, &m.name))).await,
-                Some("ModelStatistics") => {
-                    unary(req, limit, |m: ModelStatisticsRequest| {
-                        let r = match s.stats.snapshot((!m.name.is_empty()).then_some(m.name.as_str())) {
-                            Some(stats) => Ok(statistics::response(stats)),
-                            None => Err(not_found(&s, &m.name)),
-                        };
-                        async move { r }
-                    })
-                    .await
-                }
-                Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
-                Some("ModelStreamInfer") => {
-                    let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
-                        .max_decoding_message_size(limit)
-                        .streaming(StreamInfer(s.clone()), req)
-                        .await;
-                    too_large(response, limit)
-                }
-                _ => Status::unimplemented(format!(
-                    "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelStatistics, ModelInfer and ModelStreamInfer"
-                ))
-                .into_http(),
-            })
-        })
+    async fn route(s: Arc<AppState>, req: http::Request<Body>) -> http::Response<Body> {
+        let limit = s.max_body_bytes;
+        let path = req.uri().path().to_string();
+        let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(SERVICE)).and_then(|p| p.strip_prefix('/'));
+        match method {
+            Some("ServerLive") => unary(req, limit, |_: Empty| async { Ok(ServerLiveResponse { live: true }) }).await,
+            Some("ServerReady") => {
+                let ready = s.is_ready();
+                unary(req, limit, move |_: Empty| async move { Ok(ServerReadyResponse { ready }) }).await
+            }
+            Some("ModelReady") => {
+                unary(req, limit, |m: ModelRef| {
+                    let r = match s.kind(&m.name) {
+                        Some(_) => Ok(ModelReadyResponse { ready: s.is_ready() }),
+                        None => Err(not_found(&s, &m.name)),
+                    };
+                    async move { r }
+                })
+                .await
+            }
+            Some("ServerMetadata") => {
+                unary(req, limit, |_: Empty| async {
+                    let extensions = vec!["statistics".into()];
+                    Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions })
+                })
+                .await
+            }
+            Some("ModelMetadata") => unary(req, limit, |m: ModelRef| std::future::ready(model_metadata(&s, &m.name))).await,
+            Some("ModelStatistics") => {
+                unary(req, limit, |m: ModelStatisticsRequest| {
+                    let r = match s.stats.snapshot((!m.name.is_empty()).then_some(m.name.as_str())) {
+                        Some(stats) => Ok(statistics::response(stats)),
+                        None => Err(not_found(&s, &m.name)),
+                    };
+                    async move { r }
+                })
+                .await
+            }
+            Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
+            Some("ModelStreamInfer") => {
+                let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
+                    .max_decoding_message_size(limit)
+                    .streaming(StreamInfer(s.clone()), req)
+                    .await;
+                too_large(response, limit)
+            }
+            _ => Status::unimplemented(format!(
+                "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelStatistics, ModelInfer and ModelStreamInfer"
+            ))
+            .into_http(),
+        }
     }
 }
 
