@@ -27,7 +27,7 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Measure step and score latency, images/s and peak memory per provider.
     Bench(cli::bench::BenchArgs),
-    /// Serve the package over the Open Inference Protocol (KServe v2 REST), with dynamic batching.
+    /// Serve the package over the Open Inference Protocol (KServe v2: REST, and gRPC with --grpc-port), with dynamic batching.
     Serve(cli::serve::ServeArgs),
     /// Sample N images and measure them: FLD against the test set (with its floor), class accuracy.
     EvalQuality(cli::quality::EvalQualityArgs),
