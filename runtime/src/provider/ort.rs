@@ -206,8 +206,9 @@ struct LoopBuffers {
     /// Its runs are captured as CUDA graphs (under graph ids of their own), or on a session
     /// that records whole loops, recorded.
     captured: bool,
-    /// The loop recorded as one graph, with its number of steps (whole-loop sessions).
-    recorded: Option<(usize, LoopGraph)>,
+    /// The loop recorded as one graph per number of steps, oldest first (whole-loop sessions;
+    /// at most [`MAX_RECORDED_STEPS`]: a server's denoising requests choose their steps).
+    recorded: Vec<(usize, LoopGraph)>,
 }
 
 /// A session, whether it captures CUDA graphs, and the loops it has run (their buffers are kept
@@ -234,6 +235,9 @@ struct SessionState {
 const MAX_CAPTURED_LOOPS: usize = 8;
 /// Loop shapes without capture whose buffers a session keeps (the oldest dropped first).
 const MAX_UNCAPTURED_LOOPS: usize = 4;
+/// Step counts a whole-loop session keeps a recorded graph of, per loop shape (the oldest
+/// dropped first).
+const MAX_RECORDED_STEPS: usize = 4;
 
 /// A graph in an ONNX Runtime session. On a GPU, inputs and outputs are bound through
 /// IoBinding and outputs stay in device memory, feeding later runs without a copy; only
@@ -555,7 +559,17 @@ impl OrtGraph {
         };
         let options = [run_options(ids.map(|i| i.0), true)?, run_options(ids.map(|i| i.1), true)?];
         let zeros = (0..key.len() - fixed).map(|_| None).collect();
-        st.loops.push(LoopBuffers { key, fixed: fixed_bufs, a, b, zeros, bindings: [ab, ba], options, captured: capture, recorded: None });
+        st.loops.push(LoopBuffers {
+            key,
+            fixed: fixed_bufs,
+            a,
+            b,
+            zeros,
+            bindings: [ab, ba],
+            options,
+            captured: capture,
+            recorded: Vec::new(),
+        });
         Ok(st.loops.len() - 1)
     }
 
@@ -607,8 +621,8 @@ impl OrtGraph {
                 LoopInit::Host(t) => copy_to(&host_value(t)?, buf)?,
             }
         }
-        let replay = match (&lp.recorded, whole.as_ref()) {
-            (Some((n, graph)), Some(stream)) if *n == steps => Some((graph, stream)),
+        let replay = match (lp.recorded.iter().find(|(n, _)| *n == steps), whole.as_ref()) {
+            (Some((_, graph)), Some(stream)) => Some((graph, stream)),
             _ => None,
         };
         let replayed = replay.is_some();
@@ -644,7 +658,12 @@ impl OrtGraph {
                 Ok(())
             };
             match stream.record(&mut runs) {
-                Ok(graph) => lp.recorded = Some((steps, graph)),
+                Ok(graph) => {
+                    if lp.recorded.len() >= MAX_RECORDED_STEPS {
+                        lp.recorded.remove(0);
+                    }
+                    lp.recorded.push((steps, graph));
+                }
                 Err(why) => refused = Some(why),
             }
         }
