@@ -15,8 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=0.11.3
+# Cargo unpacks a crate's source when it first builds it.
 registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cubecl-spirv-$version 2>/dev/null | head -1)
-[[ -n $registry ]] || { cargo fetch -q && registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cubecl-spirv-$version | head -1); }
+if [[ -z $registry ]]; then
+    cargo check -q --features vulkan >&2
+    registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cubecl-spirv-$version 2>/dev/null | head -1)
+fi
+[[ -n $registry ]] || { echo "cubecl_fix.sh: cubecl-spirv $version is not in cargo's registry (is Cargo.lock's cubecl another version?)" >&2; exit 1; }
 out=${ITARFLOW_PATCHED:-$HOME/.cache/itarflow-patched}/cubecl-spirv-$version
 stamp="fix 1: lower_shared_implicit declares the array, addresses the pointer"
 if [[ ! -f $out/.itarflow-fix || $(cat "$out/.itarflow-fix") != "$stamp" ]]; then
