@@ -448,17 +448,16 @@ impl SessionState {
     }
 }
 
-/// A session's state with ONNX Runtime's per-run CUDA graphs if `capture` (without, and saying
-/// why, where ONNX Runtime refuses them at load), or without any because `why`.
-fn capture_or_not(path: &Path, load: &OrtLoad, capture: bool, why: String, release_memory: bool) -> Result<SessionState, RtError> {
+/// A session's state with ONNX Runtime's per-run CUDA graphs if `capture` is Ok (without, and
+/// saying why, where ONNX Runtime refuses them at load), or without any for the reason it holds.
+fn capture_or_not(path: &Path, load: &OrtLoad, capture: Result<(), String>, release_memory: bool) -> Result<SessionState, RtError> {
     let p = load.device.name();
-    let (session, cuda_graph) = if capture {
-        match session(path, load, true, None) {
+    let (session, cuda_graph) = match capture {
+        Ok(()) => match session(path, load, true, None) {
             Ok(s) => (s, Ok(())),
             Err(e) => (session(path, load, false, None)?, Err(format!("refused at load: {e}"))),
-        }
-    } else {
-        (session(path, load, false, None)?, Err(why))
+        },
+        Err(why) => (session(path, load, false, None)?, Err(why)),
     };
     SessionState::new(session, cuda_graph, release_memory).map_err(|e| fail(p, e))
 }
@@ -497,8 +496,8 @@ impl OrtGraph {
                 Err(e) => whole_refused = Some(e),
             }
         }
-        let capture = gpu && load.cuda_graphs != CudaGraphs::Off;
-        let mut state = capture_or_not(path, load, capture, "not asked".into(), !gpu && load.release_memory)?;
+        let capture = if gpu && load.cuda_graphs != CudaGraphs::Off { Ok(()) } else { Err("not asked".into()) };
+        let mut state = capture_or_not(path, load, capture, !gpu && load.release_memory)?;
         state.whole_refused = whole_refused;
         Ok(Self::from_state(state, path, load))
     }
@@ -626,16 +625,22 @@ impl OrtGraph {
             _ => None,
         };
         let replayed = replay.is_some();
+        let (bindings, options) = (&lp.bindings, &lp.options);
+        // The loop's runs, alternating between the bindings, without waiting for the device.
+        let mut runs = || -> Result<(), ort::Error> {
+            for step in 0..steps {
+                session.run_binding_with_options(&bindings[step % 2], &options[step % 2])?;
+            }
+            Ok(())
+        };
         match replay {
             Some((graph, stream)) => graph.launch().and_then(|()| stream.synchronize()).map_err(ort::Error::new)?,
             None => {
-                for step in 0..steps {
-                    session.run_binding_with_options(&lp.bindings[step % 2], &lp.options[step % 2])?;
-                }
+                runs()?;
                 match whole.as_ref() {
                     Some(stream) => stream.synchronize().map_err(ort::Error::new)?,
                     // The final state is in B after an odd number of runs.
-                    None => lp.bindings[(steps + 1) % 2].synchronize_outputs()?,
+                    None => bindings[(steps + 1) % 2].synchronize_outputs()?,
                 }
             }
         }
@@ -650,14 +655,7 @@ impl OrtGraph {
             && lp.captured
             && !replayed
         {
-            let (bindings, options) = (&lp.bindings, &lp.options);
-            let mut runs = || -> Result<(), String> {
-                for step in 0..steps {
-                    session.run_binding_with_options(&bindings[step % 2], &options[step % 2]).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            };
-            match stream.record(&mut runs) {
+            match stream.record(&mut || runs().map_err(|e| e.to_string())) {
                 Ok(graph) => {
                     if lp.recorded.len() >= MAX_RECORDED_STEPS {
                         lp.recorded.remove(0);
@@ -670,10 +668,10 @@ impl OrtGraph {
         Ok((out, refused))
     }
 
-    /// The session made again with ONNX Runtime's per-run CUDA graphs (`capture`) or without any
-    /// (`why`), the reason whole loops are not recorded kept.
-    fn reload(&self, capture: bool, why: String, whole_refused: Option<String>) -> Result<SessionState, RtError> {
-        let mut st = capture_or_not(&self.path, &self.load, capture, why, false)?;
+    /// The session made again with ONNX Runtime's per-run CUDA graphs (`capture` Ok) or without
+    /// any (the reason it holds), the reason whole loops are not recorded kept.
+    fn reload(&self, capture: Result<(), String>, whole_refused: Option<String>) -> Result<SessionState, RtError> {
+        let mut st = capture_or_not(&self.path, &self.load, capture, false)?;
         st.whole_refused = whole_refused;
         Ok(st)
     }
@@ -752,18 +750,18 @@ impl Engine for OrtGraph {
             Ok((out, Some(why))) => {
                 // Recording the loop failed (its values came from the runs before): the session
                 // again, ONNX Runtime capturing each run instead.
-                *st = self.reload(true, String::new(), Some(format!("refused at recording: {why}")))?;
+                *st = self.reload(Ok(()), Some(format!("refused at recording: {why}")))?;
                 Ok(out)
             }
             Err(e) if st.whole.is_some() => {
                 let why = Some(format!("refused at a run or replay: {e}"));
-                *st = self.reload(true, String::new(), why)?;
+                *st = self.reload(Ok(()), why)?;
                 self.device_loop(&mut st, fixed, &state, steps, keep).map(|(out, _)| out).map_err(|e| fail(self.provider, e))
             }
             Err(e) if st.cuda_graph.is_ok() => {
                 // The capture failed at run time: the session again without CUDA graphs.
                 let whole_refused = st.whole_refused.take();
-                *st = self.reload(false, format!("refused at capture: {e}"), whole_refused)?;
+                *st = self.reload(Err(format!("refused at capture: {e}")), whole_refused)?;
                 self.device_loop(&mut st, fixed, &state, steps, keep).map(|(out, _)| out).map_err(|e| fail(self.provider, e))
             }
             Err(e) => Err(fail(self.provider, e)),
@@ -776,16 +774,17 @@ impl Engine for OrtGraph {
         }
         let st = self.state.lock().ok()?;
         let all_captured = st.loops.iter().filter(|l| l.captured).count() >= MAX_CAPTURED_LOOPS;
-        let mode = match (&st.whole, &st.cuda_graph) {
-            (Some(_), _) if all_captured => {
-                format!("device buffers, each loop one CUDA graph for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
+        let graphs = match (&st.whole, &st.cuda_graph) {
+            (Some(_), _) => Ok("each loop one CUDA graph"),
+            (None, Ok(())) => Ok("CUDA graphs"),
+            (None, Err(why)) => Err(why),
+        };
+        let mode = match graphs {
+            Ok(what) if all_captured => {
+                format!("device buffers, {what} for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
             }
-            (Some(_), _) => "device buffers, each loop one CUDA graph".to_string(),
-            (None, Ok(())) if all_captured => {
-                format!("device buffers, CUDA graphs for the first {MAX_CAPTURED_LOOPS} loop shapes, later shapes without")
-            }
-            (None, Ok(())) => "device buffers, CUDA graphs".to_string(),
-            (None, Err(why)) => format!("device buffers, no CUDA graphs ({why})"),
+            Ok(what) => format!("device buffers, {what}"),
+            Err(why) => format!("device buffers, no CUDA graphs ({why})"),
         };
         Some(match &st.whole_refused {
             Some(why) => format!("{mode}; whole loops not recorded: {why}"),
