@@ -105,8 +105,7 @@ async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, header
             (refusal(r), None)
         }
     };
-    s.metrics.request(s.metrics_label(&model), response.status().as_u16(), start.elapsed().as_secs_f64());
-    s.stats.request(&model, start.elapsed(), times);
+    s.answered(&model, response.status().as_u16(), start, times);
     response
 }
 

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::batcher::Batcher;
 use super::metrics::Metrics;
 use super::models::{Kind, RequestLimits};
 use super::protocol::Refusal;
-use super::stats::Statistics;
+use super::stats::{RequestTimes, Statistics};
 use crate::Sampler;
 
 pub struct AppState {
@@ -46,9 +46,18 @@ impl AppState {
         self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// An inference request to `model` answered with HTTP status `code` (REST's, or the one REST
+    /// would give a gRPC refusal) after starting at `start`, its times where it succeeded: into
+    /// the metrics and the statistics, with one duration.
+    pub fn answered(&self, model: &str, code: u16, start: Instant, times: Option<RequestTimes>) {
+        let took = start.elapsed();
+        self.metrics.request(self.metrics_label(model), code, took.as_secs_f64());
+        self.stats.request(model, took, times);
+    }
+
     /// The label of `model` in the metrics: only this server's models (names from arbitrary
     /// requests would grow the label set).
-    pub fn metrics_label<'a>(&self, model: &'a str) -> &'a str {
+    fn metrics_label<'a>(&self, model: &'a str) -> &'a str {
         if self.kind(model).is_some() { model } else { "unknown" }
     }
 }

@@ -222,7 +222,6 @@ async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInfe
             (r.status, None)
         }
     };
-    s.metrics.request(s.metrics_label(&model), code, start.elapsed().as_secs_f64());
-    s.stats.request(&model, start.elapsed(), times);
+    s.answered(&model, code, start, times);
     result.map(|(response, _)| response).map_err(tensors::status)
 }
