@@ -2,8 +2,9 @@
 //! Triton's Python clients over REST and gRPC (health, metadata, every model with JSON, binary
 //! and raw tensors, a seeded request equal to `itarflow-rt sample`, refusals with their codes),
 //! every bad request with its status and message,
-//! dynamic batching that never changes a result, the queue limit, Prometheus metrics, and a
-//! graceful shutdown.
+//! dynamic batching that never changes a result, the queue limit, Prometheus metrics, Triton's
+//! model configuration and repository index, gRPC health checks and watches, and a graceful
+//! shutdown.
 
 mod common;
 
@@ -320,7 +321,7 @@ fn batching_merges_requests_without_changing_their_images() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("pkg");
     package(&pkg);
-    let server = start(&pkg, &["--max-queue-delay-ms", "400", "--max-batch", "64"]);
+    let server = start(&pkg, &["--max-queue-delay-ms", "400", "--max-batch", "64", "--max-images", "12"]);
     let a = server.addr;
     let requests: Vec<Value> = (0..4).map(|k| sample_request(&[k, (k + 1) % 10], Some(100 + k))).collect();
     // Each alone first (a delay of 400 ms, but nothing to merge with), then all at once.
@@ -348,6 +349,72 @@ fn batching_merges_requests_without_changing_their_images() {
     assert!(runs < 8, "{runs} sampler runs for 8 requests: the concurrent ones were not merged\n{metrics}");
     assert!(metrics.contains("itarflow_requests_total{model=\"tiny\",code=\"200\"} 8"), "{metrics}");
     assert!(metrics.contains("itarflow_images_generated_total{model=\"tiny\"} 16"), "{metrics}");
+    model_configuration_and_repository(&server, &pkg);
+}
+
+/// Triton's model configuration and repository extensions, read by Triton's clients over both
+/// protocols (tests/serve/triton_config.py): the same answers, the batching and limits the server
+/// was started with, the package's sampler settings and shapes, and loading refused with why.
+fn model_configuration_and_repository(server: &Server, pkg: &Path) {
+    let models = ["tiny", "tiny-score", "tiny-denoise"];
+    let out = Command::new("python3")
+        .arg(manifest_dir().join("tests/serve/triton_config.py"))
+        .args([server.addr.to_string(), server.grpc.to_string()])
+        .args(models)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (by_http, by_grpc) = (&said[0]["http"], &said[1]["grpc"]);
+    for part in ["configs", "index"] {
+        assert_eq!(by_http[part], by_grpc[part], "REST and gRPC give other {part}");
+    }
+    for (protocol, said, status) in [("REST", by_http, "400"), ("gRPC", by_grpc, "StatusCode.FAILED_PRECONDITION")] {
+        assert!(said["extensions"].as_array().unwrap().contains(&json!("model_configuration")), "{protocol}: {said}");
+        let load = &said["load"];
+        assert_eq!(load["status"], status, "{protocol}: {load}");
+        assert!(load["message"].as_str().unwrap().contains("one package"), "{protocol}: {load}");
+    }
+    let manifest: Value = serde_json::from_slice(&std::fs::read(pkg.join("manifest.json")).unwrap()).unwrap();
+    let configs = &by_http["configs"];
+    for model in models {
+        let c = &configs[model];
+        // Shapes are given whole (no batching dimension), as the protocol's metadata gives them.
+        assert_eq!(c["max_batch_size"], 0, "{c}");
+        let (_, meta) = get(server, &format!("/v2/models/{model}"));
+        for (ours, theirs) in [("input", "inputs"), ("output", "outputs")] {
+            let names = |v: &Value, key: &str| v.as_array().unwrap().iter().map(|t| t[key].clone()).collect::<Vec<_>>();
+            assert_eq!(names(&c[ours], "name"), names(&meta[theirs], "name"), "{model}");
+            assert_eq!(names(&c[ours], "dims"), names(&meta[theirs], "shape"), "{model}");
+            let types: Vec<Value> =
+                names(&meta[theirs], "datatype").iter().map(|d| json!(format!("TYPE_{}", d.as_str().unwrap()))).collect();
+            assert_eq!(names(&c[ours], "data_type"), types, "{model}");
+        }
+        let p = &c["parameters"];
+        assert_eq!((&p["provider"], &p["precision"], &p["max_images"]), (&json!("tract"), &json!("fp32"), &json!("12")), "{model}: {p}");
+        assert_eq!(c["instance_group"], json!([{"kind": "KIND_CPU", "count": 1}]), "{model}");
+    }
+    let sampler = &configs["tiny"];
+    let optional: Vec<(Value, Value)> =
+        sampler["input"].as_array().unwrap().iter().map(|t| (t["name"].clone(), t["optional"].clone())).collect();
+    assert_eq!(optional, [("class", false), ("seed", true), ("cfg", true), ("denoise_steps", true)].map(|(n, o)| (json!(n), json!(o))));
+    let p = &sampler["parameters"];
+    for (key, value) in [("max_batch", "64"), ("max_queue_delay_ms", "400"), ("pad_batches", "false")] {
+        assert_eq!(p[key], value, "{p}");
+    }
+    let number = |v: &Value| v.as_str().unwrap().parse::<f64>().unwrap();
+    for key in ["cfg", "t_max", "t_min", "denoise_steps"] {
+        assert_eq!(number(&p[key]), manifest["sampler"][key].as_f64().unwrap(), "{key}: {p}");
+    }
+    let ready: Vec<Value> = models.iter().map(|m| json!({"name": m, "version": "1", "state": "READY"})).collect();
+    let mut index = by_http["index"].as_array().unwrap().clone();
+    index.sort_by_key(|m| m["name"].as_str().unwrap().len());
+    assert_eq!(index, ready);
+    // The index's `ready` filter, and a body it cannot read.
+    let (status, _, body) = http(server.addr, "POST", "/v2/repository/index", &[], br#"{"ready": true}"#);
+    assert_eq!((status, serde_json::from_slice::<Value>(&body).unwrap().as_array().unwrap().len()), (200, 3));
+    let (status, _, body) = http(server.addr, "POST", "/v2/repository/index", &[], br#"{"ready": "yes"}"#);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 }
 
 #[test]
@@ -376,6 +443,24 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     });
     assert!(statuses.contains(&429), "no request was refused by the full queue: {statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
+    // A gRPC client's health watch: SERVING now; at the SIGTERM below, NOT_SERVING and the end of
+    // the stream (an open watch does not hold the server up). One about another service:
+    // SERVICE_UNKNOWN, the call kept open until the shutdown.
+    let watch = |service: &str| {
+        let mut child = Command::new("python3")
+            .arg(manifest_dir().join("tests/serve/grpc_health.py"))
+            .args([&server.grpc.to_string(), service, "--watch"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first status").unwrap();
+        (child, first, lines)
+    };
+    let (mut watcher, first, watched) = watch("");
+    assert_eq!(first, "SERVING");
+    let (mut other, first, other_watched) = watch("grpc.reflection.v1.ServerReflection");
+    assert_eq!(first, "SERVICE_UNKNOWN");
     // SIGTERM while a request runs: it finishes; a new one gets 503 during the grace period.
     let in_flight = std::thread::spawn(move || {
         infer(
@@ -417,4 +502,10 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     assert_eq!(s, 200, "the request in flight did not finish: {body}");
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "the server did not stop cleanly: {exit:?}");
+    let rest: Vec<String> = watched.map(Result::unwrap).collect();
+    assert_eq!(rest, ["NOT_SERVING", "END OK"], "the health watch after SIGTERM");
+    assert!(watcher.wait().unwrap().success());
+    let rest: Vec<String> = other_watched.map(Result::unwrap).collect();
+    assert_eq!(rest, ["END OK"], "the watch of another service after SIGTERM");
+    assert!(other.wait().unwrap().success());
 }

@@ -211,4 +211,8 @@ impl Loaded {
     pub fn model(&self) -> &Model {
         with_graphs!(self, g => g.model())
     }
+
+    pub fn precision(&self) -> Precision {
+        with_graphs!(self, g => g.precision())
+    }
 }

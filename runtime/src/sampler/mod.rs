@@ -39,7 +39,7 @@ pub use settings::{Progress, ScoreForm, StepCache, defaults, validate};
 
 use crate::graphs::Loaded;
 use crate::model::Model;
-use crate::provider::{Engine, Provider};
+use crate::provider::{Engine, Precision, Provider};
 use crate::{RtError, with_graphs};
 
 /// Sampled images with their labels.
@@ -97,6 +97,11 @@ impl Sampler {
 
     pub fn settings(&self) -> &SampleSettings {
         &self.settings
+    }
+
+    /// The precision of the graphs it runs.
+    pub fn precision(&self) -> Precision {
+        self.loaded.precision()
     }
 
     /// The labels [`Self::sample`] uses.

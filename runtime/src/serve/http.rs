@@ -1,6 +1,7 @@
 //! The REST endpoints of the Open Inference Protocol (KServe v2) over axum: health, server and
-//! model metadata, model readiness, inference, per-model statistics (Triton's statistics
-//! extension), and Prometheus `/metrics`. Every refusal is the
+//! model metadata, model readiness, inference, per-model statistics, model configurations and the
+//! repository index (Triton's statistics, model configuration and model repository extensions),
+//! and Prometheus `/metrics`. Every refusal is the
 //! protocol's `{"error": "..."}` with its status: 400 for bad requests (unknown model, wrong
 //! datatype, shape or rank, out-of-range class, NaN input, missing input), 413 for a body past
 //! the limit, 429 when the queue is full, 503 while shutting down or not ready, 504 past the
@@ -22,6 +23,7 @@ use super::models;
 use super::protocol::{self, HEADER_LENGTH, Refusal};
 use super::state::AppState;
 use super::stats::RequestTimes;
+use super::{config, repository};
 
 fn refusal(r: Refusal) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -47,6 +49,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_version))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(model_control))
+        .route("/v2/repository/models/{model}/unload", post(model_control))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -57,11 +64,22 @@ async fn live() -> Response {
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
-    if s.is_ready() { json_ok(json!({ "ready": true })) } else { refusal(Refusal { status: 503, message: "not ready".into() }) }
+    if s.is_ready() {
+        return json_ok(json!({ "ready": true }));
+    }
+    let message = match s.warm_up_failed.get() {
+        Some(why) => format!("not ready: {why}"),
+        None => "not ready".into(),
+    };
+    refusal(Refusal { status: 503, message })
 }
 
 async fn server_metadata() -> Response {
-    json_ok(json!({ "name": "itarflow-rt", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data", "statistics"] }))
+    json_ok(json!({
+        "name": "itarflow-rt",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
+    }))
 }
 
 async fn model_metadata(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
@@ -160,4 +178,35 @@ async fn model_stats(State(s): State<Arc<AppState>>, Path(model): Path<String>) 
 
 async fn model_stats_version(state: State<Arc<AppState>>, Path((model, _)): Path<(String, String)>) -> Response {
     model_stats(state, Path(model)).await
+}
+
+/// Triton's model configuration extension: the model's configuration as Triton writes it in JSON.
+async fn model_config(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match s.kind(&model) {
+        Some(k) => json_ok(json!(config::model_config(&s, k))),
+        None => refusal(s.unknown(&model)),
+    }
+}
+
+async fn model_config_version(state: State<Arc<AppState>>, Path((model, _)): Path<(String, String)>) -> Response {
+    model_config(state, Path(model)).await
+}
+
+/// Triton's repository index: the models with their state; `{"ready": true}` lists only those
+/// ready (Triton's clients send an empty body for all).
+async fn repository_index(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) if v.is_object() && v.get("ready").is_none_or(|r| r.is_boolean()) => v.get("ready").is_some_and(|r| r == true),
+            _ => return refusal(Refusal::bad("the repository index takes an empty body or {\"ready\": true|false}")),
+        }
+    };
+    json_ok(json!(repository::index(&s, ready_only)))
+}
+
+/// Loading and unloading models: refused (the server's models are its package's).
+async fn model_control() -> Response {
+    refusal(Refusal::bad(repository::NO_MODEL_CONTROL))
 }

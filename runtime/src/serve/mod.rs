@@ -11,22 +11,26 @@
 //! - [`batcher`]: concurrent sampling requests merged into sampler runs;
 //! - [`metrics`]: Prometheus counters and histograms;
 //! - [`stats`]: per-model statistics (Triton's statistics extension);
+//! - [`config`]: each model's configuration (Triton's model configuration extension);
+//! - [`repository`]: the repository index (Triton's model repository extension);
 //! - [`http`]: the REST endpoints;
 //! - [`grpc`]: the gRPC service.
 
 pub mod batcher;
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod models;
 pub mod protocol;
+pub mod repository;
 pub mod state;
 pub mod stats;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::{RtError, Sampler};
@@ -87,12 +91,14 @@ pub async fn serve(
         name: opts.name.clone(),
         sampler: sampler.clone(),
         batcher,
+        batch: opts.batch,
         metrics,
         stats,
         limits: opts.limits,
         max_body_bytes: opts.max_body_bytes,
         timeout: opts.timeout,
         ready: AtomicBool::new(false),
+        warm_up_failed: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
         next_seed: AtomicU64::new(seed),
     });
@@ -112,14 +118,17 @@ pub async fn serve(
             s.sample_from(&z, &s.labels()[..1.min(s.labels().len())], &mut |_| {}).map(|_| ())
         })
         .await;
-        match result {
+        let failed = match result {
             Ok(Ok(())) => {
                 warm.ready.store(true, Ordering::Release);
                 tracing::info!("ready");
+                return;
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "warming up failed; the server stays not ready"),
-            Err(e) => tracing::error!(error = %e, "warming up panicked; the server stays not ready"),
-        }
+            Ok(Err(e)) => format!("warming up failed: {e}"),
+            Err(e) => format!("warming up panicked: {e}"),
+        };
+        tracing::error!(error = %failed, "the server stays not ready");
+        let _ = warm.warm_up_failed.set(failed);
     });
     let closing = state.clone();
     let grace = opts.shutdown_grace;

@@ -55,9 +55,13 @@ pub struct ImageJob {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TensorMeta {
     pub name: &'static str,
-    pub datatype: &'static str,
+    pub datatype: DataType,
     /// -1: any size.
     pub shape: Vec<i64>,
+    /// A request may leave it out (an input; the protocol's metadata does not say so, Triton's
+    /// model configuration does).
+    #[serde(skip)]
+    pub optional: bool,
 }
 
 /// A model's metadata (`GET /v2/models/{name}`, gRPC `ModelMetadata`).
@@ -71,7 +75,11 @@ pub struct Metadata {
 }
 
 fn spec(name: &'static str, datatype: DataType, shape: &[i64]) -> TensorMeta {
-    TensorMeta { name, datatype: datatype.name(), shape: shape.to_vec() }
+    TensorMeta { name, datatype, shape: shape.to_vec(), optional: false }
+}
+
+fn optional(name: &'static str, datatype: DataType, shape: &[i64]) -> TensorMeta {
+    TensorMeta { optional: true, ..spec(name, datatype, shape) }
 }
 
 /// A model's inputs and outputs with datatypes and shapes (-1: any size).
@@ -82,18 +90,18 @@ pub fn metadata(model: &Model, base: &str, kind: Kind) -> Metadata {
         Kind::Sample => (
             vec![
                 spec("class", DataType::Int64, &[-1]),
-                spec("seed", DataType::Int64, &[-1]),
-                spec("cfg", DataType::Fp32, &[1]),
-                spec("denoise_steps", DataType::Int32, &[1]),
+                optional("seed", DataType::Int64, &[-1]),
+                optional("cfg", DataType::Fp32, &[1]),
+                optional("denoise_steps", DataType::Int32, &[1]),
             ],
             vec![spec("images", DataType::Fp32, &image)],
         ),
         Kind::Score => (
-            vec![spec("x", DataType::Fp32, &image), spec("t", DataType::Fp32, &[-1]), spec("y", DataType::Int64, &[-1])],
+            vec![spec("x", DataType::Fp32, &image), spec("t", DataType::Fp32, &[-1]), optional("y", DataType::Int64, &[-1])],
             vec![spec("score", DataType::Fp32, &image), spec("logp", DataType::Fp32, &[-1])],
         ),
         Kind::Denoise => {
-            (vec![spec("x", DataType::Fp32, &image), spec("y", DataType::Int64, &[-1])], vec![spec("images", DataType::Fp32, &image)])
+            (vec![spec("x", DataType::Fp32, &image), optional("y", DataType::Int64, &[-1])], vec![spec("images", DataType::Fp32, &image)])
         }
     };
     Metadata { name: kind.model_name(base), versions: vec!["1"], platform: "itarflow", inputs, outputs }

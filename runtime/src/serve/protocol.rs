@@ -26,7 +26,7 @@ impl Refusal {
     }
 }
 
-/// Element types the models take and return.
+/// Element types the models take and return (serialised as the protocol's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataType {
     Fp32,
@@ -40,6 +40,16 @@ impl DataType {
             DataType::Fp32 => "FP32",
             DataType::Int64 => "INT64",
             DataType::Int32 => "INT32",
+        }
+    }
+
+    /// Its value of Triton's model configuration `DataType` enum (model_config.proto): the name
+    /// and the number.
+    pub fn triton(self) -> (&'static str, i32) {
+        match self {
+            DataType::Fp32 => ("TYPE_FP32", 11),
+            DataType::Int64 => ("TYPE_INT64", 9),
+            DataType::Int32 => ("TYPE_INT32", 8),
         }
     }
 
@@ -58,6 +68,12 @@ impl DataType {
             DataType::Fp32 | DataType::Int32 => 4,
             DataType::Int64 => 8,
         }
+    }
+}
+
+impl Serialize for DataType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

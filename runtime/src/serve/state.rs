@@ -1,11 +1,11 @@
 //! What a server's endpoints share, whichever protocol they speak: the sampler, the batcher,
 //! the metrics and statistics, the limits, and whether the server is ready or shutting down.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::batcher::Batcher;
+use super::batcher::{BatchOptions, Batcher};
 use super::metrics::Metrics;
 use super::models::{Kind, RequestLimits};
 use super::protocol::Refusal;
@@ -16,6 +16,8 @@ pub struct AppState {
     pub name: String,
     pub sampler: Arc<Sampler>,
     pub batcher: Batcher,
+    /// How the batcher merges requests (what the model configuration reports).
+    pub batch: BatchOptions,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Statistics>,
     pub limits: RequestLimits,
@@ -23,6 +25,8 @@ pub struct AppState {
     pub timeout: Duration,
     /// Graphs loaded and warmed.
     pub ready: AtomicBool,
+    /// Why warming up failed (the server then stays not ready).
+    pub warm_up_failed: OnceLock<String>,
     /// SIGTERM/SIGINT received: requests in flight finish, new ones are refused.
     pub shutting_down: AtomicBool,
     /// Seeds of requests that give none.

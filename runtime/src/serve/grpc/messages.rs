@@ -221,3 +221,105 @@ pub struct ModelStatisticsResponse {
     #[prost(message, repeated, tag = "1")]
     pub model_stats: Vec<ModelStatistics>,
 }
+
+// Triton's model configuration extension (`ModelConfig`): the fields of model_config.proto's
+// `ModelConfig` this server fills, with its field numbers. Enums (`DataType`, the instance
+// group's `Kind`) are their numbers (an enum is an int32 on the wire).
+
+/// `ModelConfigRequest`: a model's name and version.
+pub type ModelConfigRequest = ModelRef;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelConfigResponse {
+    #[prost(message, optional, tag = "1")]
+    pub config: Option<ModelConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelConfig {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub platform: String,
+    #[prost(int32, tag = "4")]
+    pub max_batch_size: i32,
+    #[prost(message, repeated, tag = "5")]
+    pub input: Vec<ModelInput>,
+    #[prost(message, repeated, tag = "6")]
+    pub output: Vec<ModelOutput>,
+    #[prost(message, repeated, tag = "7")]
+    pub instance_group: Vec<ModelInstanceGroup>,
+    #[prost(btree_map = "string, message", tag = "14")]
+    pub parameters: std::collections::BTreeMap<String, ModelParameter>,
+    #[prost(string, tag = "17")]
+    pub backend: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `DataType`.
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(int64, repeated, tag = "4")]
+    pub dims: Vec<i64>,
+    #[prost(bool, tag = "8")]
+    pub optional: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelOutput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `DataType`.
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(int64, repeated, tag = "3")]
+    pub dims: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelInstanceGroup {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int32, tag = "2")]
+    pub count: i32,
+    /// `ModelInstanceGroup.Kind`: 1 KIND_GPU, 2 KIND_CPU.
+    #[prost(int32, tag = "4")]
+    pub kind: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelParameter {
+    #[prost(string, tag = "1")]
+    pub string_value: String,
+}
+
+// Triton's model repository extension: the index (grpc_service.proto's field numbers).
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryIndexRequest {
+    #[prost(string, tag = "1")]
+    pub repository_name: String,
+    #[prost(bool, tag = "2")]
+    pub ready: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelIndex {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(string, tag = "3")]
+    pub state: String,
+    #[prost(string, tag = "4")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryIndexResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub models: Vec<ModelIndex>,
+}

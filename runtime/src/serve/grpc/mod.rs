@@ -6,9 +6,11 @@
 //!   as gRPC status codes;
 //! - [`service`]: the methods (streamed inference too), routed by path;
 //! - [`statistics`]: per-model statistics as Triton's `ModelStatistics` messages;
+//! - [`config`]: model configurations and the repository index as Triton's messages;
 //! - [`routed`]: a service (a routing function by path) as tonic mounts it;
 //! - [`health`]: gRPC's standard health service, for Kubernetes' gRPC probes.
 
+pub mod config;
 pub mod health;
 pub mod messages;
 pub mod routed;

@@ -1,9 +1,10 @@
 //! `inference.GRPCInferenceService` over tonic: health, server and model metadata, model
 //! readiness, inference, and streamed inference (`ModelStreamInfer`: requests on one stream run as
 //! they arrive, so that they batch together, and each answer, in the order they finish, carries
-//! its request's id), and Triton's statistics extension (`ModelStatistics`), on the same state as
-//! the REST endpoints. Methods of Triton's other extensions (repository, shared memory) answer
-//! UNIMPLEMENTED.
+//! its request's id), and Triton's statistics, model configuration and repository index extensions
+//! (`ModelStatistics`, `ModelConfig`, `RepositoryIndex`), on the same state as the REST endpoints.
+//! Loading and unloading models answer FAILED_PRECONDITION (the models are the package's for the
+//! server's life); Triton's shared memory and trace methods answer UNIMPLEMENTED.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,10 +20,11 @@ use tonic_prost::ProstCodec;
 
 use super::messages::*;
 use super::routed::{Routed, Routes};
-use super::{statistics, tensors};
+use super::{config, statistics, tensors};
 use crate::serve::infer;
 use crate::serve::models;
 use crate::serve::protocol::Refusal;
+use crate::serve::repository;
 use crate::serve::state::AppState;
 
 pub(super) const SERVICE: &str = "inference.GRPCInferenceService";
@@ -151,7 +153,7 @@ impl Routes for Inference {
             }
             Some("ServerMetadata") => {
                 unary(req, limit, |_: Empty| async {
-                    let extensions = vec!["statistics".into()];
+                    let extensions = ["statistics", "model_configuration", "model_repository"].map(String::from).to_vec();
                     Ok(ServerMetadataResponse { name: "itarflow-rt".into(), version: env!("CARGO_PKG_VERSION").into(), extensions })
                 })
                 .await
@@ -167,6 +169,24 @@ impl Routes for Inference {
                 })
                 .await
             }
+            Some("ModelConfig") => {
+                unary(req, limit, |m: ModelConfigRequest| {
+                    let r = match s.kind(&m.name) {
+                        Some(k) => Ok(config::response(crate::serve::config::model_config(&s, k))),
+                        None => Err(not_found(&s, &m.name)),
+                    };
+                    async move { r }
+                })
+                .await
+            }
+            Some("RepositoryIndex") => {
+                unary(req, limit, |r: RepositoryIndexRequest| {
+                    let answer = config::index(repository::index(&s, r.ready));
+                    async move { Ok(answer) }
+                })
+                .await
+            }
+            Some("RepositoryModelLoad" | "RepositoryModelUnload") => Status::failed_precondition(repository::NO_MODEL_CONTROL).into_http(),
             Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
             Some("ModelStreamInfer") => {
                 let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
@@ -176,7 +196,7 @@ impl Routes for Inference {
                 too_large(response, limit)
             }
             _ => Status::unimplemented(format!(
-                "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelStatistics, ModelInfer and ModelStreamInfer"
+                "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, RepositoryIndex, ModelInfer and ModelStreamInfer"
             ))
             .into_http(),
         }
@@ -187,7 +207,7 @@ fn model_metadata(s: &AppState, model: &str) -> Result<ModelMetadataResponse, St
     let kind = s.kind(model).ok_or_else(|| not_found(s, model))?;
     let m = models::metadata(s.sampler.model(), &s.name, kind);
     let tensors = |list: Vec<models::TensorMeta>| {
-        list.into_iter().map(|t| TensorMetadata { name: t.name.into(), datatype: t.datatype.into(), shape: t.shape }).collect()
+        list.into_iter().map(|t| TensorMetadata { name: t.name.into(), datatype: t.datatype.name().into(), shape: t.shape }).collect()
     };
     Ok(ModelMetadataResponse {
         name: m.name,
