@@ -450,6 +450,55 @@ fn the_score_batch_follows_the_budget_of_the_provider_it_runs_on() {
     assert_eq!(s.settings().denoise_batch, 5);
 }
 
+/// tract's fp16 graphs computed in fp32 (`F16Compute::Fp32`, the default on CPUs without fp16
+/// arithmetic) against the same graphs computed in fp16 (`Native`) and the fp32 graphs: sampling
+/// and the score agree with fp16 arithmetic within fp16's rounding, and are not the fp32 graphs'
+/// results (the weights and the graphs' inputs and outputs stay fp16), nor fp16 arithmetic's to
+/// the bit (so the test can tell that the translation happened).
+#[test]
+fn tract_computes_fp16_graphs_in_fp32_keeping_their_fp16_weights_and_values() {
+    use itarflow_rt::Precision::{Fp16, Fp32};
+    use itarflow_rt::provider::tract::F16Compute;
+    let v = vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(false);
+    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    opts.precisions = itarflow_export::package::Precisions::Both;
+    let dir = tmp.path().join("pkg");
+    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), &dir, &opts, &mut |_| {}).unwrap();
+    let model = Arc::new(Model::load(&dir).unwrap());
+    let (_, z) = array(&v, "rev_z");
+    let y = v.i64("y", 1, "", "").unwrap().1;
+    let (x, t) = (images(&v, "x"), array(&v, "t").1);
+    let with = |precision: itarflow_rt::Precision, f16: F16Compute| {
+        let o = itarflow_rt::ProviderOptions { tract_f16: f16, ..Default::default() };
+        let s = Sampler::builder(model.clone()).provider(Provider::Tract).provider_options(o).precision(precision);
+        s.cfg(2.0).t_max(0.3).t_min(0.01).denoise_steps(3).build().unwrap()
+    };
+    let run = |s: &Sampler| {
+        let images = s.sample_from(&z, &y, &mut |_| {}).unwrap().images;
+        let (score, _) = s.score(x.view(), &t, &y).unwrap();
+        (images, score)
+    };
+    let (images32, score32) = run(&with(Fp32, F16Compute::Fp32));
+    let (images_native, score_native) = run(&with(Fp16, F16Compute::Native));
+    let (images_up, score_up) = run(&with(Fp16, F16Compute::Fp32));
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let (images_up, images_native, images32) =
+        (images_up.as_slice().unwrap(), images_native.as_slice().unwrap(), images32.as_slice().unwrap());
+    let (score_up, score_native, score32) = (score_up.as_slice().unwrap(), score_native.as_slice().unwrap(), score32.as_slice().unwrap());
+    let samples = (max_diff(images_up, images_native), max_diff(images_up, images32));
+    let scores = (rel_err(score_up, score_native) as f32, rel_err(score_up, score32) as f32);
+    println!(
+        "fp16 graphs in fp32 against fp16 arithmetic / the fp32 graphs: samples {:.2e} / {:.2e}, score {:.2e} / {:.2e}",
+        samples.0, samples.1, scores.0, scores.1
+    );
+    // fp16 arithmetic's rounding: the tolerance of `check` for the score, 5e-2 on samples in [-1, 1].
+    assert!(samples.0 <= 5e-2 && scores.0 <= 5e-2, "{samples:?} {scores:?}");
+    assert!(samples.0 > 0.0 && scores.0 > 0.0, "the fp16 graphs computed the same in fp16 and in fp32: {samples:?} {scores:?}");
+    assert!(samples.1 > 1e-5 && scores.1 > 1e-5, "the fp16 graphs gave the fp32 graphs' results: {samples:?} {scores:?}");
+}
+
 #[test]
 fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones() {
     let v = vectors();
@@ -482,20 +531,22 @@ fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones(
         println!("mixed against {}: max |diff| {d:.2e}", p.name());
         assert!(d > 1e-5, "{} sampling gives the mixed samples ({d:.2e})", p.name());
     }
-    // The command line says when tract would emulate fp16 (about 100x slower than fp32), and
-    // only then.
+    // The command line says when tract would emulate fp16 (about 100x slower than fp32: asked
+    // for with --tract-f16 native on a CPU without fp16 arithmetic), and only then.
     let note = "note: tract computes fp16 graphs in software";
-    for (provider, precision) in [("tract", "mixed"), ("tract", "fp32"), ("cpu", "fp16")] {
+    for (provider, precision, f16) in
+        [("tract", "mixed", "native"), ("tract", "mixed", "auto"), ("tract", "fp32", "native"), ("cpu", "fp16", "native")]
+    {
         let out = std::process::Command::new(rt_binary())
             .args(["sample", "--model", dir.to_str().unwrap(), "--provider", provider, "--precision", precision, "--num", "1"])
-            .arg("--out")
-            .arg(tmp.path().join(format!("{provider}_{precision}.png")))
+            .args(["--tract-f16", f16, "--out"])
+            .arg(tmp.path().join(format!("{provider}_{precision}_{f16}.png")))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{provider} {precision}: {err}");
-        let want = provider == "tract" && precision != "fp32" && !itarflow_rt::provider::tract::native_f16();
-        assert_eq!(err.contains(note), want, "{provider} {precision}: {err}");
+        assert!(out.status.success(), "{provider} {precision} {f16}: {err}");
+        let want = provider == "tract" && precision != "fp32" && f16 == "native" && !itarflow_rt::provider::tract::native_f16();
+        assert_eq!(err.contains(note), want, "{provider} {precision} {f16}: {err}");
     }
     // A package without fp16 graphs cannot run mixed: the error names the missing graphs.
     let fp32_only = package(&tmp.path().join("fp32"));

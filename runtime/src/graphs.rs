@@ -127,6 +127,7 @@ impl Loaded {
                 let device = if provider == Provider::Tract { TractDevice::Cpu } else { TractDevice::Cuda };
                 // A device that cannot run here fails now, with its reason.
                 device.runtime()?;
+                let f16 = opts.tract_f16;
                 Loaded::Tract(GraphSet::new(
                     model,
                     precision,
@@ -142,8 +143,8 @@ impl Loaded {
                             .enumerate()
                             .find_map(|(k, i)| i.shape.iter().position(|d| d.as_str() == Some("N")).map(|a| (k, a)));
                         match batch {
-                            Some(batch) if batch_only => Ok(TractGraph::load_batched_on(&path, device, batch)),
-                            _ => TractGraph::load_on(&path, device),
+                            Some(batch) if batch_only => Ok(TractGraph::load_batched_with(&path, device, batch, f16)),
+                            _ => TractGraph::load_with(&path, device, f16),
                         }
                     }),
                 ))

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use itarflow_base::Npz;
 use itarflow_base::inputs;
+use itarflow_rt::provider::tract::F16Compute;
 use itarflow_rt::{CudaGraphs, Model, Precision, Provider, ProviderOptions, Sampler, SamplerBuilder, ScoreForm, StepCache};
 
 /// The demo package shipped in the repository.
@@ -112,6 +113,12 @@ pub struct Common {
     /// The same as `--cuda-graphs off`.
     #[arg(long, conflicts_with = "cuda_graphs")]
     pub no_cuda_graphs: bool,
+    /// tract on the CPU, fp16 graphs: fp32 computes them in fp32 (fp16 weights widened at load,
+    /// fp16 inputs and outputs kept); native in fp16, as the graphs say (fast only on CPUs with
+    /// fp16 arithmetic, such as aarch64 with FP16; elsewhere ~100x slower). auto: native where
+    /// the CPU has fp16 arithmetic, else fp32.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "native", "fp32"])]
+    pub tract_f16: String,
 }
 
 impl Common {
@@ -130,6 +137,11 @@ impl Common {
             tf32: self.tf32,
             cuda_graphs: if self.no_cuda_graphs { CudaGraphs::Off } else { self.cuda_graphs.parse().expect("clap checked it") },
             io_binding: false,
+            tract_f16: match self.tract_f16.as_str() {
+                "native" => F16Compute::Native,
+                "fp32" => F16Compute::Fp32,
+                _ => F16Compute::for_this_cpu(),
+            },
         }
     }
 
@@ -195,12 +207,13 @@ impl Run {
         }
         if sampler.provider() == Provider::Tract
             && self.common.precision() != Precision::Fp32
+            && self.common.options().tract_f16 == F16Compute::Native
             && !itarflow_rt::provider::tract::native_f16()
         {
             eprintln!(
                 "note: tract computes fp16 graphs in software on this CPU (no fp16 arithmetic): about 100x slower than \
-                 fp32 (the demo's score of 8 images: 2.1 s against 14 ms on a 2-core x86 VM); on CPUs use --precision fp32, \
-                 or --provider cpu (ONNX Runtime: fp16 within 20% of fp32)"
+                 fp32 (the demo's score of 8 images: 2.1 s against 14 ms on a 2-core x86 VM); --tract-f16 fp32 (the \
+                 default here) computes them in fp32"
             );
         }
         Ok(sampler)

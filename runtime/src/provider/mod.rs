@@ -187,6 +187,8 @@ pub struct ProviderOptions {
     /// ONNX Runtime on the CPU: bind inputs and outputs through IoBinding and run loops in
     /// buffers of their own, as on a GPU (for tests of that code path on CPU machines).
     pub io_binding: bool,
+    /// tract on the CPU: how fp16 graphs compute (default: this CPU's, [`tract::F16Compute::for_this_cpu`]).
+    pub tract_f16: tract::F16Compute,
 }
 
 impl ProviderOptions {
@@ -207,6 +209,7 @@ impl Default for ProviderOptions {
             tf32: false,
             cuda_graphs: CudaGraphs::Step,
             io_binding: false,
+            tract_f16: tract::F16Compute::for_this_cpu(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! graph; P stays symbolic, it changes every step). Before optimisation, the plan's model goes
 //! through the load-time rewrites of [`rewrite_for_cpu`] (attention over a KV cache, softmaxes,
 //! the fixed cache's writes, and on AVX-512 CPUs the matrix products, each as an op of this
-//! module that tract would otherwise run slower).
+//! module that tract would otherwise run slower). On CPUs without fp16 arithmetic an fp16 graph's
+//! plan computes in fp32 ([`upcast`], [`F16Compute`]).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
 //! steps share one state instead of allocating one per step.
@@ -26,12 +27,14 @@ mod linear;
 mod matmul;
 mod scatter;
 mod softmax;
+mod upcast;
 pub use attention::{KvAttention, fuse_kv_attention};
 pub use gemm::fast_path as avx512_kernels;
 pub use linear::{ConstLinear, fuse_const_linears};
 pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
 pub use scatter::{FastScatter, speed_up_scatters};
 pub use softmax::rewrite_softmaxes;
+pub use upcast::F16Compute;
 
 /// Replaces the value at `old` in `model` by what `wire` builds in a patch from `inputs` (tapped
 /// from `model`), once its fact is checked to be `old`'s: the last step of every rewrite here.
@@ -191,15 +194,30 @@ fn cuda_runtime() -> Result<&'static dyn Runtime, RtError> {
 struct Plan {
     plan: Box<dyn Runnable>,
     states: Mutex<Vec<Box<dyn State>>>,
+    /// A plan of an fp16 graph computing in fp32 ([`upcast`]): which outputs the graph gives in
+    /// fp16.
+    f16_outputs: Option<Vec<bool>>,
 }
 
 impl Plan {
-    fn new(model: TypedModel, name: &str, device: TractDevice) -> Result<Self, RtError> {
+    fn new(model: TypedModel, name: &str, device: TractDevice, f16_outputs: Option<Vec<bool>>) -> Result<Self, RtError> {
         let plan = device.runtime()?.prepare(model).map_err(|e| fail(&format!("optimising {name} for {}", device.name()), e))?;
-        Ok(Self { plan, states: Mutex::new(Vec::new()) })
+        Ok(Self { plan, states: Mutex::new(Vec::new()), f16_outputs })
     }
 
     fn run(&self, inputs: TVec<TValue>, name: &str) -> Result<TVec<TValue>, RtError> {
+        let inputs = match self.f16_outputs {
+            Some(_) => upcast::inputs_up(inputs).map_err(|e| fail(name, e))?,
+            None => inputs,
+        };
+        let outs = self.run_plan(inputs, name)?;
+        match &self.f16_outputs {
+            Some(f16) => upcast::outputs_down(outs, f16).map_err(|e| fail(name, e)),
+            None => Ok(outs),
+        }
+    }
+
+    fn run_plan(&self, inputs: TVec<TValue>, name: &str) -> Result<TVec<TValue>, RtError> {
         let pooled = self.states.lock().map_err(|_| fail(name, "state pool lock poisoned"))?.pop();
         let mut state = match pooled {
             Some(s) => s,
@@ -229,6 +247,8 @@ pub struct TractGraph {
     plans: Plans,
     name: String,
     device: TractDevice,
+    /// How the CPU computes an fp16 graph.
+    f16: F16Compute,
 }
 
 impl TractGraph {
@@ -257,10 +277,16 @@ impl TractGraph {
 
     /// [`Self::load_batched`] on `device`.
     pub fn load_batched_on(path: &Path, device: TractDevice, batch: (usize, usize)) -> Self {
+        Self::load_batched_with(path, device, batch, F16Compute::for_this_cpu())
+    }
+
+    /// [`Self::load_batched_on`], an fp16 graph computed on the CPU as `f16` says.
+    pub fn load_batched_with(path: &Path, device: TractDevice, batch: (usize, usize), f16: F16Compute) -> Self {
         Self {
             plans: Plans::PerBatch { path: path.to_path_buf(), plans: Mutex::new(Vec::new()), batch },
             name: path.display().to_string(),
             device,
+            f16,
         }
     }
 
@@ -272,10 +298,28 @@ impl TractGraph {
 
     /// [`Self::load`] on `device`.
     pub fn load_on(path: &Path, device: TractDevice) -> Result<Self, RtError> {
-        Self::load_inner(path, device).map_err(|e| device.own(e))
+        Self::load_with(path, device, F16Compute::for_this_cpu())
     }
 
-    fn load_inner(path: &Path, device: TractDevice) -> Result<Self, RtError> {
+    /// [`Self::load_on`], an fp16 graph computed on the CPU as `f16` says.
+    pub fn load_with(path: &Path, device: TractDevice, f16: F16Compute) -> Result<Self, RtError> {
+        Self::load_inner(path, device, f16).map_err(|e| device.own(e))
+    }
+
+    /// `model` as the plan computes it, and which outputs go back to fp16: on the CPU with
+    /// [`F16Compute::Fp32`], an fp16 graph translated to fp32.
+    fn for_compute(&self, model: TypedModel) -> Result<(TypedModel, Option<Vec<bool>>), RtError> {
+        Self::compute_as(model, &self.name, self.device, self.f16)
+    }
+
+    fn compute_as(model: TypedModel, name: &str, device: TractDevice, f16: F16Compute) -> Result<(TypedModel, Option<Vec<bool>>), RtError> {
+        match (device, f16) {
+            (TractDevice::Cpu, F16Compute::Fp32) => upcast::to_fp32(model).map_err(|e| fail(&format!("translating {name} to fp32"), e)),
+            _ => Ok((model, None)),
+        }
+    }
+
+    fn load_inner(path: &Path, device: TractDevice, f16: F16Compute) -> Result<Self, RtError> {
         let name = path.display().to_string();
         let model = Self::typed_for(path, device)?;
         let mut symbols: HashMap<String, Symbol> = HashMap::new();
@@ -295,8 +339,11 @@ impl TractGraph {
         // P left symbolic: N made concrete fuses their row-wise ops (layer-5 step at 32 rows,
         // 24 cached: 2.95 -> 2.8 ms).
         match (symbols.remove("N"), batch) {
-            (Some(_), Some(batch)) if symbols.keys().all(|k| k == "P") => Ok(Self::load_batched_on(path, device, batch)),
-            _ => Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name, device)?), name, device }),
+            (Some(_), Some(batch)) if symbols.keys().all(|k| k == "P") => Ok(Self::load_batched_with(path, device, batch, f16)),
+            _ => {
+                let (model, f16_outputs) = Self::compute_as(model, &name, device, f16)?;
+                Ok(Self { plans: Plans::Symbolic(Plan::new(model, &name, device, f16_outputs)?), name, device, f16 })
+            }
         }
     }
 
@@ -317,13 +364,14 @@ impl TractGraph {
         }
         let model = self.typed(path)?;
         let batch = model.symbols.sym("N");
-        let mut concrete = model
+        let concrete = model
             .set_symbols(&HashMap::from([(batch, TDim::Val(n as i64))]))
             .map_err(|e| fail(&format!("setting the batch of {} to {n}", self.name), e))?;
+        let (mut concrete, f16_outputs) = self.for_compute(concrete)?;
         if self.device == TractDevice::Cpu {
             concrete = rewrite_for_cpu(concrete).map_err(|e| fail(&format!("rewriting {} for tract's CPU runtime", self.name), e))?.0;
         }
-        let plan = Arc::new(Plan::new(concrete, &self.name, self.device)?);
+        let plan = Arc::new(Plan::new(concrete, &self.name, self.device, f16_outputs)?);
         if plans.len() >= MAX_BATCH_PLANS {
             plans.remove(0);
         }
