@@ -44,10 +44,16 @@ impl Drop for Server {
 }
 
 fn start(pkg: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--name", "tiny", "--model", pkg.to_str().unwrap()];
+    args.extend(extra);
+    start_with(&args)
+}
+
+/// A server started with `args` after `serve` and its ephemeral ports.
+fn start_with(args: &[&str]) -> Server {
     let mut child = Command::new(rt())
-        .args(["serve", "--name", "tiny", "--port", "0", "--grpc-port", "0", "--model"])
-        .arg(pkg)
-        .args(extra)
+        .args(["serve", "--port", "0", "--grpc-port", "0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -508,4 +514,88 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     let rest: Vec<String> = other_watched.map(Result::unwrap).collect();
     assert_eq!(rest, ["END OK"], "the watch of another service after SIGTERM");
     assert!(other.wait().unwrap().success());
+}
+
+/// A server of a model repository (`--model-repository`): every package of the folder served
+/// (both layouts, other folders ignored), packages unloaded and loaded again by any of their
+/// models' names over REST and through Triton's gRPC client, the index following, the same
+/// images after a reload, and every refusal with its reason.
+#[test]
+fn a_model_repository_serves_loads_and_unloads_its_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    package(&repo.join("alpha"));
+    package(&repo.join("beta").join("package"));
+    std::fs::create_dir_all(repo.join("notes")).unwrap();
+    // --model and --model-repository are one or the other.
+    let out = Command::new(rt()).args(["serve", "--model-repository", repo.to_str().unwrap(), "--model", "x"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("one or the other"), "{out:?}");
+    let server = start_with(&["--model-repository", repo.to_str().unwrap()]);
+    let a = server.addr;
+    let index = || {
+        let (status, _, body) = http(a, "POST", "/v2/repository/index", &[], b"");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap().to_string(), m["state"].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let all = |state: &str, beta: &str| {
+        ["alpha", "alpha-score", "alpha-denoise", "beta", "beta-score", "beta-denoise"]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.to_string(), if i < 3 { state } else { beta }.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(index(), all("READY", "READY"));
+    let request = sample_request(&[1, 2], Some(5));
+    let (status, before) = infer(a, "beta", &request);
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(images(&infer(a, "alpha", &request).1), images(&before), "the same package under two names samples the same images");
+    // Unloaded by one of its models' names: its models are gone, the other package still serves.
+    let control = |what: &str, model: &str| {
+        let (status, _, body) = http(a, "POST", &format!("/v2/repository/models/{model}/{what}"), &[], b"");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(control("unload", "beta-score").0, 200);
+    assert_eq!(index(), all("READY", "UNAVAILABLE"));
+    let (status, body) = infer(a, "beta", &request);
+    assert!(status == 400 && body["error"].as_str().unwrap().contains("unknown model 'beta'"), "{status} {body}");
+    assert_eq!(
+        infer(a, "alpha-denoise", &json!({"inputs": [{"name": "x", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": vec![0.1; 256]}]}))
+            .0,
+        200
+    );
+    let (_, stats) = get(&server, "/v2/models/stats");
+    let names: Vec<&str> = stats["model_stats"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alpha", "alpha-denoise", "alpha-score"], "an unloaded package's statistics go");
+    assert_eq!(get(&server, "/v2/health/ready").0, 200);
+    // Loaded again through Triton's gRPC client: the same images as before.
+    let loaded = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, tritonclient.grpc as g\nc = g.InferenceServerClient(sys.argv[1])\nc.load_model('beta')\nprint(c.is_model_ready('beta-denoise'))")
+        .arg(server.grpc.to_string())
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    assert_eq!(String::from_utf8_lossy(&loaded.stdout).trim(), "True");
+    assert_eq!(index(), all("READY", "READY"));
+    let (status, after) = infer(a, "beta", &request);
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(images(&after), images(&before), "a package loaded again samples what it sampled before");
+    // Refusals name the reason: not a name, not in the repository, not loaded, not a package.
+    let (status, body) = control("load", "..%2Fx");
+    assert!(status == 400 && body.contains("not a model name"), "{status} {body}");
+    let (status, body) = control("load", "notes");
+    assert!(status == 400 && body.contains("no package notes") && body.contains("manifest.json"), "{status} {body}");
+    let (status, body) = control("unload", "gamma");
+    assert!(status == 400 && body.contains("not loaded"), "{status} {body}");
+    std::fs::create_dir_all(repo.join("broken")).unwrap();
+    std::fs::write(repo.join("broken/manifest.json"), b"{ not json").unwrap();
+    let (status, body) = control("load", "broken");
+    assert!(status == 400 && body.contains("loading broken") && body.contains("manifest.json"), "{status} {body}");
+    assert_eq!(index().len(), 9, "the broken package is listed as unavailable: {:?}", index());
+    assert_eq!(get(&server, "/v2/health/ready").0, 200, "a failed load leaves the server ready");
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use itarflow_rt::serve::batcher::BatchOptions;
 use itarflow_rt::serve::models::RequestLimits;
-use itarflow_rt::serve::{ServeOptions, serve};
+use itarflow_rt::serve::{ServeOptions, Served, serve};
 use itarflow_rt::{Model, Provider, Sampler};
 use serde_json::{Value, json};
 
@@ -75,16 +75,17 @@ fn main() {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let opts = ServeOptions {
-            name: "fmnist".into(),
             addr: "127.0.0.1:0".parse().unwrap(),
             grpc_addr: None,
             batch: BatchOptions { max_batch: 64, max_delay: Duration::from_millis(delay_ms), max_queue: 4096, pad: false },
+            pad_auto: false,
             limits: RequestLimits { max_images: 256, max_denoise_steps: 200 },
             max_body_bytes: 64 << 20,
             timeout: Duration::from_secs(600),
             shutdown_grace: Duration::ZERO,
         };
-        rt.block_on(serve(server_sampler, opts, std::future::pending(), move |at| tx.send(at.http).unwrap())).unwrap();
+        let served = Served::Package { name: "fmnist".into(), sampler: server_sampler };
+        rt.block_on(serve(served, opts, std::future::pending(), move |at| tx.send(at.http).unwrap())).unwrap();
     });
     let addr: SocketAddr = rx.recv().unwrap();
     while post(addr, &request(0, 0)).0 != 200 {

@@ -2,6 +2,7 @@
 //! with `--grpc-port`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use itarflow_base::sample_args::SettingsArgs;
 use itarflow_rt::sampler;
 use itarflow_rt::serve::batcher::BatchOptions;
 use itarflow_rt::serve::models::RequestLimits;
-use itarflow_rt::serve::{ServeOptions, serve};
+use itarflow_rt::serve::{ServeOptions, Served, serve};
+use itarflow_rt::{Model, RtError, Sampler};
 
 use super::args::Run;
 
@@ -29,6 +31,12 @@ pub struct ServeArgs {
     /// folder called `package`); the score and denoising models add -score and -denoise.
     #[arg(long)]
     pub name: Option<String>,
+    /// Serve every package of this folder (a sub-folder NAME with manifest.json, or
+    /// NAME/package/manifest.json; models named NAME, NAME-score, NAME-denoise) instead of one
+    /// package (--model), and load and unload packages of it while serving (Triton's model
+    /// repository extension: `load_model`, `unload_model`).
+    #[arg(long, conflicts_with = "name")]
+    pub model_repository: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port of the REST endpoints (0: an ephemeral one, printed).
@@ -99,43 +107,60 @@ pub fn run(a: ServeArgs) -> Result<()> {
     } else {
         builder.init()
     }
-    let model = a.run.common.load()?;
-    // The package folder's name, or its parent's for a folder called `package` (the demo's
-    // models/fmnist/package serves as fmnist).
-    let name = a.name.clone().unwrap_or_else(|| {
-        let dir = std::fs::canonicalize(&model.dir).unwrap_or_else(|_| model.dir.clone());
-        let folder = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-        match folder(&dir) {
-            Some(n) if n == "package" => dir.parent().and_then(folder).unwrap_or(n),
-            Some(n) => n,
-            None => "itarflow".into(),
+    let a = Arc::new(a);
+    let served = match &a.model_repository {
+        Some(dir) => {
+            anyhow::ensure!(
+                a.run.common.model.is_none(),
+                "--model serves one package and --model-repository a folder of them: give one or the other"
+            );
+            let args = a.clone();
+            let open = move |dir: &Path| -> Result<Sampler, RtError> {
+                let model = Arc::new(Model::load(dir)?);
+                let settings =
+                    args.settings.apply(sampler::defaults(&model), model.num_classes()).map_err(|e| RtError::Setting(e.to_string()))?;
+                args.run.builder(model).settings(settings).build()
+            };
+            tracing::info!(repository = %dir.display(), "serving a model repository");
+            Served::Repository { dir: dir.clone(), open: Box::new(open) }
         }
-    });
-    let settings = a.settings.apply(sampler::defaults(&model), model.num_classes())?;
-    let sampler = a.run.open(a.run.builder(model).settings(settings))?;
-    tracing::info!(provider = %sampler.provider(), model = %name, "loaded");
+        None => {
+            let model = a.run.common.load()?;
+            // The package folder's name, or its parent's for a folder called `package` (the demo's
+            // models/fmnist/package serves as fmnist).
+            let name = a.name.clone().unwrap_or_else(|| {
+                let dir = std::fs::canonicalize(&model.dir).unwrap_or_else(|_| model.dir.clone());
+                let folder = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+                match folder(&dir) {
+                    Some(n) if n == "package" => dir.parent().and_then(folder).unwrap_or(n),
+                    Some(n) => n,
+                    None => "itarflow".into(),
+                }
+            });
+            let settings = a.settings.apply(sampler::defaults(&model), model.num_classes())?;
+            let sampler = a.run.open(a.run.builder(model).settings(settings))?;
+            tracing::info!(provider = %sampler.provider(), model = %name, "loaded");
+            Served::Package { name, sampler: Arc::new(sampler) }
+        }
+    };
     let opts = ServeOptions {
-        name,
         addr: SocketAddr::new(a.host, a.port),
         grpc_addr: a.grpc_port.map(|p| SocketAddr::new(a.host, p)),
         batch: BatchOptions {
             max_batch: a.max_batch.max(1),
             max_delay: Duration::from_millis(a.max_queue_delay_ms),
             max_queue: a.max_queue,
-            pad: match a.pad_batches {
-                PadArg::On => true,
-                PadArg::Off => false,
-                PadArg::Auto => sampler.resident() && sampler.provider().device_resident(),
-            },
+            pad: matches!(a.pad_batches, PadArg::On),
         },
+        pad_auto: matches!(a.pad_batches, PadArg::Auto),
         limits: RequestLimits { max_images: a.max_images.max(1), max_denoise_steps: a.max_denoise_steps },
         max_body_bytes: a.max_body_mib << 20,
         timeout: Duration::from_secs(a.timeout_s.max(1)),
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s.max(0.0)),
     };
-    tracing::info!(max_batch = opts.batch.max_batch, pad_batches = opts.batch.pad, "batching");
+    tracing::info!(max_batch = opts.batch.max_batch, "batching");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(serve(Arc::new(sampler), opts, signal(), |at| {
+    runtime.block_on(serve(served, opts, signal(), |at| {
         eprintln!("listening on http://{}", at.http);
         tracing::info!(addr = %at.http, "listening");
         if let Some(g) = at.grpc {

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::models::{self, Kind, TensorMeta};
+use super::package::Package;
 use super::protocol::DataType;
 use super::state::AppState;
 use crate::sampler::CfgStyle;
@@ -91,12 +92,12 @@ fn tensors(list: Vec<TensorMeta>, inputs: bool) -> Vec<ConfigTensor> {
         .collect()
 }
 
-/// The configuration of the model `kind` on the server `s`.
-pub fn model_config(s: &AppState, kind: Kind) -> ModelConfig {
-    let sampler = &s.sampler;
-    let meta = models::metadata(sampler.model(), &s.name, kind);
+/// The configuration of the model `kind` of the package `p` on the server `s`.
+pub fn model_config(s: &AppState, p: &Package, kind: Kind) -> ModelConfig {
+    let sampler = &p.sampler;
+    let meta = models::metadata(sampler.model(), &p.name, kind);
     let settings = sampler.settings();
-    let mut p: Vec<(&'static str, String)> = vec![
+    let mut params: Vec<(&'static str, String)> = vec![
         ("provider", sampler.provider().name().into()),
         ("precision", sampler.precision().name().into()),
         ("max_images", s.limits.max_images.to_string()),
@@ -112,18 +113,18 @@ pub fn model_config(s: &AppState, kind: Kind) -> ModelConfig {
                 CfgStyle::Tarflow => "tarflow",
                 CfgStyle::Starflow => "starflow",
             };
-            p.extend([
-                ("max_batch", s.batch.max_batch.to_string()),
-                ("max_queue_delay_ms", s.batch.max_delay.as_millis().to_string()),
-                ("max_queue", s.batch.max_queue.to_string()),
-                ("pad_batches", s.batch.pad.to_string()),
+            params.extend([
+                ("max_batch", p.batcher.opts.max_batch.to_string()),
+                ("max_queue_delay_ms", p.batcher.opts.max_delay.as_millis().to_string()),
+                ("max_queue", p.batcher.opts.max_queue.to_string()),
+                ("pad_batches", p.batcher.opts.pad.to_string()),
                 ("cfg", settings.guidance.scale.to_string()),
                 ("cfg_style", style.into()),
                 ("max_denoise_steps", s.limits.max_denoise_steps.to_string()),
             ]);
-            p.extend(denoising);
+            params.extend(denoising);
         }
-        Kind::Denoise => p.extend(denoising),
+        Kind::Denoise => params.extend(denoising),
         Kind::Score => {}
     }
     let kind = if sampler.provider().is_gpu() { InstanceKind::Gpu } else { InstanceKind::Cpu };
@@ -135,6 +136,6 @@ pub fn model_config(s: &AppState, kind: Kind) -> ModelConfig {
         max_batch_size: 0,
         input: tensors(meta.inputs, true),
         output: tensors(meta.outputs, false),
-        parameters: p.into_iter().map(|(k, v)| (k, Parameter { string_value: v })).collect(),
+        parameters: params.into_iter().map(|(k, v)| (k, Parameter { string_value: v })).collect(),
     }
 }

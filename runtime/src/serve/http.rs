@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::infer;
 use super::models;
+use super::package::PackageState;
 use super::protocol::{self, HEADER_LENGTH, Refusal};
 use super::state::AppState;
 use super::stats::RequestTimes;
@@ -52,8 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}/config", get(model_config))
         .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
         .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{model}/load", post(model_control))
-        .route("/v2/repository/models/{model}/unload", post(model_control))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -67,10 +68,15 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     if s.is_ready() {
         return json_ok(json!({ "ready": true }));
     }
-    let message = match s.warm_up_failed.get() {
-        Some(why) => format!("not ready: {why}"),
-        None => "not ready".into(),
-    };
+    let failed: Vec<String> = s
+        .packages()
+        .iter()
+        .filter_map(|p| match p.state() {
+            PackageState::Failed(why) => Some(why),
+            _ => None,
+        })
+        .collect();
+    let message = if failed.is_empty() { "not ready".into() } else { format!("not ready: {}", failed.join("; ")) };
     refusal(Refusal { status: 503, message })
 }
 
@@ -83,8 +89,8 @@ async fn server_metadata() -> Response {
 }
 
 async fn model_metadata(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.kind(&model) {
-        Some(k) => json_ok(json!(models::metadata(s.sampler.model(), &s.name, k))),
+    match s.find(&model) {
+        Some((p, k)) => json_ok(json!(models::metadata(p.sampler.model(), &p.name, k))),
         None => refusal(s.unknown(&model)),
     }
 }
@@ -94,8 +100,8 @@ async fn model_metadata_version(state: State<Arc<AppState>>, Path((model, _)): P
 }
 
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.kind(&model) {
-        Some(_) if s.is_ready() => json_ok(json!({ "name": model, "ready": true })),
+    match s.find(&model) {
+        Some((p, _)) if p.is_ready() && !s.is_shutting_down() => json_ok(json!({ "name": model, "ready": true })),
         Some(_) => refusal(Refusal { status: 503, message: format!("model {model} is not ready") }),
         None => refusal(s.unknown(&model)),
     }
@@ -128,7 +134,7 @@ async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, header
 }
 
 async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: Body) -> Result<(Response, RequestTimes), Refusal> {
-    let kind = infer::admit(s, model)?;
+    let (package, kind) = infer::admit(s, model)?;
     if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
         return Err(Refusal::bad("compressed request bodies are not supported; send them uncompressed"));
     }
@@ -146,7 +152,7 @@ async fn infer_inner(s: &Arc<AppState>, model: &str, headers: &HeaderMap, body: 
         None => None,
     };
     let req = protocol::decode(&bytes, header_length)?;
-    let (outputs, mut times) = infer::run(s, kind, &req).await?;
+    let (outputs, mut times) = infer::run(s, &package, kind, &req).await?;
     let encoding = Instant::now();
     let encoded = protocol::encode(model, &req, &outputs)?;
     times.output += encoding.elapsed();
@@ -182,8 +188,8 @@ async fn model_stats_version(state: State<Arc<AppState>>, Path((model, _)): Path
 
 /// Triton's model configuration extension: the model's configuration as Triton writes it in JSON.
 async fn model_config(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.kind(&model) {
-        Some(k) => json_ok(json!(config::model_config(&s, k))),
+    match s.find(&model) {
+        Some((p, k)) => json_ok(json!(config::model_config(&s, &p, k))),
         None => refusal(s.unknown(&model)),
     }
 }
@@ -206,7 +212,19 @@ async fn repository_index(State(s): State<Arc<AppState>>, body: axum::body::Byte
     json_ok(json!(repository::index(&s, ready_only)))
 }
 
-/// Loading and unloading models: refused (the server's models are its package's).
-async fn model_control() -> Response {
-    refusal(Refusal::bad(repository::NO_MODEL_CONTROL))
+/// Triton's `load`: the package of the model repository called `model` loaded (again) and warmed
+/// up before the answer.
+async fn load(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match repository::load(&s, &model).await {
+        Ok(()) => json_ok(json!({})),
+        Err(r) => refusal(r),
+    }
+}
+
+/// Triton's `unload`: the package no longer served (requests in flight finish).
+async fn unload(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match repository::unload(&s, &model).await {
+        Ok(()) => json_ok(json!({})),
+        Err(r) => refusal(r),
+    }
 }

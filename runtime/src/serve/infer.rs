@@ -10,37 +10,40 @@ use ndarray::ArrayView4;
 
 use super::batcher::pad_run;
 use super::models::{self, Kind};
+use super::package::{Package, PackageState};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
 use super::stats::RequestTimes;
 
-/// The model a request for `model` goes to, if the server takes requests now (checked before
-/// the request's body is read).
-pub fn admit(s: &AppState, model: &str) -> Result<Kind, Refusal> {
-    if s.shutting_down.load(Ordering::Acquire) {
+/// The package and model a request for `model` goes to, if they take requests now (checked
+/// before the request's body is read).
+pub fn admit(s: &AppState, model: &str) -> Result<(Arc<Package>, Kind), Refusal> {
+    if s.is_shutting_down() {
         return Err(Refusal { status: 503, message: "the server is shutting down".into() });
     }
-    if !s.ready.load(Ordering::Acquire) {
-        return Err(Refusal { status: 503, message: "the server is not ready yet".into() });
+    let (p, kind) = s.find(model).ok_or_else(|| s.unknown(model))?;
+    match p.state() {
+        PackageState::Ready => Ok((p, kind)),
+        PackageState::Loading => Err(Refusal { status: 503, message: format!("model {model} is not ready yet") }),
+        PackageState::Failed(why) => Err(Refusal { status: 503, message: format!("model {model} is not ready: {why}") }),
     }
-    s.kind(model).ok_or_else(|| s.unknown(model))
 }
 
-/// The outputs of `req` to the model `kind` (from [`admit`]) with where its time went, or why
-/// not (with the HTTP status the REST endpoint answers). Score and denoising runs are recorded as
-/// the model's executions here; sampling runs by the batcher.
-pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<(Vec<Output>, RequestTimes), Refusal> {
-    let c = &s.sampler.model().manifest.model;
+/// The outputs of `req` to the model `kind` of `p` (from [`admit`]) with where its time went, or
+/// why not (with the HTTP status the REST endpoint answers). Score and denoising runs are
+/// recorded as the model's executions here; sampling runs by the batcher.
+pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> Result<(Vec<Output>, RequestTimes), Refusal> {
+    let c = &p.sampler.model().manifest.model;
     let image_shape = |b: usize| vec![b, c.in_channels, c.img_size, c.img_size];
     let late = || Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) };
     let begun = Instant::now();
     Ok(match kind {
         Kind::Sample => {
             let seed = s.next_seed.fetch_add(1, Ordering::Relaxed);
-            let job = models::sample_job(s.sampler.model(), s.sampler.settings(), req, s.limits, seed)?;
+            let job = models::sample_job(p.sampler.model(), p.sampler.settings(), req, s.limits, seed)?;
             let b = job.labels.len();
             let input = begun.elapsed();
-            let rx = s.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
+            let rx = p.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
             let ran = tokio::time::timeout(s.timeout, rx)
                 .await
                 .map_err(|_| late())?
@@ -52,10 +55,10 @@ pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<(Vec<Ou
             (out, times)
         }
         Kind::Score | Kind::Denoise => {
-            let mut job = models::image_job(s.sampler.model(), req, s.limits, kind == Kind::Score)?;
+            let mut job = models::image_job(p.sampler.model(), req, s.limits, kind == Kind::Score)?;
             let dims = image_shape(job.labels.len());
-            let sampler = s.sampler.clone();
-            let (images, rows) = (dims[0], s.batcher.opts.run_size(dims[0]));
+            let sampler = p.sampler.clone();
+            let (images, rows) = (dims[0], p.batcher.opts.run_size(dims[0]));
             let input = begun.elapsed();
             let queued_at = Instant::now();
             let run = tokio::task::spawn_blocking(move || -> Result<(Vec<Output>, [Duration; 3]), String> {
@@ -90,7 +93,7 @@ pub async fn run(s: &Arc<AppState>, kind: Kind, req: &Request) -> Result<(Vec<Ou
                 .map_err(|e| Refusal { status: 500, message: e })?;
             // Denoising runs padded as sampling runs are; scores run as they come.
             let batch = if kind == Kind::Denoise { rows } else { images };
-            s.stats.execution(&kind.model_name(&s.name), batch, infer);
+            s.stats.execution(&kind.model_name(&p.name), batch, infer);
             (out, RequestTimes { queue, input, infer, output, images })
         }
     })

@@ -6,13 +6,15 @@
 //!
 //! - [`protocol`]: the protocol's REST messages, JSON tensors and the binary tensor data extension;
 //! - [`models`]: the three models' metadata and their requests checked into work;
+//! - [`package`]: a package served: its models, sampler, batcher and readiness;
 //! - [`state`]: what the endpoints share;
 //! - [`infer`]: a request run, whichever protocol brought it;
 //! - [`batcher`]: concurrent sampling requests merged into sampler runs;
 //! - [`metrics`]: Prometheus counters and histograms;
 //! - [`stats`]: per-model statistics (Triton's statistics extension);
 //! - [`config`]: each model's configuration (Triton's model configuration extension);
-//! - [`repository`]: the repository index (Triton's model repository extension);
+//! - [`repository`]: the model repository: its index, loading and unloading packages (Triton's
+//!   model repository extension);
 //! - [`http`]: the REST endpoints;
 //! - [`grpc`]: the gRPC service.
 
@@ -23,33 +25,45 @@ pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod models;
+pub mod package;
 pub mod protocol;
 pub mod repository;
 pub mod state;
 pub mod stats;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::{RtError, Sampler};
-use batcher::{BatchOptions, Batcher, Observers};
-use metrics::Metrics;
-use models::{Kind, RequestLimits};
-use state::AppState;
-use stats::Statistics;
+use batcher::BatchOptions;
+use models::RequestLimits;
+use package::Package;
+use state::{AppState, OpenPackage, Repository};
+
+/// What a server serves.
+pub enum Served {
+    /// One package for the server's life, its sampling model called `name` (the others add
+    /// `-score` and `-denoise`).
+    Package { name: String, sampler: Arc<Sampler> },
+    /// Every package of the model repository `dir` (see [`repository`]), each opened by `open`;
+    /// packages are loaded and unloaded by name while the server runs.
+    Repository { dir: PathBuf, open: OpenPackage },
+}
 
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The sampling model's name (the others add `-score` and `-denoise`).
-    pub name: String,
     /// The REST endpoints' address.
     pub addr: SocketAddr,
     /// The gRPC service's address, if it is served.
     pub grpc_addr: Option<SocketAddr>,
     pub batch: BatchOptions,
+    /// Each package's runs padded where its sampler's loops run as captured CUDA graphs (CUDA,
+    /// TensorRT), in place of `batch.pad`.
+    pub pad_auto: bool,
     pub limits: RequestLimits,
     pub max_body_bytes: usize,
     /// A request without its result after this long gets 504.
@@ -73,63 +87,50 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     Ok((listener, bound))
 }
 
-/// Serves `sampler` until `shutdown` resolves; `on_listening` gets the bound addresses (port 0
-/// binds an ephemeral one).
+/// Serves `served` until `shutdown` resolves; `on_listening` gets the bound addresses (port 0
+/// binds an ephemeral one). A repository's packages are opened before the listeners bind (one
+/// that cannot be opened stops the server, naming it).
 pub async fn serve(
-    sampler: Arc<Sampler>,
+    served: Served,
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), RtError> {
-    let metrics = Arc::new(Metrics::default());
-    let names: Vec<String> = Kind::ALL.iter().map(|k| k.model_name(&opts.name)).collect();
-    let stats = Arc::new(Statistics::new(&names));
-    let observers = Observers { metrics: metrics.clone(), stats: stats.clone() };
-    let batcher = Batcher::start(sampler.clone(), opts.batch, observers, opts.name.clone());
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let state = Arc::new(AppState {
-        name: opts.name.clone(),
-        sampler: sampler.clone(),
-        batcher,
-        batch: opts.batch,
-        metrics,
-        stats,
-        limits: opts.limits,
-        max_body_bytes: opts.max_body_bytes,
-        timeout: opts.timeout,
-        ready: AtomicBool::new(false),
-        warm_up_failed: OnceLock::new(),
-        shutting_down: AtomicBool::new(false),
-        next_seed: AtomicU64::new(seed),
-    });
+    let (repository, initial) = match served {
+        Served::Package { name, sampler } => (None, vec![(name, sampler)]),
+        Served::Repository { dir, open } => {
+            let mut initial = Vec::new();
+            for (name, package) in repository::scan(&dir)? {
+                let sampler = open(&package).map_err(|e| RtError::Setting(format!("loading {name} from {}: {e}", package.display())))?;
+                initial.push((name, Arc::new(sampler)));
+            }
+            (Some(Repository { dir, open, changing: tokio::sync::Mutex::new(()) }), initial)
+        }
+    };
+    let state = Arc::new(AppState::new(repository, opts.limits, (opts.batch, opts.pad_auto), opts.max_body_bytes, opts.timeout));
+    let packages: Vec<Arc<Package>> =
+        initial.into_iter().map(|(name, sampler)| Package::start(name, sampler, opts.batch, opts.pad_auto, state.observers())).collect();
+    for p in &packages {
+        state.insert(p.clone());
+    }
     let (listener, addr) = bind(opts.addr).await?;
     let grpc = match opts.grpc_addr {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
     on_listening(Listening { http: addr, grpc: grpc.as_ref().map(|g| g.1) });
-    // Live at once; ready once every graph sampling needs is loaded and one image sampled.
-    let warm = state.clone();
-    tokio::spawn(async move {
-        let s = warm.sampler.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            s.warm_up()?;
-            let z = itarflow_base::prior_noise(0, s.model().noise_len());
-            s.sample_from(&z, &s.labels()[..1.min(s.labels().len())], &mut |_| {}).map(|_| ())
-        })
-        .await;
-        let failed = match result {
-            Ok(Ok(())) => {
-                warm.ready.store(true, Ordering::Release);
-                tracing::info!("ready");
-                return;
+    // Live at once; ready once every package's graphs sampling needs are loaded and one image
+    // sampled.
+    for p in packages {
+        tokio::spawn(async move {
+            let name = p.name.clone();
+            match tokio::task::spawn_blocking(move || p.warm_up()).await {
+                Ok(Ok(())) => tracing::info!(package = %name, "ready"),
+                Ok(Err(why)) => tracing::error!(error = %why, "the server stays not ready"),
+                Err(e) => tracing::error!(package = %name, error = %e, "warming up panicked; the server stays not ready"),
             }
-            Ok(Err(e)) => format!("warming up failed: {e}"),
-            Err(e) => format!("warming up panicked: {e}"),
-        };
-        tracing::error!(error = %failed, "the server stays not ready");
-        let _ = warm.warm_up_failed.set(failed);
-    });
+        });
+    }
     let closing = state.clone();
     let grace = opts.shutdown_grace;
     // Both listeners close together, after the grace period.

@@ -1,32 +1,45 @@
-//! What a server's endpoints share, whichever protocol they speak: the sampler, the batcher,
-//! the metrics and statistics, the limits, and whether the server is ready or shutting down.
+//! What a server's endpoints share, whichever protocol they speak: the packages served (and the
+//! model repository they are loaded from, if any), the metrics and statistics, the limits, and
+//! whether the server is shutting down.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::batcher::{BatchOptions, Batcher};
+use super::batcher::{BatchOptions, Observers};
 use super::metrics::Metrics;
 use super::models::{Kind, RequestLimits};
+use super::package::Package;
 use super::protocol::Refusal;
 use super::stats::{RequestTimes, Statistics};
-use crate::Sampler;
+use crate::{RtError, Sampler};
+
+/// Opens a package's sampler with the server's provider, precision and settings.
+pub type OpenPackage = Box<dyn Fn(&Path) -> Result<Sampler, RtError> + Send + Sync>;
+
+/// A model repository: a folder of packages (one sub-folder each, named as its models are),
+/// loaded and unloaded by name while the server runs (Triton's model repository extension).
+pub struct Repository {
+    pub dir: PathBuf,
+    pub open: OpenPackage,
+    /// Loads and unloads happen one at a time.
+    pub changing: tokio::sync::Mutex<()>,
+}
 
 pub struct AppState {
-    pub name: String,
-    pub sampler: Arc<Sampler>,
-    pub batcher: Batcher,
-    /// How the batcher merges requests (what the model configuration reports).
-    pub batch: BatchOptions,
+    packages: RwLock<Vec<Arc<Package>>>,
+    /// Where packages are loaded from, if the server has a repository.
+    pub repository: Option<Repository>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Statistics>,
     pub limits: RequestLimits,
+    /// How the batchers of packages loaded later merge requests.
+    pub batch: BatchOptions,
+    /// Padding decided per package ([`Package::start`]).
+    pub pad_auto: bool,
     pub max_body_bytes: usize,
     pub timeout: Duration,
-    /// Graphs loaded and warmed.
-    pub ready: AtomicBool,
-    /// Why warming up failed (the server then stays not ready).
-    pub warm_up_failed: OnceLock<String>,
     /// SIGTERM/SIGINT received: requests in flight finish, new ones are refused.
     pub shutting_down: AtomicBool,
     /// Seeds of requests that give none.
@@ -34,20 +47,92 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A server's state without packages yet ([`Self::insert`] adds them).
+    pub fn new(
+        repository: Option<Repository>,
+        limits: RequestLimits,
+        (batch, pad_auto): (BatchOptions, bool),
+        max_body_bytes: usize,
+        timeout: Duration,
+    ) -> Self {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            packages: RwLock::new(Vec::new()),
+            repository,
+            metrics: Arc::new(Metrics::default()),
+            stats: Arc::new(Statistics::new(&[])),
+            limits,
+            batch,
+            pad_auto,
+            max_body_bytes,
+            timeout,
+            shutting_down: AtomicBool::new(false),
+            next_seed: AtomicU64::new(seed),
+        }
+    }
+
+    /// What a package's batcher reports to.
+    pub fn observers(&self) -> Observers {
+        Observers { metrics: self.metrics.clone(), stats: self.stats.clone() }
+    }
+
+    /// The packages served, in the order they were loaded.
+    pub fn packages(&self) -> Vec<Arc<Package>> {
+        self.packages.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The package called `name` (its sampling model's name).
+    pub fn package(&self, name: &str) -> Option<Arc<Package>> {
+        self.packages().into_iter().find(|p| p.name == name)
+    }
+
+    /// Serves `package` (in place of a package of the same name), its models' statistics from zero.
+    pub fn insert(&self, package: Arc<Package>) {
+        let names = package.model_names();
+        if let Ok(mut packages) = self.packages.write() {
+            packages.retain(|p| p.name != package.name);
+            packages.push(package);
+        }
+        self.stats.reset(&names);
+    }
+
+    /// Stops serving the package `name` (requests in flight finish); its models' statistics go.
+    pub fn remove(&self, name: &str) -> Option<Arc<Package>> {
+        let removed = self.packages.write().ok().and_then(|mut packages| {
+            let i = packages.iter().position(|p| p.name == name)?;
+            Some(packages.remove(i))
+        })?;
+        self.stats.remove(&removed.model_names());
+        Some(removed)
+    }
+
+    /// The package and model called `model` on this server.
+    pub fn find(&self, model: &str) -> Option<(Arc<Package>, Kind)> {
+        self.packages().into_iter().find_map(|p| p.kind(model).map(|k| (p, k)))
+    }
+
     /// The model called `model` on this server.
     pub fn kind(&self, model: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.model_name(&self.name) == model)
+        self.find(model).map(|(_, k)| k)
+    }
+
+    /// Every model's name.
+    pub fn model_names(&self) -> Vec<String> {
+        self.packages().iter().flat_map(|p| p.model_names()).collect()
     }
 
     /// The refusal of a request for a model this server does not have.
     pub fn unknown(&self, model: &str) -> Refusal {
-        let known: Vec<String> = Kind::ALL.iter().map(|k| k.model_name(&self.name)).collect();
-        Refusal::bad(format!("unknown model '{model}' (this server has {known:?})"))
+        Refusal::bad(format!("unknown model '{model}' (this server has {:?})", self.model_names()))
     }
 
-    /// Ready for requests: warmed up and not shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Ready for requests: every package warmed up, and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+        !self.is_shutting_down() && self.packages().iter().all(|p| p.is_ready())
     }
 
     /// An inference request to `model` answered with HTTP status `code` (REST's, or the one REST

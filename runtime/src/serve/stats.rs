@@ -93,6 +93,24 @@ impl Statistics {
         Self { models: Mutex::new(models.iter().map(|m| (m.clone(), Entry::default())).collect()) }
     }
 
+    /// `models` counted from zero (a package loaded, or loaded again).
+    pub fn reset(&self, models: &[String]) {
+        if let Ok(mut m) = self.models.lock() {
+            for name in models {
+                m.insert(name.clone(), Entry::default());
+            }
+        }
+    }
+
+    /// `models` no longer counted (a package unloaded).
+    pub fn remove(&self, models: &[String]) {
+        if let Ok(mut m) = self.models.lock() {
+            for name in models {
+                m.remove(name);
+            }
+        }
+    }
+
     fn with(&self, model: &str, f: impl FnOnce(&mut Entry)) {
         if let Ok(mut models) = self.models.lock()
             && let Some(e) = models.get_mut(model)
@@ -175,5 +193,11 @@ mod tests {
         assert_eq!(all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(all[1], ModelStats { name: "b".into(), version: "1".into(), ..Default::default() });
         assert!(s.snapshot(Some("nope")).is_none());
+        // A package loaded again counts from zero; one unloaded is no longer reported.
+        s.reset(&["a".into()]);
+        assert_eq!(s.snapshot(Some("a")).unwrap()[0], ModelStats { name: "a".into(), version: "1".into(), ..Default::default() });
+        s.remove(&["b".into()]);
+        assert!(s.snapshot(Some("b")).is_none());
+        assert_eq!(s.snapshot(None).unwrap().len(), 1);
     }
 }

@@ -318,6 +318,16 @@ pub struct ModelIndex {
     pub reason: String,
 }
 
+/// `RepositoryModelLoadRequest`, `RepositoryModelUnloadRequest` (their `parameters`, such as a
+/// model's configuration or files sent with the load, are not read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryModelRequest {
+    #[prost(string, tag = "1")]
+    pub repository_name: String,
+    #[prost(string, tag = "2")]
+    pub model_name: String,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RepositoryIndexResponse {
     #[prost(message, repeated, tag = "1")]

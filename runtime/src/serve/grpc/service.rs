@@ -3,8 +3,9 @@
 //! they arrive, so that they batch together, and each answer, in the order they finish, carries
 //! its request's id), and Triton's statistics, model configuration and repository index extensions
 //! (`ModelStatistics`, `ModelConfig`, `RepositoryIndex`), on the same state as the REST endpoints.
-//! Loading and unloading models answer FAILED_PRECONDITION (the models are the package's for the
-//! server's life); Triton's shared memory and trace methods answer UNIMPLEMENTED.
+//! Loading and unloading models (`RepositoryModelLoad`, `RepositoryModelUnload`) on a server with
+//! a model repository; elsewhere they answer FAILED_PRECONDITION. Triton's shared memory and
+//! trace methods answer UNIMPLEMENTED.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -143,8 +144,8 @@ impl Routes for Inference {
             }
             Some("ModelReady") => {
                 unary(req, limit, |m: ModelRef| {
-                    let r = match s.kind(&m.name) {
-                        Some(_) => Ok(ModelReadyResponse { ready: s.is_ready() }),
+                    let r = match s.find(&m.name) {
+                        Some((p, _)) => Ok(ModelReadyResponse { ready: p.is_ready() && !s.is_shutting_down() }),
                         None => Err(not_found(&s, &m.name)),
                     };
                     async move { r }
@@ -171,8 +172,8 @@ impl Routes for Inference {
             }
             Some("ModelConfig") => {
                 unary(req, limit, |m: ModelConfigRequest| {
-                    let r = match s.kind(&m.name) {
-                        Some(k) => Ok(config::response(crate::serve::config::model_config(&s, k))),
+                    let r = match s.find(&m.name) {
+                        Some((p, k)) => Ok(config::response(crate::serve::config::model_config(&s, &p, k))),
                         None => Err(not_found(&s, &m.name)),
                     };
                     async move { r }
@@ -186,7 +187,21 @@ impl Routes for Inference {
                 })
                 .await
             }
-            Some("RepositoryModelLoad" | "RepositoryModelUnload") => Status::failed_precondition(repository::NO_MODEL_CONTROL).into_http(),
+            Some("RepositoryModelLoad" | "RepositoryModelUnload") if s.repository.is_none() => {
+                Status::failed_precondition(repository::NO_MODEL_CONTROL).into_http()
+            }
+            Some("RepositoryModelLoad") => {
+                unary(req, limit, |m: RepositoryModelRequest| async move {
+                    repository::load(&s, &m.model_name).await.map(|()| Empty {}).map_err(tensors::status)
+                })
+                .await
+            }
+            Some("RepositoryModelUnload") => {
+                unary(req, limit, |m: RepositoryModelRequest| async move {
+                    repository::unload(&s, &m.model_name).await.map(|()| Empty {}).map_err(tensors::status)
+                })
+                .await
+            }
             Some("ModelInfer") => unary(req, limit, |m: ModelInferRequest| model_infer(s.clone(), m)).await,
             Some("ModelStreamInfer") => {
                 let response = Grpc::new(ProstCodec::<ModelStreamInferResponse, ModelInferRequest>::default())
@@ -196,7 +211,7 @@ impl Routes for Inference {
                 too_large(response, limit)
             }
             _ => Status::unimplemented(format!(
-                "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, RepositoryIndex, ModelInfer and ModelStreamInfer"
+                "{path} is not served here: itarflow-rt answers {SERVICE}'s ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload, ModelInfer and ModelStreamInfer"
             ))
             .into_http(),
         }
@@ -204,8 +219,8 @@ impl Routes for Inference {
 }
 
 fn model_metadata(s: &AppState, model: &str) -> Result<ModelMetadataResponse, Status> {
-    let kind = s.kind(model).ok_or_else(|| not_found(s, model))?;
-    let m = models::metadata(s.sampler.model(), &s.name, kind);
+    let (p, kind) = s.find(model).ok_or_else(|| not_found(s, model))?;
+    let m = models::metadata(p.sampler.model(), &p.name, kind);
     let tensors = |list: Vec<models::TensorMeta>| {
         list.into_iter().map(|t| TensorMetadata { name: t.name.into(), datatype: t.datatype.name().into(), shape: t.shape }).collect()
     };
@@ -225,9 +240,9 @@ async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInfe
         if s.kind(&model).is_none() {
             return Err(unknown(&s, &model));
         }
-        let kind = infer::admit(&s, &model)?;
+        let (package, kind) = infer::admit(&s, &model)?;
         let req = tensors::decode(m)?;
-        let (outputs, mut times) = infer::run(&s, kind, &req).await?;
+        let (outputs, mut times) = infer::run(&s, &package, kind, &req).await?;
         let encoding = Instant::now();
         let response = tensors::encode(&model, &req, &outputs)?;
         times.output += encoding.elapsed();
