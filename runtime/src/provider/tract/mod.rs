@@ -6,7 +6,7 @@
 //! through the load-time rewrites of [`rewrite_for_cpu`] (attention over a KV cache, softmaxes,
 //! the fixed cache's writes, and on AVX-512 CPUs the matrix products, each as an op of this
 //! module that tract would otherwise run slower). On CPUs without fp16 arithmetic an fp16 graph's
-//! plan computes in fp32 ([`upcast`], [`F16Compute`]).
+//! plan computes in fp32 ([`F16Compute`], `upcast.rs`).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
 //! steps share one state instead of allocating one per step.
