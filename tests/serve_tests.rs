@@ -599,3 +599,44 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     assert_eq!(index().len(), 9, "the broken package is listed as unavailable: {:?}", index());
     assert_eq!(get(&server, "/v2/health/ready").0, 200, "a failed load leaves the server ready");
 }
+
+/// Requests whose timeout passes while they wait in the queue get 504 and are then dropped from
+/// the queue unrun (counted in `itarflow_requests_abandoned_total`): the sampler's next run is
+/// not spent on images nobody reads.
+#[test]
+fn requests_that_time_out_in_the_queue_are_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let server = start(&pkg, &["--timeout-s", "1", "--max-batch", "16", "--max-denoise-steps", "1000", "--max-queue-delay-ms", "0"]);
+    let a = server.addr;
+    // A long run (~11 s on this project's 2-core machine) holds the sampler; two requests queued
+    // behind it time out long before it ends.
+    let long = json!({"inputs": [
+        {"name": "class", "shape": [16], "datatype": "INT64", "data": vec![1; 16]},
+        {"name": "denoise_steps", "shape": [1], "datatype": "INT32", "data": [600]}
+    ]});
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let first = s.spawn(|| infer(a, "tiny", &long).0);
+        std::thread::sleep(Duration::from_millis(300));
+        let queued: Vec<_> = (0..2).map(|k| s.spawn(move || infer(a, "tiny", &sample_request(&[k], Some(k))).0)).collect();
+        std::iter::once(first).chain(queued).map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [504, 504, 504], "every request outlived its 1 s timeout");
+    let metric = |name: &str| {
+        let (_, _, text) = http(a, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(text).unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{model=\"tiny\"}} "))).map(|v| v.parse::<u64>().unwrap())
+    };
+    // Once the long run ends, the batcher drops the two timed-out requests instead of running them.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while metric("itarflow_requests_abandoned_total") != Some(2) {
+        assert!(Instant::now() < deadline, "the timed-out requests were not dropped: {:?}", metric("itarflow_requests_abandoned_total"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The server answers again, and ran the long request alone (the warm-up is not counted), plus this one.
+    let (status, body) = infer(a, "tiny", &sample_request(&[3], Some(3)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(metric("itarflow_batch_images_count"), Some(2), "runs: the long one and the last");
+    assert_eq!(metric("itarflow_images_generated_total"), Some(17));
+}

@@ -138,6 +138,18 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
             }
         }
         metrics.queue(&model, -(batch.len() as i64));
+        // Requests whose client stopped waiting (their timeout passed in the queue, or the
+        // connection closed) are not run: under overload, a queue of timed-out requests would
+        // otherwise keep the sampler on work nobody reads.
+        let waiting = batch.len();
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.len() < waiting {
+            metrics.abandoned(&model, waiting - batch.len());
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let images: usize = batch.iter().map(|p| p.job.labels.len()).sum();
         metrics.batch(&model, images);
         let (mut z, mut labels): (Vec<f32>, Vec<i64>) = (
             batch.iter().flat_map(|p| p.job.z.iter().copied()).collect(),

@@ -1,6 +1,6 @@
 //! The server's Prometheus metrics, in the text exposition format at `/metrics`: requests and
-//! errors by model and status code, request latency and batch size histograms, queue depth and
-//! images generated.
+//! errors by model and status code, request latency and batch size histograms, queue depth,
+//! images generated, and requests dropped from the queue unrun (their client stopped waiting).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -48,6 +48,7 @@ struct State {
     batch: BTreeMap<String, Histogram>,
     queue: BTreeMap<String, i64>,
     images: BTreeMap<String, u64>,
+    abandoned: BTreeMap<String, u64>,
 }
 
 /// The metrics of one server.
@@ -84,6 +85,12 @@ impl Metrics {
         self.with(|s| *s.queue.entry(model.to_string()).or_default() += delta);
     }
 
+    /// `n` queued requests dropped unrun: their client stopped waiting (the request's timeout, or
+    /// a closed connection) before their run began.
+    pub fn abandoned(&self, model: &str, n: usize) {
+        self.with(|s| *s.abandoned.entry(model.to_string()).or_default() += n as u64);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let Ok(s) = self.state.lock() else { return out };
@@ -111,6 +118,12 @@ impl Metrics {
         for (m, n) in &s.images {
             let _ = writeln!(out, "itarflow_images_generated_total{{model=\"{m}\"}} {n}");
         }
+        out.push_str(
+            "# HELP itarflow_requests_abandoned_total Queued requests dropped unrun: their client stopped waiting (timeout, closed connection).\n# TYPE itarflow_requests_abandoned_total counter\n",
+        );
+        for (m, n) in &s.abandoned {
+            let _ = writeln!(out, "itarflow_requests_abandoned_total{{model=\"{m}\"}} {n}");
+        }
         out
     }
 }
@@ -127,6 +140,7 @@ mod tests {
         m.request("demo", 400, 0.001);
         m.batch("demo", 6);
         m.queue("demo", 1);
+        m.abandoned("demo", 2);
         let text = m.render();
         assert!(text.contains("itarflow_requests_total{model=\"demo\",code=\"200\"} 2"), "{text}");
         assert!(text.contains("itarflow_request_duration_seconds_bucket{model=\"demo\",le=\"0.025\"} 2"), "{text}");
@@ -134,5 +148,6 @@ mod tests {
         assert!(text.contains("itarflow_batch_images_bucket{model=\"demo\",le=\"8\"} 1"), "{text}");
         assert!(text.contains("itarflow_images_generated_total{model=\"demo\"} 6"), "{text}");
         assert!(text.contains("itarflow_queue_depth{model=\"demo\"} 1"), "{text}");
+        assert!(text.contains("itarflow_requests_abandoned_total{model=\"demo\"} 2"), "{text}");
     }
 }
