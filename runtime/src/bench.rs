@@ -36,6 +36,10 @@ pub struct BenchResult {
     pub provider: String,
     pub precision: String,
     pub tf32: bool,
+    /// tract on the CPU with fp16 graphs: whether they computed in fp32 ("fp32") or in fp16
+    /// ("native"; see `--tract-f16`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tract_f16: Option<String>,
     /// CPU threads the providers were given (`--threads`, 0 resolved to the cores).
     pub threads: usize,
     pub batch: usize,
@@ -250,6 +254,7 @@ pub fn bench(
         provider: sampler.provider().name().into(),
         precision: precision.name().into(),
         tf32: opts.tf32 && sampler.provider() == Provider::Cuda,
+        tract_f16: (sampler.provider() == Provider::Tract && precision != Precision::Fp32).then(|| opts.tract_f16.name().into()),
         threads: opts.threads(),
         batch: b.batch,
         cfg: s.guidance.scale,

@@ -25,6 +25,13 @@ pub enum F16Compute {
 }
 
 impl F16Compute {
+    pub fn name(self) -> &'static str {
+        match self {
+            F16Compute::Native => "native",
+            F16Compute::Fp32 => "fp32",
+        }
+    }
+
     /// This CPU's: [`F16Compute::Native`] where it has fp16 arithmetic, else [`F16Compute::Fp32`].
     pub fn for_this_cpu() -> Self {
         if native_f16() { F16Compute::Native } else { F16Compute::Fp32 }
