@@ -450,6 +450,18 @@ fn the_score_batch_follows_the_budget_of_the_provider_it_runs_on() {
     assert_eq!(s.settings().denoise_batch, 5);
 }
 
+/// The reference vectors, and the tiny model exported with fp32 and fp16 graphs to `pkg` in a
+/// temporary folder.
+fn package_of_both_precisions() -> (itarflow_base::Npz, tempfile::TempDir, Arc<Model>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    let m = tiny(false);
+    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
+    opts.precisions = itarflow_export::package::Precisions::Both;
+    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), &dir, &opts, &mut |_| {}).unwrap();
+    (vectors(), tmp, Arc::new(Model::load(&dir).unwrap()))
+}
+
 /// tract's fp16 graphs computed in fp32 (`F16Compute::Fp32`, the default on CPUs without fp16
 /// arithmetic) against the same graphs computed in fp16 (`Native`) and the fp32 graphs: sampling
 /// and the score agree with fp16 arithmetic within fp16's rounding, and are not the fp32 graphs'
@@ -459,14 +471,7 @@ fn the_score_batch_follows_the_budget_of_the_provider_it_runs_on() {
 fn tract_computes_fp16_graphs_in_fp32_keeping_their_fp16_weights_and_values() {
     use itarflow_rt::Precision::{Fp16, Fp32};
     use itarflow_rt::provider::tract::F16Compute;
-    let v = vectors();
-    let tmp = tempfile::tempdir().unwrap();
-    let m = tiny(false);
-    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
-    opts.precisions = itarflow_export::package::Precisions::Both;
-    let dir = tmp.path().join("pkg");
-    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), &dir, &opts, &mut |_| {}).unwrap();
-    let model = Arc::new(Model::load(&dir).unwrap());
+    let (v, tmp, model) = package_of_both_precisions();
     let (_, z) = array(&v, "rev_z");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let (x, t) = (images(&v, "x"), array(&v, "t").1);
@@ -501,14 +506,8 @@ fn tract_computes_fp16_graphs_in_fp32_keeping_their_fp16_weights_and_values() {
 
 #[test]
 fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones() {
-    let v = vectors();
-    let tmp = tempfile::tempdir().unwrap();
-    let m = tiny(false);
-    let mut opts = itarflow_export::package::ExportOptions::for_model(&m.config);
-    opts.precisions = itarflow_export::package::Precisions::Both;
+    let (v, tmp, model) = package_of_both_precisions();
     let dir = tmp.path().join("pkg");
-    itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), &dir, &opts, &mut |_| {}).unwrap();
-    let model = Arc::new(Model::load(&dir).unwrap());
     let (_, z) = array(&v, "rev_z");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let with = |precision: itarflow_rt::Precision, steps: usize| {
