@@ -471,7 +471,7 @@ fn package_of_both_precisions() -> (itarflow_base::Npz, tempfile::TempDir, Arc<M
 fn tract_computes_fp16_graphs_in_fp32_keeping_their_fp16_weights_and_values() {
     use itarflow_rt::Precision::{Fp16, Fp32};
     use itarflow_rt::provider::tract::F16Compute;
-    let (v, tmp, model) = package_of_both_precisions();
+    let (v, _tmp, model) = package_of_both_precisions();
     let (_, z) = array(&v, "rev_z");
     let y = v.i64("y", 1, "", "").unwrap().1;
     let (x, t) = (images(&v, "x"), array(&v, "t").1);
