@@ -150,3 +150,33 @@ pub async fn unload(s: &Arc<AppState>, model: &str) -> Result<(), Refusal> {
     tracing::info!(package = %name, "unloaded");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_folder_names_and_resolve_to_their_package() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "../a", "a\\b", "a b", "ä"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        for good in ["fmnist", "a.b", "s64_v2", "x-1"] {
+            assert!(valid_name(good), "{good:?}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for folder in ["plain", "nested/package", "notes"] {
+            std::fs::create_dir_all(dir.join(folder)).unwrap();
+        }
+        std::fs::write(dir.join("plain/manifest.json"), b"{}").unwrap();
+        std::fs::write(dir.join("nested/package/manifest.json"), b"{}").unwrap();
+        let names: Vec<String> = scan(dir).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["nested", "plain"], "folders without a manifest are not packages");
+        assert_eq!(resolve(dir, "plain-score").unwrap(), ("plain".to_string(), dir.join("plain")));
+        assert_eq!(resolve(dir, "nested-denoise").unwrap(), ("nested".to_string(), dir.join("nested/package")));
+        assert_eq!(resolve(dir, "nested").unwrap().0, "nested");
+        assert!(resolve(dir, "notes").unwrap_err().message.contains("manifest.json"));
+        assert!(resolve(dir, "plain-score-score").is_err());
+        assert!(resolve(dir, "../plain").unwrap_err().message.contains("not a path"));
+    }
+}
