@@ -600,9 +600,10 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     assert_eq!(get(&server, "/v2/health/ready").0, 200, "a failed load leaves the server ready");
 }
 
-/// Requests whose timeout passes while they wait in the queue get 504 and are then dropped from
-/// the queue unrun (counted in `itarflow_requests_abandoned_total`): the sampler's next run is
-/// not spent on images nobody reads.
+/// Requests whose timeout passes while they wait in the queue get 504, and a gRPC call whose
+/// client's deadline passes gets DEADLINE_EXCEEDED at its deadline; all are then dropped from the
+/// queue unrun (counted in `itarflow_requests_abandoned_total`): the sampler's next run is not
+/// spent on images nobody reads.
 #[test]
 fn requests_that_time_out_in_the_queue_are_not_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -616,21 +617,44 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
         {"name": "class", "shape": [16], "datatype": "INT64", "data": vec![1; 16]},
         {"name": "denoise_steps", "shape": [1], "datatype": "INT32", "data": [600]}
     ]});
-    let statuses: Vec<u16> = std::thread::scope(|s| {
+    let grpc = server.grpc.to_string();
+    let (statuses, deadline) = std::thread::scope(|s| {
         let first = s.spawn(|| infer(a, "tiny", &long).0);
         std::thread::sleep(Duration::from_millis(300));
         let queued: Vec<_> = (0..2).map(|k| s.spawn(move || infer(a, "tiny", &sample_request(&[k], Some(k))).0)).collect();
-        std::iter::once(first).chain(queued).map(|h| h.join().unwrap()).collect()
+        // A gRPC client's deadline of 0.3 s (Triton's client_timeout), shorter than the server's.
+        let deadline = s.spawn(|| {
+            Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sys, time, numpy as np, tritonclient.grpc as g\n\
+                     c = g.InferenceServerClient(sys.argv[1])\n\
+                     x = g.InferInput('class', [1], 'INT64'); x.set_data_from_numpy(np.array([5]))\n\
+                     t = time.time()\n\
+                     try:\n    c.infer('tiny', [x], client_timeout=0.3); print('served')\n\
+                     except g.InferenceServerException as e:\n    print(e.status(), round(time.time() - t, 2))",
+                )
+                .arg(&grpc)
+                .output()
+                .unwrap()
+        });
+        let statuses: Vec<u16> = std::iter::once(first).chain(queued).map(|h| h.join().unwrap()).collect();
+        (statuses, deadline.join().unwrap())
     });
     assert_eq!(statuses, [504, 504, 504], "every request outlived its 1 s timeout");
+    let said = String::from_utf8_lossy(&deadline.stdout);
+    assert!(deadline.status.success(), "{said}{}", String::from_utf8_lossy(&deadline.stderr));
+    let (code, after) = said.trim().rsplit_once(' ').unwrap_or_default();
+    assert_eq!(code, "StatusCode.DEADLINE_EXCEEDED", "{said}");
+    assert!(after.parse::<f64>().unwrap() < 0.9, "the client's deadline, not the server's timeout, ended the call: {said}");
     let metric = |name: &str| {
         let (_, _, text) = http(a, "GET", "/metrics", &[], b"");
         let text = String::from_utf8(text).unwrap();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{model=\"tiny\"}} "))).map(|v| v.parse::<u64>().unwrap())
     };
-    // Once the long run ends, the batcher drops the two timed-out requests instead of running them.
+    // Once the long run ends, the batcher drops the three requests instead of running them.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while metric("itarflow_requests_abandoned_total") != Some(2) {
+    while metric("itarflow_requests_abandoned_total") != Some(3) {
         assert!(Instant::now() < deadline, "the timed-out requests were not dropped: {:?}", metric("itarflow_requests_abandoned_total"));
         std::thread::sleep(Duration::from_millis(100));
     }
