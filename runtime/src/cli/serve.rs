@@ -158,7 +158,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         timeout: Duration::from_secs(a.timeout_s.max(1)),
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s.max(0.0)),
     };
-    tracing::info!(max_batch = opts.batch.max_batch, "batching");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(served, opts, signal(), |at| {
         eprintln!("listening on http://{}", at.http);

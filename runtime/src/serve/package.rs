@@ -39,6 +39,7 @@ impl Package {
         if pad_auto {
             batch.pad = sampler.resident() && sampler.provider().device_resident();
         }
+        tracing::info!(package = %name, provider = %sampler.provider(), max_batch = batch.max_batch, pad_batches = batch.pad, "batching");
         let batcher = Batcher::start(sampler.clone(), batch, observers, name.clone());
         Arc::new(Self { name, sampler, batcher, ready: AtomicBool::new(false), warm_up_failed: OnceLock::new() })
     }
