@@ -557,3 +557,49 @@ fn mixed_precision_inverts_with_the_fp32_graphs_and_denoises_with_the_fp16_ones(
     let msg = e.unwrap_err().to_string();
     assert!(msg.contains("fp16") && msg.contains("--precision"), "{msg}");
 }
+
+/// `itarflow-rt info --json` against what the package folder and its manifest hold, counted here
+/// independently, and its refusal of a package with an altered file.
+#[test]
+fn info_describes_a_package_and_refuses_an_altered_one() {
+    let (_v, tmp, _model) = package_of_both_precisions();
+    let dir = tmp.path().join("pkg");
+    let info =
+        |dir: &std::path::Path| std::process::Command::new(rt_binary()).args(["info", "--json", "--model"]).arg(dir).output().unwrap();
+    let out = info(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn walk(d: &std::path::Path, files: &mut Vec<u64>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { walk(&p, files) } else { files.push(p.metadata().unwrap().len()) }
+        }
+    }
+    let mut sizes = Vec::new();
+    walk(&dir, &mut sizes);
+    assert_eq!(got["files"].as_u64(), Some(sizes.len() as u64), "{got}");
+    assert_eq!(got["bytes"].as_u64(), Some(sizes.iter().sum::<u64>()), "{got}");
+    assert_eq!(got["parameters"].as_u64(), Some(tiny(false).config.num_params() as u64));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    for precision in ["fp32", "fp16"] {
+        let n = manifest["graphs"].as_array().unwrap().iter().filter(|g| g["precision"] == precision).count();
+        assert_eq!(got["graphs"][precision]["graphs"].as_u64(), Some(n as u64), "{precision}: {got}");
+        assert!(got["graphs"][precision]["bytes"].as_u64().unwrap() > 0);
+    }
+    assert!(got["graphs"]["fp16"]["bytes"].as_u64() < got["graphs"]["fp32"]["bytes"].as_u64(), "fp16 weights take half the bytes");
+    assert_eq!(got["precisions"], serde_json::json!(["fp16", "fp32", "mixed"]));
+    assert_eq!(got["served_as"], serde_json::json!(["pkg", "pkg-score", "pkg-denoise"]));
+    assert_eq!(got["sampler"], manifest["sampler"]);
+    // One byte of a weight file changed: refused, naming the file.
+    let weights = std::fs::read_dir(dir.join("fp32"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "weights"))
+        .unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let out = info(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(weights.file_name().unwrap().to_str().unwrap()), "{err}");
+}

@@ -18,6 +18,7 @@ pub mod allocator;
 pub mod bench;
 pub mod check;
 pub mod graphs;
+pub mod info;
 pub mod memory;
 pub mod model;
 pub mod provider;

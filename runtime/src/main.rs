@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "itarflow-rt",
     version,
-    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, check, bench, serve, eval-quality, ablate"
+    about = "Run exported iTARFlow model packages (no Burn, no Python): sample, denoise, score, info, check, bench, serve, eval-quality, ablate"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +23,8 @@ enum Command {
     Denoise(cli::io::DenoiseArgs),
     /// Score and log p of images `x` at noise levels `t` (and labels `y`) from an npz.
     Score(cli::io::ScoreArgs),
+    /// What a package holds: model, sampler defaults, graphs by precision, sizes (files checked).
+    Info(cli::info::InfoArgs),
     /// Run every graph on every provider available here against the reference outputs.
     Check(cli::check::CheckArgs),
     /// Measure step and score latency, images/s and peak memory per provider.
@@ -42,6 +44,7 @@ fn main() {
         Command::Sample(a) => cli::sample::run(a),
         Command::Denoise(a) => cli::io::denoise(a),
         Command::Score(a) => cli::io::score(a),
+        Command::Info(a) => cli::info::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Serve(a) => cli::serve::run(a),

@@ -48,6 +48,19 @@ impl Model {
         })
     }
 
+    /// The name it goes by (a server's sampling model, without `--name`): its folder's, or the
+    /// parent folder's for a folder called `package` (the demo's models/fmnist/package is
+    /// `fmnist`).
+    pub fn default_name(&self) -> String {
+        let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let folder = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        match folder(&dir) {
+            Some(n) if n == "package" => dir.parent().and_then(folder).unwrap_or(n),
+            Some(n) => n,
+            None => "itarflow".into(),
+        }
+    }
+
     pub fn num_classes(&self) -> usize {
         self.manifest.model.num_classes
     }

@@ -4,6 +4,7 @@ pub mod ablate;
 pub mod args;
 pub mod bench;
 pub mod check;
+pub mod info;
 pub mod io;
 pub mod plot;
 pub mod quality;

@@ -126,17 +126,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         None => {
             let model = a.run.common.load()?;
-            // The package folder's name, or its parent's for a folder called `package` (the demo's
-            // models/fmnist/package serves as fmnist).
-            let name = a.name.clone().unwrap_or_else(|| {
-                let dir = std::fs::canonicalize(&model.dir).unwrap_or_else(|_| model.dir.clone());
-                let folder = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-                match folder(&dir) {
-                    Some(n) if n == "package" => dir.parent().and_then(folder).unwrap_or(n),
-                    Some(n) => n,
-                    None => "itarflow".into(),
-                }
-            });
+            let name = a.name.clone().unwrap_or_else(|| model.default_name());
             let settings = a.settings.apply(sampler::defaults(&model), model.num_classes())?;
             let sampler = a.run.open(a.run.builder(model).settings(settings))?;
             tracing::info!(provider = %sampler.provider(), model = %name, "loaded");
