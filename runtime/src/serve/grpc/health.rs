@@ -8,7 +8,6 @@
 //! ends, so that open watches do not hold the server's connections past the grace period.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http;
@@ -96,7 +95,7 @@ impl ServerStreamingService<HealthCheckRequest> for Watch {
                     }
                     sent = Some(now);
                 }
-                if s.shutting_down.load(Ordering::Acquire) {
+                if s.is_shutting_down() {
                     return;
                 }
                 tokio::select! {
