@@ -600,10 +600,11 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     assert_eq!(get(&server, "/v2/health/ready").0, 200, "a failed load leaves the server ready");
 }
 
-/// Requests whose timeout passes while they wait in the queue get 504, and a gRPC call whose
-/// client's deadline passes gets DEADLINE_EXCEEDED at its deadline; all are then dropped from the
-/// queue unrun (counted in `itarflow_requests_abandoned_total`): the sampler's next run is not
-/// spent on images nobody reads.
+/// Requests whose timeout passes while they wait in the queue get 504, a gRPC call whose
+/// client's deadline passes gets DEADLINE_EXCEEDED at its deadline, and a REST client closes its
+/// connection while its request waits; all are then dropped from the queue unrun (counted in
+/// `itarflow_requests_abandoned_total`): the sampler's next run is not spent on images nobody
+/// reads.
 #[test]
 fn requests_that_time_out_in_the_queue_are_not_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -638,6 +639,13 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
                 .output()
                 .unwrap()
         });
+        // A REST client that sends its request and closes the connection 0.3 s later.
+        let body = sample_request(&[7], Some(7)).to_string();
+        let mut gone = TcpStream::connect(a).unwrap();
+        let head = format!("POST /v2/models/tiny/infer HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\n\r\n", body.len());
+        gone.write_all(head.as_bytes()).and_then(|()| gone.write_all(body.as_bytes())).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(gone);
         let statuses: Vec<u16> = std::iter::once(first).chain(queued).map(|h| h.join().unwrap()).collect();
         (statuses, deadline.join().unwrap())
     });
@@ -652,9 +660,9 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
         let text = String::from_utf8(text).unwrap();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{model=\"tiny\"}} "))).map(|v| v.parse::<u64>().unwrap())
     };
-    // Once the long run ends, the batcher drops the three requests instead of running them.
+    // Once the long run ends, the batcher drops the four requests instead of running them.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while metric("itarflow_requests_abandoned_total") != Some(3) {
+    while metric("itarflow_requests_abandoned_total") != Some(4) {
         assert!(Instant::now() < deadline, "the timed-out requests were not dropped: {:?}", metric("itarflow_requests_abandoned_total"));
         std::thread::sleep(Duration::from_millis(100));
     }
