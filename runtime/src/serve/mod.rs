@@ -1,8 +1,9 @@
 //! `itarflow-rt serve`: the sampler behind the Open Inference Protocol (KServe v2, REST and
-//! gRPC, as Triton speaks them), so that KServe, Triton's clients and any HTTP client can use it. One
+//! gRPC, as Triton speaks them), so that KServe, Triton's clients and any HTTP client can use it. A
 //! package is served as three models: `{name}` (sampling, with dynamic batching), `{name}-score`
-//! and `{name}-denoise`. Behind the `serve` feature: embedders of the library do not get tokio or
-//! axum.
+//! and `{name}-denoise`; a server serves one package, or every package of a model repository,
+//! loaded and unloaded while it runs ([`Served`]). Behind the `serve` feature: embedders of the
+//! library do not get tokio or axum.
 //!
 //! - [`protocol`]: the protocol's REST messages, JSON tensors and the binary tensor data extension;
 //! - [`models`]: the three models' metadata and their requests checked into work;
