@@ -571,6 +571,14 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     let (_, stats) = get(&server, "/v2/models/stats");
     let names: Vec<&str> = stats["model_stats"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alpha", "alpha-denoise", "alpha-score"], "an unloaded package's statistics go");
+    let (_, _, metrics) = http(a, "GET", "/metrics", &[], b"");
+    let ready: Vec<String> =
+        String::from_utf8(metrics).unwrap().lines().filter(|l| l.starts_with("itarflow_model_ready{")).map(String::from).collect();
+    assert_eq!(
+        ready,
+        ["alpha", "alpha-score", "alpha-denoise"].map(|m| format!("itarflow_model_ready{{model=\"{m}\"}} 1")),
+        "the models served, ready"
+    );
     assert_eq!(get(&server, "/v2/health/ready").0, 200);
     // Loaded again through Triton's gRPC client: the same images as before.
     let loaded = Command::new("python3")

@@ -112,7 +112,9 @@ async fn model_ready_version(state: State<Arc<AppState>>, Path((model, _)): Path
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    let mut text = s.metrics.render();
+    text.push_str(&s.readiness_metrics());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn infer_version(state: State<Arc<AppState>>, Path((model, _)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {

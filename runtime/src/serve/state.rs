@@ -135,6 +135,21 @@ impl AppState {
         !self.is_shutting_down() && self.packages().iter().all(|p| p.is_ready())
     }
 
+    /// `itarflow_model_ready` (Prometheus text): 1 for each model served and ready, 0 while its
+    /// package warms up or after warming up failed; unloaded models are not listed.
+    pub fn readiness_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP itarflow_model_ready Whether a model served takes requests (1) or warms up or failed to (0).\n# TYPE itarflow_model_ready gauge\n",
+        );
+        for p in self.packages() {
+            let ready = u8::from(p.is_ready());
+            for m in p.model_names() {
+                out.push_str(&format!("itarflow_model_ready{{model=\"{m}\"}} {ready}\n"));
+            }
+        }
+        out
+    }
+
     /// An inference request to `model` answered with HTTP status `code` (REST's, or the one REST
     /// would give a gRPC refusal) after starting at `start`, its times where it succeeded: into
     /// the metrics and the statistics, with one duration.
