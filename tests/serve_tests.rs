@@ -593,6 +593,30 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     let (status, after) = infer(a, "beta", &request);
     assert_eq!(status, 200, "{after}");
     assert_eq!(images(&after), images(&before), "a package loaded again samples what it sampled before");
+    // Triton's HTTP client unloads (its body names `unload_dependents`) and loads again; a load
+    // carrying a configuration is refused over both protocols, naming what is not supported.
+    let client = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tritonclient.http as h, tritonclient.grpc as g\n\
+             c = h.InferenceServerClient(sys.argv[1])\n\
+             c.unload_model('alpha'); print(c.is_model_ready('alpha'))\n\
+             c.load_model('alpha'); print(c.is_model_ready('alpha'))\n\
+             for k in (c, g.InferenceServerClient(sys.argv[2])):\n\
+             \x20   try:\n\
+             \x20       k.load_model('alpha', config='{\"max_batch_size\": 8}'); print('loaded')\n\
+             \x20   except Exception as e:\n\
+             \x20       print(e.status(), e.message())",
+        )
+        .args([a.to_string(), server.grpc.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&client.stdout);
+    assert!(client.status.success(), "{said}{}", String::from_utf8_lossy(&client.stderr));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[..2], ["False", "True"], "{said}");
+    assert!(lines[2].starts_with("400 ") && lines[2].contains("not supported"), "{said}");
+    assert!(lines[3].starts_with("StatusCode.INVALID_ARGUMENT") && lines[3].contains("not supported"), "{said}");
     // Refusals name the reason: not a name, not in the repository, not loaded, not a package.
     let (status, body) = control("load", "..%2Fx");
     assert!(status == 400 && body.contains("not a model name"), "{status} {body}");

@@ -216,7 +216,17 @@ async fn repository_index(State(s): State<Arc<AppState>>, body: axum::body::Byte
 
 /// Triton's `load`: the package of the model repository called `model` loaded (again) and warmed
 /// up before the answer.
-async fn load(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+async fn load(State(s): State<Arc<AppState>>, Path(model): Path<String>, body: axum::body::Bytes) -> Response {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let parameters = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(request)) => request.get("parameters").cloned().unwrap_or_default(),
+            _ => return refusal(Refusal::bad("a load takes an empty body or a JSON object")),
+        };
+        let keys = parameters.as_object().map(|p| p.keys().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
+        if let Err(r) = repository::no_load_parameters(keys) {
+            return refusal(r);
+        }
+    }
     match repository::load(&s, &model).await {
         Ok(()) => json_ok(json!({})),
         Err(r) => refusal(r),

@@ -108,6 +108,19 @@ fn resolve(dir: &Path, model: &str) -> Result<(String, PathBuf), Refusal> {
     })
 }
 
+/// Refuses a load that carries parameters (Triton's `config` override, or `file:` contents): the
+/// package is loaded as its folder holds it.
+pub fn no_load_parameters<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), Refusal> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal::bad(format!(
+        "load parameters {keys:?} are not supported: a package is loaded as its folder in the repository holds it (its \
+         configuration is its manifest's and the server's flags); put the package in the folder and load it by name"
+    )))
+}
+
 /// Serves the repository's package that `model` names (again, if it is served: replaced once
 /// the new one is warmed up); answers once it is ready.
 pub async fn load(s: &Arc<AppState>, model: &str) -> Result<(), Refusal> {

@@ -318,15 +318,21 @@ pub struct ModelIndex {
     pub reason: String,
 }
 
-/// `RepositoryModelLoadRequest`, `RepositoryModelUnloadRequest` (their `parameters`, such as a
-/// model's configuration or files sent with the load, are not read).
+/// `RepositoryModelLoadRequest`, `RepositoryModelUnloadRequest`: a load's `parameters` (a
+/// configuration or files sent with it) are refused; their values are not read.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RepositoryModelRequest {
     #[prost(string, tag = "1")]
     pub repository_name: String,
     #[prost(string, tag = "2")]
     pub model_name: String,
+    #[prost(btree_map = "string, message", tag = "3")]
+    pub parameters: std::collections::BTreeMap<String, Unread>,
 }
+
+/// A message whose fields are not read (protobuf decoding skips them).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Unread {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RepositoryIndexResponse {

@@ -192,6 +192,7 @@ impl Routes for Inference {
             }
             Some("RepositoryModelLoad") => {
                 unary(req, limit, |m: RepositoryModelRequest| async move {
+                    repository::no_load_parameters(m.parameters.keys().map(String::as_str)).map_err(tensors::status)?;
                     repository::load(&s, &m.model_name).await.map(|()| Empty {}).map_err(tensors::status)
                 })
                 .await
