@@ -633,7 +633,7 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
 }
 
 /// Requests whose timeout passes while they wait in the queue get 504, a gRPC call whose
-/// client's deadline passes gets DEADLINE_EXCEEDED at its deadline, and a REST client closes its
+/// client's deadline passes ends at its deadline, and a REST client closes its
 /// connection while its request waits; all are then dropped from the queue unrun (counted in
 /// `itarflow_requests_abandoned_total`): the sampler's next run is not spent on images nobody
 /// reads.
@@ -685,7 +685,9 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
     let said = String::from_utf8_lossy(&deadline.stdout);
     assert!(deadline.status.success(), "{said}{}", String::from_utf8_lossy(&deadline.stderr));
     let (code, after) = said.trim().rsplit_once(' ').unwrap_or_default();
-    assert_eq!(code, "StatusCode.DEADLINE_EXCEEDED", "{said}");
+    // The client's own deadline (DEADLINE_EXCEEDED) and tonic's cancellation of the call at the
+    // deadline it was sent (CANCELLED) race; either ends the call there.
+    assert!(["StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"].contains(&code), "{said}");
     assert!(after.parse::<f64>().unwrap() < 0.9, "the client's deadline, not the server's timeout, ended the call: {said}");
     let metric = |name: &str| {
         let (_, _, text) = http(a, "GET", "/metrics", &[], b"");
