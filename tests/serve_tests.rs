@@ -706,3 +706,48 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
     assert_eq!(metric("itarflow_batch_images_count"), Some(2), "runs: the long one and the last");
     assert_eq!(metric("itarflow_images_generated_total"), Some(17));
 }
+
+/// Score and denoising requests run `--max-image-runs` at a time: the others wait in arrival
+/// order, past `--max-queue` waiting they get 429, and one whose timeout passes while it waits
+/// gets 504 and never runs.
+#[test]
+fn score_and_denoising_requests_wait_their_turn_and_leave_unrun_when_late() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    package(&pkg);
+    let server = start(&pkg, &["--max-image-runs", "1", "--max-queue", "1", "--timeout-s", "2", "--denoise-steps", "600"]);
+    let a = server.addr;
+    let x = |n: usize| json!({"name": "x", "shape": [n, 1, 16, 16], "datatype": "FP32", "data": vec![0.1; n * 256]});
+    let score = json!({"inputs": [x(1), {"name": "t", "shape": [1], "datatype": "FP32", "data": [0.1]}]});
+    // A denoising run of 600 steps (seconds) holds the one permit; a score request waits behind
+    // it, and the next finds the queue full.
+    let (long, waited, refused) = std::thread::scope(|s| {
+        let long = s.spawn(|| infer(a, "tiny-denoise", &json!({"inputs": [x(16)]})));
+        std::thread::sleep(Duration::from_millis(300));
+        let waited = s.spawn(|| infer(a, "tiny-score", &score));
+        std::thread::sleep(Duration::from_millis(300));
+        let refused = infer(a, "tiny-score", &score);
+        (long.join().unwrap(), waited.join().unwrap(), refused)
+    });
+    assert_eq!(long.0, 504, "{}", long.1);
+    assert_eq!(waited.0, 504, "{}", waited.1);
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert!(refused.1["error"].as_str().unwrap().contains("queue is full"), "{}", refused.1);
+    // Score requests wait (504 while the long run holds the permit) until one is served.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut late = 0;
+    loop {
+        let (status, body) = infer(a, "tiny-score", &score);
+        match status {
+            200 => break,
+            504 | 429 => late += 1,
+            _ => panic!("{status} {body}"),
+        }
+        assert!(Instant::now() < deadline, "the long run never ended");
+    }
+    // Of every score request, only the last ran: those that left late never did.
+    let (_, stats) = get(&server, "/v2/models/tiny-score/stats");
+    let m = &stats["model_stats"][0];
+    assert_eq!(m["execution_count"], 1, "{late} late score requests, {m}");
+    assert_eq!(m["inference_stats"]["fail"]["count"], 2 + late, "{m}");
+}

@@ -77,7 +77,13 @@ fn main() {
         let opts = ServeOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
             grpc_addr: None,
-            batch: BatchOptions { max_batch: 64, max_delay: Duration::from_millis(delay_ms), max_queue: 4096, pad: false },
+            batch: BatchOptions {
+                max_batch: 64,
+                max_delay: Duration::from_millis(delay_ms),
+                max_queue: 4096,
+                max_image_runs: 2,
+                pad: false,
+            },
             pad_auto: false,
             limits: RequestLimits { max_images: 256, max_denoise_steps: 200 },
             max_body_bytes: 64 << 20,

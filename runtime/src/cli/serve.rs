@@ -57,9 +57,14 @@ pub struct ServeArgs {
     /// per batch size.
     #[arg(long, value_enum, default_value_t = PadArg::Auto)]
     pub pad_batches: PadArg,
-    /// Requests waiting for the sampler, at most (more get 429).
+    /// Requests waiting, at most (more get 429): for the sampler, and for score and denoising
+    /// runs each.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
+    /// Score and denoising requests that run at once per package, at most (default: the CPU's
+    /// cores); the others wait in arrival order, and one whose timeout passes leaves unrun.
+    #[arg(long)]
+    pub max_image_runs: Option<usize>,
     /// Images one request may ask for or send.
     #[arg(long, default_value_t = 256)]
     pub max_images: usize,
@@ -140,6 +145,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_batch: a.max_batch.max(1),
             max_delay: Duration::from_millis(a.max_queue_delay_ms),
             max_queue: a.max_queue,
+            max_image_runs: a.max_image_runs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
             pad: matches!(a.pad_batches, PadArg::On),
         },
         pad_auto: matches!(a.pad_batches, PadArg::Auto),

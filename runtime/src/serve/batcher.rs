@@ -22,8 +22,11 @@ pub struct BatchOptions {
     pub max_batch: usize,
     /// How long the first waiting request waits for others.
     pub max_delay: Duration,
-    /// Requests waiting, at most.
+    /// Requests waiting, at most (for the batcher, and for score and denoising runs each).
     pub max_queue: usize,
+    /// Score and denoising requests of a package that run at once, at most (the others wait in
+    /// arrival order).
+    pub max_image_runs: usize,
     /// Pad each run to a power of two images ([`Self::run_size`]): a sampler whose loops run as captured
     /// CUDA graphs captures one per batch size, so merged batches of every size would each cost
     /// a capture (and ONNX Runtime holds every captured graph).
@@ -193,7 +196,7 @@ mod tests {
 
     #[test]
     fn runs_are_padded_to_powers_of_two_up_to_the_batch_limit() {
-        let opts = |max_batch, pad| BatchOptions { max_batch, max_delay: Duration::ZERO, max_queue: 1, pad };
+        let opts = |max_batch, pad| BatchOptions { max_batch, max_delay: Duration::ZERO, max_queue: 1, max_image_runs: 1, pad };
         let padded: Vec<usize> = [1, 2, 3, 5, 8, 9, 33, 48, 64, 65, 200].iter().map(|&n| opts(64, true).run_size(n)).collect();
         assert_eq!(padded, [1, 2, 4, 8, 8, 16, 64, 64, 64, 65, 200]);
         assert_eq!(opts(48, true).run_size(40), 48);

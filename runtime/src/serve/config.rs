@@ -102,6 +102,8 @@ pub fn model_config(s: &AppState, p: &Package, kind: Kind) -> ModelConfig {
         ("precision", sampler.precision().name().into()),
         ("max_images", s.limits.max_images.to_string()),
     ];
+    let opts = &p.batcher.opts;
+    let image_runs = [("max_image_runs", opts.max_image_runs.to_string()), ("max_queue", opts.max_queue.to_string())];
     let denoising = [
         ("denoise_steps", settings.denoise_steps.to_string()),
         ("t_max", settings.t_max.to_string()),
@@ -124,8 +126,11 @@ pub fn model_config(s: &AppState, p: &Package, kind: Kind) -> ModelConfig {
             ]);
             params.extend(denoising);
         }
-        Kind::Denoise => params.extend(denoising),
-        Kind::Score => {}
+        Kind::Denoise => {
+            params.extend(denoising);
+            params.extend(image_runs);
+        }
+        Kind::Score => params.extend(image_runs),
     }
     let kind = if sampler.provider().is_gpu() { InstanceKind::Gpu } else { InstanceKind::Cpu };
     ModelConfig {

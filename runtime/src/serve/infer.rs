@@ -61,7 +61,14 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
             let (images, rows) = (dims[0], p.batcher.opts.run_size(dims[0]));
             let input = begun.elapsed();
             let queued_at = Instant::now();
+            let deadline = tokio::time::Instant::from_std(begun + s.timeout);
+            // One run at a time per permit (`--max-image-runs`), the others waiting in arrival
+            // order; a request whose timeout passes while it waits leaves without running.
+            let full = || Refusal { status: 429, message: "the queue is full; retry later".into() };
+            let permit =
+                tokio::time::timeout_at(deadline, p.image_run(p.batcher.opts.max_queue)).await.map_err(|_| late())?.ok_or_else(full)?;
             let run = tokio::task::spawn_blocking(move || -> Result<(Vec<Output>, [Duration; 3]), String> {
+                let _permit = permit;
                 let started = Instant::now();
                 let queue = started.duration_since(queued_at);
                 if job.t.is_empty() {
@@ -86,7 +93,7 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
                     Ok((out, [queue, infer, started.elapsed() - infer]))
                 }
             });
-            let (out, [queue, infer, output]) = tokio::time::timeout(s.timeout, run)
+            let (out, [queue, infer, output]) = tokio::time::timeout_at(deadline, run)
                 .await
                 .map_err(|_| late())?
                 .map_err(|e| Refusal { status: 500, message: e.to_string() })?

@@ -3,8 +3,10 @@
 //! up. A server holds one package (`--model`), or those of a model repository (`--model-repository`),
 //! which can be loaded and unloaded while it runs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{BatchOptions, Batcher, Observers};
 use super::models::Kind;
@@ -15,6 +17,9 @@ pub struct Package {
     pub name: String,
     pub sampler: Arc<Sampler>,
     pub batcher: Batcher,
+    /// Score and denoising runs: permits to run, and the requests waiting for one.
+    image_runs: Arc<Semaphore>,
+    image_waiting: AtomicUsize,
     /// Graphs loaded and one image sampled.
     ready: AtomicBool,
     /// Why warming up failed (the package then stays not ready).
@@ -41,7 +46,37 @@ impl Package {
         }
         tracing::info!(package = %name, provider = %sampler.provider(), max_batch = batch.max_batch, pad_batches = batch.pad, "batching");
         let batcher = Batcher::start(sampler.clone(), batch, observers, name.clone());
-        Arc::new(Self { name, sampler, batcher, ready: AtomicBool::new(false), warm_up_failed: OnceLock::new() })
+        Arc::new(Self {
+            name,
+            sampler,
+            batcher,
+            image_runs: Arc::new(Semaphore::new(batch.max_image_runs.max(1))),
+            image_waiting: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+            warm_up_failed: OnceLock::new(),
+        })
+    }
+
+    /// A permit to run a score or denoising request, once one is free (in arrival order); None
+    /// when `max_queue` requests wait already. A request that stops waiting (its timeout) leaves
+    /// the queue without running.
+    pub async fn image_run(&self, max_queue: usize) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.image_runs.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.image_waiting.fetch_add(1, Ordering::AcqRel) >= max_queue {
+            self.image_waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        // Counted out however the wait ends (a permit, or the caller's timeout dropping it).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.image_waiting);
+        self.image_runs.clone().acquire_owned().await.ok()
     }
 
     /// Its three models' names.
