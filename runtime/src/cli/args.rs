@@ -137,11 +137,16 @@ impl Common {
             tf32: self.tf32,
             cuda_graphs: if self.no_cuda_graphs { CudaGraphs::Off } else { self.cuda_graphs.parse().expect("clap checked it") },
             io_binding: false,
-            tract_f16: match self.tract_f16.as_str() {
-                "native" => F16Compute::Native,
-                "fp32" => F16Compute::Fp32,
-                _ => F16Compute::for_this_cpu(),
-            },
+            tract_f16: self.tract_f16(),
+        }
+    }
+
+    /// How tract computes fp16 graphs on the CPU (`--tract-f16`, auto resolved for this CPU).
+    pub fn tract_f16(&self) -> F16Compute {
+        match self.tract_f16.as_str() {
+            "native" => F16Compute::Native,
+            "fp32" => F16Compute::Fp32,
+            _ => F16Compute::for_this_cpu(),
         }
     }
 
@@ -207,7 +212,7 @@ impl Run {
         }
         if sampler.provider() == Provider::Tract
             && self.common.precision() != Precision::Fp32
-            && self.common.options().tract_f16 == F16Compute::Native
+            && self.common.tract_f16() == F16Compute::Native
             && !itarflow_rt::provider::tract::native_f16()
         {
             eprintln!(

@@ -142,8 +142,9 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
         }
         metrics.queue(&model, -(batch.len() as i64));
         // Requests whose client stopped waiting (their timeout or gRPC deadline passed in the
-        // queue, the REST connection closed, the gRPC call was cancelled) are not run: under overload, a queue of timed-out requests would
-        // otherwise keep the sampler on work nobody reads.
+        // queue, the REST connection closed, the gRPC call was cancelled) are not run: under
+        // overload, a queue of timed-out requests would otherwise keep the sampler on work
+        // nobody reads.
         let waiting = batch.len();
         batch.retain(|p| !p.reply.is_closed());
         if batch.len() < waiting {

@@ -100,9 +100,9 @@ async fn model_metadata_version(state: State<Arc<AppState>>, Path((model, _)): P
 }
 
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.find(&model) {
-        Some((p, _)) if p.is_ready() && !s.is_shutting_down() => json_ok(json!({ "name": model, "ready": true })),
-        Some(_) => refusal(Refusal { status: 503, message: format!("model {model} is not ready") }),
+    match s.model_ready(&model) {
+        Some(true) => json_ok(json!({ "name": model, "ready": true })),
+        Some(false) => refusal(Refusal { status: 503, message: format!("model {model} is not ready") }),
         None => refusal(s.unknown(&model)),
     }
 }

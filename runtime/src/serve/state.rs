@@ -78,12 +78,13 @@ impl AppState {
 
     /// The packages served, in the order they were loaded.
     pub fn packages(&self) -> Vec<Arc<Package>> {
-        self.packages.read().map(|p| p.clone()).unwrap_or_default()
+        self.with_packages(|p| p.to_vec())
     }
 
-    /// The package called `name` (its sampling model's name).
-    pub fn package(&self, name: &str) -> Option<Arc<Package>> {
-        self.packages().into_iter().find(|p| p.name == name)
+    /// `f` of the packages served, under the lock (no copy of the list: every request looks its
+    /// model up).
+    fn with_packages<T: Default>(&self, f: impl FnOnce(&[Arc<Package>]) -> T) -> T {
+        self.packages.read().map(|p| f(&p)).unwrap_or_default()
     }
 
     /// Serves `package` (in place of a package of the same name), its models' statistics from zero.
@@ -108,7 +109,7 @@ impl AppState {
 
     /// The package and model called `model` on this server.
     pub fn find(&self, model: &str) -> Option<(Arc<Package>, Kind)> {
-        self.packages().into_iter().find_map(|p| p.kind(model).map(|k| (p, k)))
+        self.with_packages(|ps| ps.iter().find_map(|p| p.kind(model).map(|k| (p.clone(), k))))
     }
 
     /// The model called `model` on this server.
@@ -118,7 +119,7 @@ impl AppState {
 
     /// Every model's name.
     pub fn model_names(&self) -> Vec<String> {
-        self.packages().iter().flat_map(|p| p.model_names()).collect()
+        self.with_packages(|ps| ps.iter().flat_map(|p| p.model_names()).collect())
     }
 
     /// The refusal of a request for a model this server does not have.
@@ -132,7 +133,13 @@ impl AppState {
 
     /// Ready for requests: every package warmed up, and not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.is_shutting_down() && self.packages().iter().all(|p| p.is_ready())
+        !self.is_shutting_down() && self.with_packages(|ps| ps.iter().all(|p| p.is_ready()))
+    }
+
+    /// Whether the model `model` takes requests (its package warmed up, the server not shutting
+    /// down); None for a model this server does not have.
+    pub fn model_ready(&self, model: &str) -> Option<bool> {
+        self.find(model).map(|(p, _)| p.is_ready() && !self.is_shutting_down())
     }
 
     /// `itarflow_model_ready` (Prometheus text): 1 for each model served and ready, 0 while its

@@ -144,8 +144,8 @@ impl Routes for Inference {
             }
             Some("ModelReady") => {
                 unary(req, limit, |m: ModelRef| {
-                    let r = match s.find(&m.name) {
-                        Some((p, _)) => Ok(ModelReadyResponse { ready: p.is_ready() && !s.is_shutting_down() }),
+                    let r = match s.model_ready(&m.name) {
+                        Some(ready) => Ok(ModelReadyResponse { ready }),
                         None => Err(not_found(&s, &m.name)),
                     };
                     async move { r }
