@@ -1,7 +1,10 @@
 //! Lowering the IR to an ONNX model (protobuf), with weights inline or, past a size threshold,
 //! in an external data file beside the model.
 
+use std::collections::HashMap;
+
 use crate::ir::{ConstData, DType, Dim, Graph, Op, V};
+use crate::ops::shape::{SplitRole, split_groups};
 use crate::proto::Msg;
 
 /// ONNX IR version written (ONNX 1.13, the first with opset 18).
@@ -15,6 +18,8 @@ pub struct Lowering<'a> {
     nodes: Vec<Msg>,
     initializers: Vec<(String, DType, Vec<usize>, Vec<u8>)>,
     counter: usize,
+    /// Slices lowered as Splits.
+    splits: HashMap<V, SplitRole>,
 }
 
 impl<'a> Lowering<'a> {
@@ -28,6 +33,11 @@ impl<'a> Lowering<'a> {
 
     pub fn rank(&self, v: V) -> usize {
         self.g.rank(v)
+    }
+
+    /// Whether the slice making `v` is lowered as (part of) a Split.
+    pub fn split_role(&self, v: V) -> Option<&SplitRole> {
+        self.splits.get(&v)
     }
 
     /// The graph being lowered.
@@ -137,7 +147,7 @@ fn const_bytes(data: &ConstData) -> (DType, Vec<u8>) {
 
 /// Encodes `g` as an ONNX model (the protobuf bytes), placing initializers with `place`.
 pub fn encode(g: &Graph, opset: i64, doc: &str, metadata: &[(String, String)], place: &mut Placer) -> std::io::Result<Vec<u8>> {
-    let mut lw = Lowering { g, nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
+    let mut lw = Lowering { g, nodes: Vec::new(), initializers: Vec::new(), counter: 0, splits: split_groups(g) };
     for node in &g.nodes {
         match &node.op {
             Op::Const(data) => {

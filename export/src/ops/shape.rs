@@ -1,8 +1,11 @@
-//! Data movement: reshape, transpose, concat, slice, zero padding, gather and expand.
+//! Data movement: reshape, transpose, concat, slice, zero padding, gather and expand. Slices
+//! that tile a value along an axis are lowered as one ONNX Split ([`split_groups`]).
 //!
 //! Adjoints: reshape back to the input's runtime shape; transpose by the inverse permutation;
 //! concat -> slices; slice -> zero padding; padding -> slice; gather with constant permutation
 //! indices -> gather with the inverse permutation; expand -> sum over the broadcast axes.
+
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Op, show, unbroadcast};
 use crate::ir::{ConstData, DType, Dim, Graph, Node, Shape, V};
@@ -93,6 +96,55 @@ pub fn infer(op: &Op, g: &Graph, inputs: &[V]) -> Result<(DType, Shape), String>
     })
 }
 
+/// A slice's part in a group of slices of one value along one axis that tile it exactly (each
+/// element in one slice): the group is lowered as one ONNX Split, emitted where its first slice
+/// (in node order) is, since one kernel on a GPU costs less than one per slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitRole {
+    /// The group's first slice: the Split's sizes and outputs, in axis order.
+    First { sizes: Vec<i64>, outputs: Vec<V> },
+    /// A later slice of a group.
+    Later,
+}
+
+/// The slices of `g` that are lowered as Splits (see [`SplitRole`]), by their output.
+pub fn split_groups(g: &Graph) -> HashMap<V, SplitRole> {
+    /// A slice: its range, its output and its place in node order.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Piece {
+        start: usize,
+        end: usize,
+        out: V,
+        at: usize,
+    }
+    let mut groups: BTreeMap<(V, usize), Vec<Piece>> = BTreeMap::new();
+    for (at, node) in g.nodes.iter().enumerate() {
+        if let Op::Slice { axis, start, end } = node.op {
+            groups.entry((node.inputs[0], axis)).or_default().push(Piece { start, end, out: node.output, at });
+        }
+    }
+    let mut roles = HashMap::new();
+    for ((x, axis), mut pieces) in groups {
+        let first = pieces.iter().min_by_key(|p| p.at).expect("a group has a slice").out;
+        pieces.sort();
+        let n = g.shape(x)[axis].known();
+        let tiles = pieces.len() >= 2
+            && pieces[0].start == 0
+            && pieces.windows(2).all(|w| w[0].end == w[1].start)
+            && n == Some(pieces[pieces.len() - 1].end);
+        if !tiles {
+            continue;
+        }
+        let sizes = pieces.iter().map(|p| (p.end - p.start) as i64).collect();
+        let outputs: Vec<V> = pieces.iter().map(|p| p.out).collect();
+        for &v in &outputs {
+            roles.insert(v, SplitRole::Later);
+        }
+        roles.insert(first, SplitRole::First { sizes, outputs });
+    }
+    roles
+}
+
 pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
     let ins = lw.names(&node.inputs);
     let out = lw.name(node.output);
@@ -113,12 +165,21 @@ pub fn lower(op: &Op, node: &Node, lw: &mut Lowering) {
             lw.node("Transpose", name, &ins, &out, vec![Lowering::attr_ints("perm", &perm)]);
         }
         Op::Concat(axis) => lw.node("Concat", name, &ins, &out, vec![Lowering::attr_int("axis", *axis as i64)]),
-        Op::Slice { axis, start, end } => {
-            let s = lw.const_i64(&[*start as i64]);
-            let e = lw.const_i64(&[*end as i64]);
-            let a = lw.const_i64(&[*axis as i64]);
-            lw.node("Slice", name, &[ins[0].clone(), s, e, a], &out, vec![]);
-        }
+        Op::Slice { axis, start, end } => match lw.split_role(node.output).cloned() {
+            None => {
+                let s = lw.const_i64(&[*start as i64]);
+                let e = lw.const_i64(&[*end as i64]);
+                let a = lw.const_i64(&[*axis as i64]);
+                lw.node("Slice", name, &[ins[0].clone(), s, e, a], &out, vec![]);
+            }
+            Some(SplitRole::First { sizes, outputs }) => {
+                let outputs = lw.names(&outputs);
+                let split = lw.const_i64(&sizes);
+                lw.node_outputs("Split", name, &[ins[0].clone(), split], &outputs, vec![Lowering::attr_int("axis", *axis as i64)]);
+            }
+            // An output of the group's Split, emitted at its first slice.
+            Some(SplitRole::Later) => {}
+        },
         Op::Pad { axis, before, after } => {
             let rank = lw.rank(node.inputs[0]);
             let mut pads = vec![0i64; 2 * rank];
@@ -211,5 +272,33 @@ pub fn vjp(op: &Op, g: &mut Graph, node: &Node, gy: V, wants: &[bool]) -> Vec<Op
         }
         Op::Expand => vec![Some(unbroadcast(g, gy, x)), None],
         _ => unreachable!(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SplitRole, split_groups};
+    use crate::ir::{DType, Dim, Graph};
+
+    #[test]
+    fn only_slices_that_tile_an_axis_become_one_split() {
+        let mut g = Graph::new("g");
+        let x = g.input("x", DType::F32, vec![Dim::sym("N"), Dim::N(7)]);
+        // Tiling [0, 7) out of order: one Split of sizes 2, 3, 2, placed at the first slice made.
+        let b = g.slice(x, 1, 2, 5);
+        let a = g.slice(x, 1, 0, 2);
+        let c = g.slice(x, 1, 5, 7);
+        // Along the symbolic axis, with a gap, overlapping, or alone: Slices.
+        let y = g.input("y", DType::F32, vec![Dim::N(4), Dim::N(6)]);
+        let others = [g.slice(x, 0, 0, 1), g.slice(y, 1, 0, 2), g.slice(y, 1, 3, 6), g.slice(y, 0, 0, 3), g.slice(y, 0, 2, 4)];
+        let z = g.input("z", DType::F32, vec![Dim::N(5)]);
+        let alone = g.slice(z, 0, 0, 5);
+        let roles = split_groups(&g);
+        assert_eq!(roles.get(&b), Some(&SplitRole::First { sizes: vec![2, 3, 2], outputs: vec![a, b, c] }));
+        assert_eq!((roles.get(&a), roles.get(&c)), (Some(&SplitRole::Later), Some(&SplitRole::Later)));
+        for v in others.into_iter().chain([alone]) {
+            assert_eq!(roles.get(&v), None, "{v:?}");
+        }
+        assert_eq!(roles.len(), 3);
     }
 }
