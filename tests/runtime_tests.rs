@@ -265,6 +265,64 @@ fn non_finite_samples_fail_or_are_sampled_again_from_new_noise() {
     assert!(rel_err(&ours[2 * n..], &theirs[n..]) < 1e-5);
 }
 
+/// A run given a [`Cancel`] flag stops at the step after the flag is set, with
+/// `RtError::Cancelled`: set during phase 1, no denoising step runs; during phase 2, no step after
+/// the current one (on the step graphs and on the loops); set before, nothing runs. A flag never
+/// set changes nothing.
+#[test]
+fn a_cancelled_run_stops_at_its_next_step() {
+    use itarflow_rt::{Cancel, Progress};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = package(&tmp.path().join("pkg"));
+    let labels = vec![1i64, 4, 7];
+    let z = itarflow_base::prior_noise(5, labels.len() * model.noise_len());
+    for resident in [false, true] {
+        let s = Sampler::builder(model.clone()).cfg(1.5).t_max(0.3).denoise_steps(6).score_batch(1).resident(resident).build().unwrap();
+        let settings = *s.settings();
+        let run = |cancel_at: &dyn Fn(&Progress) -> bool, cancel: &Cancel| {
+            let mut seen = Vec::new();
+            let result = s.sample_cancellable(&z, &labels, &settings, cancel, &mut |p| {
+                if cancel_at(&p) {
+                    cancel.cancel();
+                }
+                seen.push(p);
+            });
+            (result, seen)
+        };
+        let denoised = |seen: &[Progress]| {
+            seen.iter().filter_map(|p| if let Progress::Denoise { step, .. } = p { Some(*step) } else { None }).collect::<Vec<_>>()
+        };
+        let (whole, seen) = run(&|_| false, &Cancel::new());
+        let whole = whole.unwrap();
+        assert_eq!(whole.images, s.sample_from(&z, &labels, &mut |_| {}).unwrap().images, "an unset flag changes nothing");
+        let steps = denoised(&seen);
+        // During phase 1: no denoising step.
+        let (r, seen) = run(&|p| matches!(p, Progress::Invert { layer: 1, .. }), &Cancel::new());
+        assert!(matches!(r, Err(RtError::Cancelled)), "resident {resident}: {:?}", r.map(|_| ()));
+        assert!(denoised(&seen).is_empty(), "resident {resident}: {seen:?}");
+        // During phase 2, after its first report: nothing after it.
+        let (r, seen) = run(&|p| matches!(p, Progress::Denoise { .. }), &Cancel::new());
+        assert!(matches!(r, Err(RtError::Cancelled)), "resident {resident}");
+        assert_eq!(denoised(&seen), steps[..1], "resident {resident}: {seen:?}");
+        // Set before: nothing runs.
+        let gone = Cancel::new();
+        gone.cancel();
+        let (r, seen) = run(&|_| false, &gone);
+        assert!(matches!(r, Err(RtError::Cancelled)) && seen.is_empty(), "resident {resident}: {seen:?}");
+        // Phase 2 alone.
+        let mut seen = Vec::new();
+        let cancel = Cancel::new();
+        let r = s.denoise_cancellable(whole.images.view(), &labels, &settings, &cancel, &mut |p| {
+            if matches!(p, Progress::Denoise { step: 2, .. }) || resident {
+                cancel.cancel();
+            }
+            seen.push(p);
+        });
+        assert!(matches!(r, Err(RtError::Cancelled)), "resident {resident}");
+        assert_eq!(denoised(&seen), steps[..if resident { 1 } else { 2 }], "resident {resident}: {seen:?}");
+    }
+}
+
 /// The `itarflow-rt` binary beside this test's (built by `cargo test --workspace`).
 fn rt_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();

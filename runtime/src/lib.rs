@@ -32,7 +32,7 @@ use thiserror::Error;
 pub use graphs::{GraphSet, Loaded};
 pub use model::Model;
 pub use provider::{CudaGraphs, HostTensor, Precision, Provider, ProviderOptions};
-pub use sampler::{Classes, OnNonFinite, Progress, Sampler, SamplerBuilder, Samples, ScoreForm, StepCache};
+pub use sampler::{Cancel, Classes, OnNonFinite, Progress, Sampler, SamplerBuilder, Samples, ScoreForm, StepCache};
 
 #[derive(Debug, Error)]
 pub enum RtError {
@@ -69,6 +69,9 @@ pub enum RtError {
         "sample {index} is not finite (NaN or Inf) after {attempts} attempt(s): the model diverged on this noise (usually denoising an off-range phase-1 image at a high guidance scale); allow retries (--retries N), clip the denoiser's estimates to the data range (--clip) or use another seed"
     )]
     NonFinite { index: usize, attempts: usize },
+    /// The run's [`Cancel`] flag was set: it stopped at its next step.
+    #[error("the run was cancelled before it finished")]
+    Cancelled,
 }
 
 impl RtError {

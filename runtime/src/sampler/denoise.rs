@@ -7,7 +7,7 @@
 
 use super::layout::chunks;
 use super::score::score;
-use super::{Progress, SampleSettings, ScoreForm, noise_levels};
+use super::{Cancel, Progress, SampleSettings, ScoreForm, noise_levels};
 use crate::RtError;
 use crate::graphs::GraphSet;
 use crate::provider::{Engine, HostTensor, LoopInit};
@@ -28,14 +28,20 @@ pub fn denoise<E: Engine>(
     x: &mut [f32],
     labels: &[i64],
     s: &SampleSettings,
+    cancel: &Cancel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), RtError> {
+    match how {
+        Denoising::Scores(form) => denoise_by_scores(graphs, form, x, labels, s, cancel, progress),
+        Denoising::Loop => denoise_by_loop(graphs, x, labels, s, cancel, progress),
+    }
+}
+
+/// The K steps' noise levels, then 0.
+fn levels_to_zero(s: &SampleSettings) -> Vec<f64> {
     let mut ts = noise_levels(s.t_max, s.t_min, s.denoise_steps);
     ts.push(0.0);
-    match how {
-        Denoising::Scores(form) => denoise_by_scores(graphs, form, x, labels, s, &ts, progress),
-        Denoising::Loop => denoise_by_loop(graphs, x, labels, s, &ts, progress),
-    }
+    ts
 }
 
 fn denoise_by_scores<E: Engine>(
@@ -44,11 +50,13 @@ fn denoise_by_scores<E: Engine>(
     x: &mut [f32],
     labels: &[i64],
     s: &SampleSettings,
-    ts: &[f64],
+    cancel: &Cancel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), RtError> {
+    let ts = levels_to_zero(s);
     let b = labels.len();
     for i in 0..s.denoise_steps {
+        cancel.check()?;
         let (t, next) = (ts[i], ts[i + 1]);
         let (sc, _) = score(graphs, form, x, &vec![t as f32; b], labels, s.denoise_batch)?;
         let (t32, tt) = (t as f32, (t * t) as f32);
@@ -73,9 +81,10 @@ fn denoise_by_loop<E: Engine>(
     x: &mut [f32],
     labels: &[i64],
     s: &SampleSettings,
-    ts: &[f64],
+    cancel: &Cancel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), RtError> {
+    let ts = levels_to_zero(s);
     let k = s.denoise_steps;
     if k == 0 {
         return Ok(());
@@ -88,6 +97,7 @@ fn denoise_by_loop<E: Engine>(
     let clip = if s.clip { vec![-1.0, 1.0] } else { vec![f32::NEG_INFINITY, f32::INFINITY] };
     let batches = chunks(labels.len(), s.denoise_batch);
     for (done, &(start, n)) in batches.iter().enumerate() {
+        cancel.check()?;
         let mut fixed = vec![g.upload(&HostTensor::F32(vec![n, levels.len()], levels.repeat(n)))?];
         if c.num_classes > 0 {
             fixed.push(g.upload(&HostTensor::I64(vec![n], labels[start..start + n].to_vec()))?);

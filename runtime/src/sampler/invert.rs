@@ -12,7 +12,7 @@
 use itarflow_base::manifest::GraphKind;
 
 use super::layout::{repatch, unpatchify};
-use super::{CfgStyle, Progress, SampleSettings, StepCache};
+use super::{Cancel, CfgStyle, Progress, SampleSettings, StepCache};
 use crate::RtError;
 use crate::graphs::GraphSet;
 use crate::provider::{Engine, HostTensor, LoopInit};
@@ -42,6 +42,7 @@ pub fn invert<E: Engine>(
     labels: &[i64],
     s: &SampleSettings,
     how: Inversion,
+    cancel: &Cancel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, RtError> {
     let model = graphs.model();
@@ -61,6 +62,7 @@ pub fn invert<E: Engine>(
     let std: Vec<f32> = model.var.iter().map(|v| v.sqrt()).collect();
     let mut x: Vec<f32> = z.iter().enumerate().map(|(i, v)| v * std[i % std.len()]).collect();
     for (i, l) in (0..layers).rev().enumerate() {
+        cancel.check()?;
         if i > 0 {
             x = repatch(&x, b, c, c.patch_size(l + 1), c.patch_size(l));
         }
@@ -78,7 +80,7 @@ pub fn invert<E: Engine>(
         }
         let run = LayerRun { l, b, guided, seq: &mut seq };
         match how {
-            Inversion::Steps(cache) => invert_by_steps(graphs, run, labels, s, cache)?,
+            Inversion::Steps(cache) => invert_by_steps(graphs, run, labels, s, cache, cancel)?,
             Inversion::Loop => invert_by_loop(graphs, run, labels, s)?,
         }
         for r in 0..b {
@@ -130,6 +132,7 @@ fn invert_by_steps<E: Engine>(
     labels: &[i64],
     s: &SampleSettings,
     cache: StepCache,
+    cancel: &Cancel,
 ) -> Result<(), RtError> {
     let LayerRun { l, b, guided, seq } = run;
     let info = &graphs.model().manifest.layers[l];
@@ -151,6 +154,7 @@ fn invert_by_steps<E: Engine>(
     };
     let steps = tokens - 1;
     for n in 0..steps {
+        cancel.check()?;
         let mut token = token_at(seq, n);
         if guided {
             token.extend_from_within(..);

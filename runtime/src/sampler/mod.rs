@@ -16,6 +16,7 @@
 //! `retry`).
 
 mod builder;
+mod cancel;
 mod denoise;
 mod invert;
 mod layout;
@@ -30,6 +31,7 @@ use itarflow_base::manifest::GraphKind;
 use ndarray::{Array1, Array4, ArrayView4};
 
 pub use builder::{Classes, SamplerBuilder};
+pub use cancel::Cancel;
 pub use denoise::{Denoising, denoise, non_finite};
 pub use invert::{GuidedInputs, Inversion, empty_caches, guided_loop_kind, invert};
 pub use itarflow_base::sampling::{CfgStyle, Guidance, SampleSettings, noise_levels};
@@ -181,6 +183,19 @@ impl Sampler {
         settings: &SampleSettings,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Samples, RtError> {
+        self.sample_cancellable(z, labels, settings, &Cancel::default(), progress)
+    }
+
+    /// [`Self::sample_with`] that stops at its next step (a phase-1 token or layer, a denoising
+    /// step) with [`RtError::Cancelled`] once `cancel` is set, from any thread.
+    pub fn sample_cancellable(
+        &self,
+        z: &[f32],
+        labels: &[i64],
+        settings: &SampleSettings,
+        cancel: &Cancel,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Samples, RtError> {
         let settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..*settings };
         validate(&settings, self.model().num_classes())?;
         let c = self.model().manifest.model.clone();
@@ -189,14 +204,14 @@ impl Sampler {
         if z.len() != labels.len() * per_z {
             return Err(RtError::Input(format!("prior noise has {} values; {} images need {} each", z.len(), labels.len(), per_z)));
         }
-        let mut x = self.run_both(z, labels, &settings, progress)?;
+        let mut x = self.run_both(z, labels, &settings, cancel, progress)?;
         let retried = retry::resample_non_finite(
             &mut x,
             (z, labels),
             (per_z, per_x),
             self.seed,
             self.on_non_finite,
-            &mut |z2, y2| self.run_both(z2, y2, &settings, &mut |_| {}),
+            &mut |z2, y2| self.run_both(z2, y2, &settings, cancel, &mut |_| {}),
             progress,
         )?;
         let images = Array4::from_shape_vec((labels.len(), c.in_channels, c.img_size, c.img_size), x)
@@ -210,6 +225,7 @@ impl Sampler {
         z: &[f32],
         labels: &[i64],
         settings: &SampleSettings,
+        cancel: &Cancel,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Vec<f32>, RtError> {
         let b = labels.len();
@@ -221,13 +237,13 @@ impl Sampler {
                 }
                 _ => None,
             };
-            let x = self.invert_all(z, labels, settings, progress)?;
+            let x = self.invert_all(z, labels, settings, cancel, progress)?;
             if let Some(handle) = ready {
                 handle.join().map_err(|_| RtError::Internal("preparing the denoiser's graphs panicked".into()))??;
             }
             Ok::<_, RtError>(x)
         })?;
-        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut x, labels, settings, progress))?;
+        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut x, labels, settings, cancel, progress))?;
         Ok(x)
     }
 
@@ -239,6 +255,7 @@ impl Sampler {
         z: &[f32],
         labels: &[i64],
         settings: &SampleSettings,
+        cancel: &Cancel,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Vec<f32>, RtError> {
         let per_z = self.model().noise_len();
@@ -248,7 +265,7 @@ impl Sampler {
         let work = |start: usize, n: usize, report: &mut dyn FnMut(Progress)| {
             let zs = &z[start * per_z..(start + n) * per_z];
             let ys = &labels[start..start + n];
-            with_graphs!(&self.loaded, g => invert(g, zs, ys, settings, self.inversion(), report))
+            with_graphs!(&self.loaded, g => invert(g, zs, ys, settings, self.inversion(), cancel, report))
         };
         parallel::run_chunks(&chunks, workers, &work, progress)
     }
@@ -268,7 +285,20 @@ impl Sampler {
         settings: &SampleSettings,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Array4<f32>, RtError> {
-        let (x, bad) = self.denoise_keeping_non_finite(x, labels, settings, progress)?;
+        self.denoise_cancellable(x, labels, settings, &Cancel::default(), progress)
+    }
+
+    /// [`Self::denoise_with`] that stops at its next denoising step with [`RtError::Cancelled`]
+    /// once `cancel` is set, from any thread.
+    pub fn denoise_cancellable(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[i64],
+        settings: &SampleSettings,
+        cancel: &Cancel,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Array4<f32>, RtError> {
+        let (x, bad) = self.denoise_until(x, labels, settings, cancel, progress)?;
         match bad.first() {
             Some(&i) => Err(RtError::NonFinite { index: i, attempts: 1 }),
             None => Ok(x),
@@ -282,6 +312,18 @@ impl Sampler {
         x: ArrayView4<f32>,
         labels: &[i64],
         settings: &SampleSettings,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Array4<f32>, Vec<usize>), RtError> {
+        self.denoise_until(x, labels, settings, &Cancel::default(), progress)
+    }
+
+    /// Phase 2 of `x`, stopped by `cancel`: the images and those that came out NaN/Inf.
+    fn denoise_until(
+        &self,
+        x: ArrayView4<f32>,
+        labels: &[i64],
+        settings: &SampleSettings,
+        cancel: &Cancel,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Array4<f32>, Vec<usize>), RtError> {
         let settings = SampleSettings { denoise_batch: self.settings.denoise_batch, ..*settings };
@@ -300,7 +342,7 @@ impl Sampler {
                 c.img_size
             )));
         }
-        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &settings, progress))?;
+        with_graphs!(&self.loaded, g => denoise(g, self.denoising(), &mut v, labels, &settings, cancel, progress))?;
         let bad = non_finite(&v, self.model().image_len());
         Ok((Array4::from_shape_vec(x.raw_dim(), v).map_err(|e| RtError::Internal(e.to_string()))?, bad))
     }

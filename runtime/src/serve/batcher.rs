@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics::Metrics;
 use super::models::SampleJob;
 use super::stats::Statistics;
-use crate::Sampler;
+use crate::{Cancel, RtError, Sampler};
 
 /// How requests are merged.
 #[derive(Debug, Clone, Copy)]
@@ -161,12 +161,26 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
         );
         let rows = opts.run_size(images);
         pad_run(&mut z, &mut labels, sampler.model().noise_len(), rows);
-        let s = sampler.clone();
+        let (s, cancel) = (sampler.clone(), Cancel::new());
+        let stop = cancel.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || s.sample_with(&z, &labels, &settings, &mut |_| {}))
-            .await
-            .map_err(|e| format!("the sampler's thread failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut run = tokio::task::spawn_blocking(move || s.sample_cancellable(&z, &labels, &settings, &stop, &mut |_| {}));
+        // A run whose every request went away (timeouts, closed connections, cancelled calls)
+        // stops at its next step: the sampler moves on to requests someone waits for.
+        let joined = tokio::select! {
+            r = &mut run => r,
+            () = all_closed(&mut batch) => {
+                cancel.cancel();
+                run.await
+            }
+        };
+        let result = joined.map_err(|e| format!("the sampler's thread failed: {e}")).and_then(|r| match r {
+            Err(RtError::Cancelled) => {
+                metrics.cancelled(&model);
+                Err(RtError::Cancelled.to_string())
+            }
+            r => r.map_err(|e| e.to_string()),
+        });
         let infer = started.elapsed();
         if result.is_ok() {
             stats.execution(&model, rows, infer);
@@ -187,6 +201,13 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
             // A client that went away does not stop the others' replies.
             let _ = p.reply.send(reply);
         }
+    }
+}
+
+/// Once every request of `batch` is closed (its receiver dropped).
+async fn all_closed(batch: &mut [Pending]) {
+    for p in batch {
+        p.reply.closed().await;
     }
 }
 

@@ -14,6 +14,7 @@ use super::package::{Package, PackageState};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
 use super::stats::RequestTimes;
+use crate::{Cancel, RtError};
 
 /// The package and model a request for `model` goes to, if they take requests now (checked
 /// before the request's body is read).
@@ -35,7 +36,9 @@ pub fn admit(s: &AppState, model: &str) -> Result<(Arc<Package>, Kind), Refusal>
 pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> Result<(Vec<Output>, RequestTimes), Refusal> {
     let c = &p.sampler.model().manifest.model;
     let image_shape = |b: usize| vec![b, c.in_channels, c.img_size, c.img_size];
-    let late = || Refusal { status: 504, message: format!("no result within {} s", s.timeout.as_secs_f64()) };
+    // The request's own timeout shortens the server's, never extends it.
+    let timeout = req.timeout.map_or(s.timeout, |t| t.min(s.timeout));
+    let late = || Refusal { status: 504, message: format!("no result within {} s", timeout.as_secs_f64()) };
     let begun = Instant::now();
     Ok(match kind {
         Kind::Sample => {
@@ -44,7 +47,7 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
             let b = job.labels.len();
             let input = begun.elapsed();
             let rx = p.batcher.submit(job).map_err(|_| Refusal { status: 429, message: "the queue is full; retry later".into() })?;
-            let ran = tokio::time::timeout(s.timeout, rx)
+            let ran = tokio::time::timeout(timeout, rx)
                 .await
                 .map_err(|_| late())?
                 .map_err(|_| Refusal { status: 500, message: "the batch was dropped".into() })?
@@ -61,12 +64,17 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
             let (images, rows) = (dims[0], p.batcher.opts.run_size(dims[0]));
             let input = begun.elapsed();
             let queued_at = Instant::now();
-            let deadline = tokio::time::Instant::from_std(begun + s.timeout);
+            let deadline = tokio::time::Instant::from_std(begun + timeout);
             // One run at a time per permit (`--max-image-runs`), the others waiting in arrival
             // order; a request whose timeout passes while it waits leaves without running.
             let full = || Refusal { status: 429, message: "the queue is full; retry later".into() };
             let permit =
                 tokio::time::timeout_at(deadline, p.image_run(p.batcher.opts.max_queue)).await.map_err(|_| late())?.ok_or_else(full)?;
+            // The run stops at its next denoising step once this request stops waiting (its
+            // timeout, a closed connection or cancelled call drops this future).
+            let cancel = Cancel::new();
+            let _stop_when_gone = CancelOnDrop(cancel.clone());
+            let (metrics, model) = (s.metrics.clone(), kind.model_name(&p.name));
             let run = tokio::task::spawn_blocking(move || -> Result<(Vec<Output>, [Duration; 3]), String> {
                 let _permit = permit;
                 let started = Instant::now();
@@ -76,7 +84,13 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
                     // runs are.
                     pad_run(&mut job.x, &mut job.labels, dims[1] * dims[2] * dims[3], rows);
                     let x = ArrayView4::from_shape((rows, dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
-                    let images = sampler.denoise(x, &job.labels, &mut |_| {}).map_err(|e| e.to_string())?;
+                    let images = match sampler.denoise_cancellable(x, &job.labels, sampler.settings(), &cancel, &mut |_| {}) {
+                        Err(RtError::Cancelled) => {
+                            metrics.cancelled(&model);
+                            return Err(RtError::Cancelled.to_string());
+                        }
+                        r => r.map_err(|e| e.to_string())?,
+                    };
                     let infer = started.elapsed();
                     let data = images.iter().take(dims.iter().product()).copied().collect();
                     let out = vec![Output { name: "images".into(), shape: dims, data }];
@@ -104,4 +118,14 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
             (out, RequestTimes { queue, input, infer, output, images })
         }
     })
+}
+
+/// Cancels its flag when dropped: a request's future dropped before its run finished (its
+/// timeout, a closed connection) stops the run.
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }

@@ -49,6 +49,7 @@ struct State {
     queue: BTreeMap<String, i64>,
     images: BTreeMap<String, u64>,
     abandoned: BTreeMap<String, u64>,
+    cancelled: BTreeMap<String, u64>,
 }
 
 /// The metrics of one server.
@@ -91,6 +92,11 @@ impl Metrics {
         self.with(|s| *s.abandoned.entry(model.to_string()).or_default() += n as u64);
     }
 
+    /// A run stopped before it finished: every request waiting for it went away.
+    pub fn cancelled(&self, model: &str) {
+        self.with(|s| *s.cancelled.entry(model.to_string()).or_default() += 1);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let Ok(s) = self.state.lock() else { return out };
@@ -124,6 +130,12 @@ impl Metrics {
         for (m, n) in &s.abandoned {
             let _ = writeln!(out, "itarflow_requests_abandoned_total{{model=\"{m}\"}} {n}");
         }
+        out.push_str(
+            "# HELP itarflow_runs_cancelled_total Runs stopped at their next step: every request waiting for them went away (timeout, closed connection, cancelled call).\n# TYPE itarflow_runs_cancelled_total counter\n",
+        );
+        for (m, n) in &s.cancelled {
+            let _ = writeln!(out, "itarflow_runs_cancelled_total{{model=\"{m}\"}} {n}");
+        }
         out
     }
 }
@@ -141,6 +153,7 @@ mod tests {
         m.batch("demo", 6);
         m.queue("demo", 1);
         m.abandoned("demo", 2);
+        m.cancelled("demo-denoise");
         let text = m.render();
         assert!(text.contains("itarflow_requests_total{model=\"demo\",code=\"200\"} 2"), "{text}");
         assert!(text.contains("itarflow_request_duration_seconds_bucket{model=\"demo\",le=\"0.025\"} 2"), "{text}");
@@ -149,5 +162,6 @@ mod tests {
         assert!(text.contains("itarflow_images_generated_total{model=\"demo\"} 6"), "{text}");
         assert!(text.contains("itarflow_queue_depth{model=\"demo\"} 1"), "{text}");
         assert!(text.contains("itarflow_requests_abandoned_total{model=\"demo\"} 2"), "{text}");
+        assert!(text.contains("itarflow_runs_cancelled_total{model=\"demo-denoise\"} 1"), "{text}");
     }
 }

@@ -3,6 +3,8 @@
 //! body is a JSON header of `Inference-Header-Content-Length` bytes followed by the tensors'
 //! raw little-endian bytes in order.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -131,6 +133,9 @@ pub struct Request {
     /// the request's `binary_data_output` parameter says otherwise).
     pub outputs: Option<Vec<(String, bool)>>,
     pub binary_by_default: bool,
+    /// The request's own time limit (Triton's `timeout` parameter, in microseconds; 0 or absent:
+    /// none), which shortens the server's `--timeout-s` and never extends it.
+    pub timeout: Option<Duration>,
 }
 
 impl Request {
@@ -240,7 +245,18 @@ pub fn decode(body: &[u8], header_length: Option<usize>) -> Result<Request, Refu
         outs.into_iter().map(|o| (o.name, o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(false))).collect()
     });
     let binary_by_default = wire.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    Ok(Request { id: wire.id, inputs, outputs, binary_by_default })
+    let timeout = match wire.parameters.get("timeout") {
+        None => None,
+        Some(v) => request_timeout(v.as_u64().ok_or_else(|| {
+            Refusal::bad(format!("parameter 'timeout' is {v}; it must be a whole number of microseconds (0: the server's timeout)"))
+        })?),
+    };
+    Ok(Request { id: wire.id, inputs, outputs, binary_by_default, timeout })
+}
+
+/// A request's `timeout` parameter of `micros` microseconds (0: none).
+pub fn request_timeout(micros: u64) -> Option<Duration> {
+    (micros > 0).then(|| Duration::from_micros(micros))
 }
 
 /// One output of a response.
@@ -340,6 +356,18 @@ mod tests {
         assert!(refuse(r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}"#).contains("BYTES"));
         assert!(refuse(r#"{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": []}]}"#).contains("negative"));
         assert!(refuse(r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}]}"#).contains("integers"));
+    }
+
+    #[test]
+    fn a_request_timeout_is_read_in_microseconds() {
+        let timeout = |params: &str| decode(format!(r#"{{"parameters": {params}, "inputs": []}}"#).as_bytes(), None).map(|r| r.timeout);
+        assert_eq!(timeout(r#"{"timeout": 250000}"#).unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(timeout(r#"{"timeout": 0}"#).unwrap(), None, "0: the server's timeout");
+        assert_eq!(timeout("{}").unwrap(), None);
+        for bad in [r#"{"timeout": -5}"#, r#"{"timeout": 1.5}"#, r#"{"timeout": "1s"}"#] {
+            let e = timeout(bad).unwrap_err();
+            assert!(e.status == 400 && e.message.contains("'timeout'") && e.message.contains("microseconds"), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

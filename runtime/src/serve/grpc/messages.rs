@@ -1,7 +1,7 @@
 //! The messages of the Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`,
 //! KServe v2's `grpc_predict_v2.proto`, which Triton's `grpc_service.proto` extends with the same
 //! field numbers) that this server answers, as prost messages. Fields a request may carry that
-//! the server does not read (`parameters`) are left out: protobuf decoding skips unknown fields.
+//! the server does not read are left out: protobuf decoding skips unknown fields.
 //! Messages of the same fields share one type (the wire format knows fields, not names).
 
 /// `ServerLiveRequest`, `ServerReadyRequest`, `ServerMetadataRequest`.
@@ -118,6 +118,9 @@ pub struct ModelInferRequest {
     pub model_version: String,
     #[prost(string, tag = "3")]
     pub id: String,
+    /// The request's parameters (the server reads `timeout`).
+    #[prost(btree_map = "string, message", tag = "4")]
+    pub parameters: std::collections::BTreeMap<String, InferParameter>,
     #[prost(message, repeated, tag = "5")]
     pub inputs: Vec<InferInputTensor>,
     #[prost(message, repeated, tag = "6")]
@@ -126,6 +129,28 @@ pub struct ModelInferRequest {
     /// has `contents`).
     #[prost(bytes = "vec", repeated, tag = "7")]
     pub raw_input_contents: Vec<Vec<u8>>,
+}
+
+/// `InferParameter`: one value of a request's parameters.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferParameter {
+    #[prost(oneof = "ParameterChoice", tags = "1, 2, 3, 4, 5")]
+    pub choice: Option<ParameterChoice>,
+}
+
+/// `InferParameter.parameter_choice` (`double_param` and `uint64_param` are Triton's).
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum ParameterChoice {
+    #[prost(bool, tag = "1")]
+    Bool(bool),
+    #[prost(int64, tag = "2")]
+    Int64(i64),
+    #[prost(string, tag = "3")]
+    String(String),
+    #[prost(double, tag = "4")]
+    Double(f64),
+    #[prost(uint64, tag = "5")]
+    Uint64(u64),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use super::messages::{ModelInferRequest, ModelInferResponse, TensorMetadata};
+use super::messages::{ModelInferRequest, ModelInferResponse, ParameterChoice, TensorMetadata};
 use crate::serve::protocol::{self, DataType, Output, Refusal, Request, Values};
 
 /// The gRPC status of a refusal (its HTTP status on the REST endpoint in brackets): invalid
@@ -58,7 +58,18 @@ pub fn decode(req: ModelInferRequest) -> Result<Request, Refusal> {
         inputs.push(protocol::tensor(i.name, shape, count, datatype, values)?);
     }
     let outputs = (!req.outputs.is_empty()).then(|| req.outputs.into_iter().map(|o| (o.name, true)).collect());
-    Ok(Request { id: (!req.id.is_empty()).then_some(req.id), inputs, outputs, binary_by_default: true })
+    // Triton's clients send `timeout` as an int64 (microseconds).
+    let timeout = match req.parameters.get("timeout").and_then(|p| p.choice.clone()) {
+        None => None,
+        Some(ParameterChoice::Int64(us)) if us >= 0 => protocol::request_timeout(us as u64),
+        Some(ParameterChoice::Uint64(us)) => protocol::request_timeout(us),
+        Some(other) => {
+            return Err(Refusal::bad(format!(
+                "parameter 'timeout' is {other:?}; it must be a whole number of microseconds (0: the server's timeout)"
+            )));
+        }
+    };
+    Ok(Request { id: (!req.id.is_empty()).then_some(req.id), inputs, outputs, binary_by_default: true, timeout })
 }
 
 /// The outputs the request asked for (all when it named none) as a gRPC response.
@@ -115,6 +126,24 @@ mod tests {
         assert_eq!(a.inputs, b.inputs);
         assert_eq!(a.inputs[0].values, Values::F32(vec![1.0, 2.0, 3.5, -4.0]));
         assert_eq!(a.inputs[1].values, Values::I64(vec![-3]));
+    }
+
+    #[test]
+    fn a_request_timeout_is_read_from_its_parameters() {
+        use crate::serve::grpc::messages::InferParameter;
+        use std::time::Duration;
+        let with = |choice: ParameterChoice| ModelInferRequest {
+            parameters: [("timeout".to_string(), InferParameter { choice: Some(choice) })].into(),
+            ..Default::default()
+        };
+        assert_eq!(decode(with(ParameterChoice::Int64(1_500_000))).unwrap().timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(decode(with(ParameterChoice::Uint64(20))).unwrap().timeout, Some(Duration::from_micros(20)));
+        assert_eq!(decode(with(ParameterChoice::Int64(0))).unwrap().timeout, None);
+        assert_eq!(decode(ModelInferRequest::default()).unwrap().timeout, None);
+        for bad in [ParameterChoice::Int64(-1), ParameterChoice::String("1s".into()), ParameterChoice::Double(0.5)] {
+            let e = decode(with(bad)).unwrap_err();
+            assert!(e.message.contains("'timeout'") && e.message.contains("microseconds"), "{}", e.message);
+        }
     }
 
     #[test]
