@@ -129,12 +129,23 @@ fn images(v: &Value) -> Vec<f32> {
     v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
+/// What python3 printed, run with `args` (a script of tests/serve/ or `-c` and code, then its
+/// arguments; Triton's clients come from scripts/setup.sh); fails the test if python3 did.
+fn python<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = Command::new("python3").args(args).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "python3 {:?}: {said}{}", args[0].as_ref(), String::from_utf8_lossy(&out.stderr));
+    said
+}
+
+/// A script of tests/serve/, as python3's first argument.
+fn script(name: &str) -> String {
+    manifest_dir().join("tests/serve").join(name).to_string_lossy().into_owned()
+}
+
 /// gRPC's health service's answer about `service` (tests/serve/grpc_health.py).
 fn grpc_health(s: &Server, service: &str) -> String {
-    let script = manifest_dir().join("tests/serve/grpc_health.py");
-    let out = Command::new("python3").arg(script).arg(s.grpc.to_string()).arg(service).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    python(&[script("grpc_health.py"), s.grpc.to_string(), service.to_string()]).trim().to_string()
 }
 
 fn run_cli(args: &[&str]) {
@@ -178,9 +189,9 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
 
     // Padded runs (3 images sampled, 3 denoised: run as 4) give what the command line computes unpadded.
     let server = start(&pkg, &["--max-body-mib", "2", "--pad-batches", "on"]);
-    let script = manifest_dir().join("tests/serve/triton_client.py");
+    let client = script("triton_client.py");
     for (protocol, addr) in [("http", server.addr), ("grpc", server.grpc)] {
-        let out = Command::new("python3").arg(&script).args([protocol, &addr.to_string(), "tiny"]).arg(p("expected.npz")).output().unwrap();
+        let out = Command::new("python3").arg(&client).args([protocol, &addr.to_string(), "tiny"]).arg(p("expected.npz")).output().unwrap();
         println!("{}", String::from_utf8_lossy(&out.stdout));
         assert!(
             out.status.success(),
@@ -192,13 +203,8 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
     // Triton's statistics extension, read by Triton's clients over both protocols: the same
     // figures, and what the requests above were (successes and refusals per model, images, runs
     // by padded batch size, every counted duration timed).
-    let out = Command::new("python3")
-        .arg(manifest_dir().join("tests/serve/triton_stats.py"))
-        .args([server.addr.to_string(), server.grpc.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = python(&[script("triton_stats.py"), server.addr.to_string(), server.grpc.to_string()]);
+    let said: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let (by_http, by_grpc) = (&said[0]["http"], &said[1]["grpc"]);
     let without_time = |v: &Value| {
         let mut v = v.clone();
@@ -363,14 +369,9 @@ fn batching_merges_requests_without_changing_their_images() {
 /// was started with, the package's sampler settings and shapes, and loading refused with why.
 fn model_configuration_and_repository(server: &Server, pkg: &Path) {
     let models = ["tiny", "tiny-score", "tiny-denoise"];
-    let out = Command::new("python3")
-        .arg(manifest_dir().join("tests/serve/triton_config.py"))
-        .args([server.addr.to_string(), server.grpc.to_string()])
-        .args(models)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut args = vec![script("triton_config.py"), server.addr.to_string(), server.grpc.to_string()];
+    args.extend(models.map(String::from));
+    let said: Vec<Value> = python(&args).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let (by_http, by_grpc) = (&said[0]["http"], &said[1]["grpc"]);
     for part in ["configs", "index"] {
         assert_eq!(by_http[part], by_grpc[part], "REST and gRPC give other {part}");
@@ -488,21 +489,17 @@ fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
     assert_eq!(get(&server, "/v2/health/ready").0, 503);
     assert_eq!(grpc_health(&server, ""), "NOT_SERVING");
     // The same over gRPC: not ready, and a request refused as UNAVAILABLE with the reason.
-    let grpc = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys, numpy as np, tritonclient.grpc as g\n\
+    let said = python(&[
+        "-c".to_string(),
+        "import sys, numpy as np, tritonclient.grpc as g\n\
              c = g.InferenceServerClient(sys.argv[1])\n\
              assert not c.is_server_ready()\n\
              x = g.InferInput('class', [1], 'INT64'); x.set_data_from_numpy(np.array([1]))\n\
              try:\n    c.infer('tiny', [x]); sys.exit('served while shutting down')\n\
-             except g.InferenceServerException as e:\n    print(e.status(), e.message())",
-        )
-        .arg(server.grpc.to_string())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&grpc.stdout);
-    assert!(grpc.status.success(), "{said}{}", String::from_utf8_lossy(&grpc.stderr));
+             except g.InferenceServerException as e:\n    print(e.status(), e.message())"
+            .to_string(),
+        server.grpc.to_string(),
+    ]);
     assert!(said.contains("UNAVAILABLE") && said.contains("shutting down"), "{said}");
     let (s, body) = in_flight.join().unwrap();
     assert_eq!(s, 200, "the request in flight did not finish: {body}");
@@ -581,24 +578,17 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
     );
     assert_eq!(get(&server, "/v2/health/ready").0, 200);
     // Loaded again through Triton's gRPC client: the same images as before.
-    let loaded = Command::new("python3")
-        .arg("-c")
-        .arg("import sys, tritonclient.grpc as g\nc = g.InferenceServerClient(sys.argv[1])\nc.load_model('beta')\nprint(c.is_model_ready('beta-denoise'))")
-        .arg(server.grpc.to_string())
-        .output()
-        .unwrap();
-    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
-    assert_eq!(String::from_utf8_lossy(&loaded.stdout).trim(), "True");
+    let loaded = python(&["-c".to_string(), "import sys, tritonclient.grpc as g\nc = g.InferenceServerClient(sys.argv[1])\nc.load_model('beta')\nprint(c.is_model_ready('beta-denoise'))".to_string(), server.grpc.to_string()]);
+    assert_eq!(loaded.trim(), "True");
     assert_eq!(index(), all("READY", "READY"));
     let (status, after) = infer(a, "beta", &request);
     assert_eq!(status, 200, "{after}");
     assert_eq!(images(&after), images(&before), "a package loaded again samples what it sampled before");
     // Triton's HTTP client unloads (its body names `unload_dependents`) and loads again; a load
     // carrying a configuration is refused over both protocols, naming what is not supported.
-    let client = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys, tritonclient.http as h, tritonclient.grpc as g\n\
+    let said = python(&[
+        "-c".to_string(),
+        "import sys, tritonclient.http as h, tritonclient.grpc as g\n\
              c = h.InferenceServerClient(sys.argv[1])\n\
              c.unload_model('alpha'); print(c.is_model_ready('alpha'))\n\
              c.load_model('alpha'); print(c.is_model_ready('alpha'))\n\
@@ -606,13 +596,11 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
              \x20   try:\n\
              \x20       k.load_model('alpha', config='{\"max_batch_size\": 8}'); print('loaded')\n\
              \x20   except Exception as e:\n\
-             \x20       print(e.status(), e.message())",
-        )
-        .args([a.to_string(), server.grpc.to_string()])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&client.stdout);
-    assert!(client.status.success(), "{said}{}", String::from_utf8_lossy(&client.stderr));
+             \x20       print(e.status(), e.message())"
+            .to_string(),
+        a.to_string(),
+        server.grpc.to_string(),
+    ]);
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines[..2], ["False", "True"], "{said}");
     assert!(lines[2].starts_with("400 ") && lines[2].contains("not supported"), "{said}");
@@ -665,19 +653,17 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
             .collect();
         // A gRPC client's deadline of 0.3 s (Triton's client_timeout).
         let deadline = s.spawn(|| {
-            Command::new("python3")
-                .arg("-c")
-                .arg(
-                    "import sys, time, numpy as np, tritonclient.grpc as g\n\
+            python(&[
+                "-c".to_string(),
+                "import sys, time, numpy as np, tritonclient.grpc as g\n\
                      c = g.InferenceServerClient(sys.argv[1])\n\
                      x = g.InferInput('class', [1], 'INT64'); x.set_data_from_numpy(np.array([5]))\n\
                      t = time.time()\n\
                      try:\n    c.infer('tiny', [x], client_timeout=0.3); print('served')\n\
-                     except g.InferenceServerException as e:\n    print(e.status(), round(time.time() - t, 2))",
-                )
-                .arg(&grpc)
-                .output()
-                .unwrap()
+                     except g.InferenceServerException as e:\n    print(e.status(), round(time.time() - t, 2))"
+                    .to_string(),
+                grpc.clone(),
+            ])
         });
         // A REST client that sends its request and closes the connection 0.3 s later.
         let body = sample_request(&[7], Some(7)).to_string();
@@ -690,15 +676,14 @@ fn requests_that_time_out_in_the_queue_are_not_run() {
         (statuses, deadline.join().unwrap())
     });
     assert_eq!(statuses, [200, 504, 504], "the long request waited for its run; the two queued behind it outlived their 1 s timeout");
-    let said = String::from_utf8_lossy(&deadline.stdout);
-    assert!(deadline.status.success(), "{said}{}", String::from_utf8_lossy(&deadline.stderr));
+    let said = deadline;
     let (code, after) = said.trim().rsplit_once(' ').unwrap_or_default();
     // The client's own deadline (DEADLINE_EXCEEDED) and tonic's cancellation of the call at the
     // deadline it was sent (CANCELLED) race; either ends the call there.
     assert!(["StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"].contains(&code), "{said}");
     assert!(after.parse::<f64>().unwrap() < 0.9, "the client's deadline ended the call: {said}");
     // Once the long run has ended, the batcher drops the four requests instead of running them.
-    await_metric(a, "itarflow_requests_abandoned_total", "tiny", 4);
+    await_metric(a, "itarflow_requests_abandoned_total", "tiny", 4, 180);
     // The server ran the long request alone (the warm-up is not counted), plus this one.
     let (status, body) = infer(a, "tiny", &sample_request(&[3], Some(3)));
     assert_eq!(status, 200, "{body}");
@@ -714,9 +699,9 @@ fn metric(a: SocketAddr, name: &str, model: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{model=\"{model}\"}} "))).map(|v| v.parse::<u64>().unwrap())
 }
 
-/// Waits (up to 3 minutes) for a metric of `model` to reach `value`.
-fn await_metric(a: SocketAddr, name: &str, model: &str, value: u64) {
-    let deadline = Instant::now() + Duration::from_secs(180);
+/// Waits (up to `seconds`) for a metric of `model` to reach `value`.
+fn await_metric(a: SocketAddr, name: &str, model: &str, value: u64, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     while metric(a, name, model) != Some(value) {
         assert!(Instant::now() < deadline, "{name} of {model}: {:?}, not {value}", metric(a, name, model));
         std::thread::sleep(Duration::from_millis(50));
@@ -725,7 +710,7 @@ fn await_metric(a: SocketAddr, name: &str, model: &str, value: u64) {
 
 /// A run whose every request went away stops at its next step (`itarflow_runs_cancelled_total`)
 /// and the next request is served at once: sampling runs left by a REST client's `timeout`
-/// parameter and by a gRPC request's (Triton's client), a denoising run left by its client's
+/// parameter, by a gRPC request's (Triton's client) and by a cancelled gRPC stream, a denoising run left by its client's
 /// timeout. Each long run would take over 15 s on this project's 2-core machine; the requests
 /// after them are given 8 s.
 #[test]
@@ -748,25 +733,41 @@ fn runs_whose_clients_went_away_stop_at_their_next_step() {
     assert_eq!(status, 504, "{body}");
     assert!(body["error"].as_str().unwrap().contains("no result within 1 s"), "{body}");
     // The same through Triton's gRPC client and its request `timeout` (microseconds).
-    let grpc = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys, numpy as np, tritonclient.grpc as g\n\
+    let said = python(&[
+        "-c".to_string(),
+        "import sys, numpy as np, tritonclient.grpc as g\n\
              c = g.InferenceServerClient(sys.argv[1])\n\
              x = g.InferInput('class', [16], 'INT64'); x.set_data_from_numpy(np.ones(16, dtype=np.int64))\n\
              k = g.InferInput('denoise_steps', [1], 'INT32'); k.set_data_from_numpy(np.array([1000], dtype=np.int32))\n\
              try:\n    c.infer('tiny', [x, k], timeout=1000000); print('served')\n\
-             except g.InferenceServerException as e:\n    print(e.status(), e.message())",
-        )
-        .arg(server.grpc.to_string())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&grpc.stdout);
-    assert!(grpc.status.success(), "{said}{}", String::from_utf8_lossy(&grpc.stderr));
+             except g.InferenceServerException as e:\n    print(e.status(), e.message())"
+            .to_string(),
+        server.grpc.to_string(),
+    ]);
     assert!(said.starts_with("StatusCode.DEADLINE_EXCEEDED") && said.contains("no result within 1 s"), "{said}");
     let (status, body) = infer(a, "tiny", &within(8_000_000, sample_request(&[3], Some(3))));
     assert_eq!(status, 200, "the sampler was still busy with runs nobody waited for: {body}");
     assert_eq!(metric(a, "itarflow_runs_cancelled_total", "tiny"), Some(2));
+    // A request on a gRPC stream (Triton's stream_infer) whose client cancels the stream.
+    let said = python(&[
+        "-c".to_string(),
+        "import sys, time, numpy as np, tritonclient.grpc as g\n\
+         c = g.InferenceServerClient(sys.argv[1])\n\
+         got = []\n\
+         c.start_stream(callback=lambda result, error: got.append(result is not None))\n\
+         x = g.InferInput('class', [16], 'INT64'); x.set_data_from_numpy(np.ones(16, dtype=np.int64))\n\
+         k = g.InferInput('denoise_steps', [1], 'INT32'); k.set_data_from_numpy(np.array([1000], dtype=np.int32))\n\
+         c.async_stream_infer('tiny', [x, k])\n\
+         time.sleep(1)\n\
+         c.stop_stream(cancel_requests=True)\n\
+         print('stopped', sum(got))"
+            .to_string(),
+        server.grpc.to_string(),
+    ]);
+    assert_eq!(said.trim(), "stopped 0", "the stream was cancelled before any result");
+    await_metric(a, "itarflow_runs_cancelled_total", "tiny", 3, 10);
+    let (status, body) = infer(a, "tiny", &within(8_000_000, sample_request(&[4], Some(4))));
+    assert_eq!(status, 200, "{body}");
     // A denoising run of 1,000 steps: its client leaves after 1 s, and a score request is served.
     let x = |n: usize| json!({"name": "x", "shape": [n, 1, 16, 16], "datatype": "FP32", "data": vec![0.1; n * 256]});
     let (status, body) = infer(a, "tiny-denoise", &within(1_000_000, json!({"inputs": [x(16)]})));
@@ -776,11 +777,11 @@ fn runs_whose_clients_went_away_stop_at_their_next_step() {
     assert_eq!(status, 200, "the denoising run kept its permit: {body}");
     // The stopped run is counted (once it has seen its flag: at its next step) and is no
     // execution of the model.
-    await_metric(a, "itarflow_runs_cancelled_total", "tiny-denoise", 1);
+    await_metric(a, "itarflow_runs_cancelled_total", "tiny-denoise", 1, 10);
     let (_, stats) = get(&server, "/v2/models/tiny-denoise/stats");
     assert_eq!(stats["model_stats"][0]["execution_count"], 0, "{stats}");
     let (_, stats) = get(&server, "/v2/models/tiny/stats");
-    assert_eq!(stats["model_stats"][0]["execution_count"], 1, "only the short sampling run executed: {stats}");
+    assert_eq!(stats["model_stats"][0]["execution_count"], 2, "only the short sampling runs executed: {stats}");
 }
 
 /// Score and denoising requests run `--max-image-runs` at a time: the others wait in arrival

@@ -81,6 +81,7 @@ fn too_large(response: http::Response<Body>, limit: usize) -> http::Response<Bod
 
 /// `ModelStreamInfer`: each request of the inbound stream runs as it arrives; answers go out as
 /// they finish, a failed request as its error message (with its id) instead of ending the stream.
+/// Once the client closes or cancels the stream, requests still running are dropped.
 struct StreamInfer(Arc<AppState>);
 
 impl StreamingService<ModelInferRequest> for StreamInfer {
@@ -105,7 +106,13 @@ impl StreamingService<ModelInferRequest> for StreamInfer {
                 let (s, tx) = (s.clone(), tx.clone());
                 tokio::spawn(async move {
                     let (model, id) = (m.model_name.clone(), m.id.clone());
-                    let answer = match model_infer(s, m).await {
+                    // A stream its client closed or cancelled takes no more answers: its requests
+                    // leave their queues, and their runs stop, as a unary call's would.
+                    let result = tokio::select! {
+                        r = model_infer(s, m) => r,
+                        () = tx.closed() => return,
+                    };
+                    let answer = match result {
                         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
                         Err(e) => ModelStreamInferResponse {
                             error_message: e.message().to_string(),
