@@ -29,11 +29,20 @@ fn package(dir: &Path) {
     itarflow_export::package::export(&m.config, &itarflow::deploy::weights(&m), dir, &opts, &mut |_| {}).unwrap();
 }
 
-/// A running server; killed when dropped.
+/// A running server; killed when dropped (then its package's folder, if it has one, removed).
 struct Server {
     child: Child,
     addr: SocketAddr,
     grpc: SocketAddr,
+    /// The folder of the package made for it by [`tiny_server`].
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// The package [`tiny_server`] made for it.
+    fn package_dir(&self) -> PathBuf {
+        self.dir.as_ref().expect("a server of tiny_server").path().join("pkg")
+    }
 }
 
 impl Drop for Server {
@@ -47,6 +56,16 @@ fn start(pkg: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--name", "tiny", "--model", pkg.to_str().unwrap()];
     args.extend(extra);
     start_with(&args)
+}
+
+/// A server of a tiny package made for it, served as `tiny` with the flags `extra`.
+fn tiny_server(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    package(&pkg);
+    let mut server = start(&pkg, extra);
+    server.dir = Some(dir);
+    server
 }
 
 /// A server started with `args` after `serve` and its ephemeral ports.
@@ -71,7 +90,7 @@ fn start_with(args: &[&str]) -> Server {
     };
     // Keep draining the server's log so that it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let server = Server { child, addr: addr.expect("the REST address before the gRPC one"), grpc };
+    let server = Server { child, addr: addr.expect("the REST address before the gRPC one"), grpc, dir: None };
     let deadline = Instant::now() + Duration::from_secs(120);
     while get(&server, "/v2/health/ready").0 != 200 {
         assert!(Instant::now() < deadline, "the server did not get ready");
@@ -253,10 +272,7 @@ fn tritons_python_client_gets_what_the_command_line_computes() {
 
 #[test]
 fn bad_requests_get_their_status_and_message() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let server = start(&pkg, &["--max-body-mib", "1", "--max-images", "8"]);
+    let server = tiny_server(&["--max-body-mib", "1", "--max-images", "8"]);
     let a = server.addr;
     let refused = |model: &str, req: Value, status: u16, words: &[&str]| {
         let (s, body) = infer(a, model, &req);
@@ -330,10 +346,7 @@ fn bad_requests_get_their_status_and_message() {
 
 #[test]
 fn batching_merges_requests_without_changing_their_images() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let server = start(&pkg, &["--max-queue-delay-ms", "400", "--max-batch", "64", "--max-images", "12"]);
+    let server = tiny_server(&["--max-queue-delay-ms", "400", "--max-batch", "64", "--max-images", "12"]);
     let a = server.addr;
     let requests: Vec<Value> = (0..4).map(|k| sample_request(&[k, (k + 1) % 10], Some(100 + k))).collect();
     // Each alone first (a delay of 400 ms, but nothing to merge with), then all at once.
@@ -361,7 +374,7 @@ fn batching_merges_requests_without_changing_their_images() {
     assert!(runs < 8, "{runs} sampler runs for 8 requests: the concurrent ones were not merged\n{metrics}");
     assert!(metrics.contains("itarflow_requests_total{model=\"tiny\",code=\"200\"} 8"), "{metrics}");
     assert!(metrics.contains("itarflow_images_generated_total{model=\"tiny\"} 16"), "{metrics}");
-    model_configuration_and_repository(&server, &pkg);
+    model_configuration_and_repository(&server, &server.package_dir());
 }
 
 /// Triton's model configuration and repository extensions, read by Triton's clients over both
@@ -426,10 +439,7 @@ fn model_configuration_and_repository(server: &Server, pkg: &Path) {
 
 #[test]
 fn a_full_queue_refuses_and_a_shutdown_lets_requests_in_flight_finish() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let mut server = start(&pkg, &["--max-queue", "1", "--max-batch", "4", "--shutdown-grace-s", "6"]);
+    let mut server = tiny_server(&["--max-queue", "1", "--max-batch", "4", "--shutdown-grace-s", "6"]);
     let a = server.addr;
     // A long run (many steps) holds the sampler while more requests arrive.
     let slow = json!({"inputs": [
@@ -627,10 +637,7 @@ fn a_model_repository_serves_loads_and_unloads_its_packages() {
 /// nobody reads.
 #[test]
 fn requests_that_time_out_in_the_queue_are_not_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let server = start(&pkg, &["--max-batch", "16", "--max-denoise-steps", "1000", "--max-queue-delay-ms", "0"]);
+    let server = tiny_server(&["--max-batch", "16", "--max-denoise-steps", "1000", "--max-queue-delay-ms", "0"]);
     let a = server.addr;
     // A long run (~11 s on this project's 2-core machine) holds the sampler; two requests queued
     // behind it, each with a timeout of 1 s, time out long before it ends.
@@ -715,11 +722,18 @@ fn await_metric(a: SocketAddr, name: &str, model: &str, value: u64, seconds: u64
 /// after them are given 8 s.
 #[test]
 fn runs_whose_clients_went_away_stop_at_their_next_step() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let args = ["--max-batch", "16", "--max-denoise-steps", "1000", "--max-queue-delay-ms", "0", "--max-image-runs", "1"];
-    let server = start(&pkg, &[&args[..], &["--denoise-steps", "1000"]].concat());
+    let server = tiny_server(&[
+        "--max-batch",
+        "16",
+        "--max-denoise-steps",
+        "1000",
+        "--max-queue-delay-ms",
+        "0",
+        "--max-image-runs",
+        "1",
+        "--denoise-steps",
+        "1000",
+    ]);
     let a = server.addr;
     let within = |us: u64, mut req: Value| {
         req["parameters"] = json!({ "timeout": us });
@@ -789,10 +803,7 @@ fn runs_whose_clients_went_away_stop_at_their_next_step() {
 /// gets 504 and never runs.
 #[test]
 fn score_and_denoising_requests_wait_their_turn_and_leave_unrun_when_late() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("pkg");
-    package(&pkg);
-    let server = start(&pkg, &["--max-image-runs", "1", "--max-queue", "1", "--denoise-steps", "600"]);
+    let server = tiny_server(&["--max-image-runs", "1", "--max-queue", "1", "--denoise-steps", "600"]);
     let a = server.addr;
     let x = |n: usize| json!({"name": "x", "shape": [n, 1, 16, 16], "datatype": "FP32", "data": vec![0.1; n * 256]});
     let score = json!({"inputs": [x(1), {"name": "t", "shape": [1], "datatype": "FP32", "data": [0.1]}]});

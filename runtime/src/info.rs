@@ -10,7 +10,7 @@ use itarflow_base::manifest::SamplerDefaults;
 use serde::Serialize;
 
 use crate::RtError;
-use crate::model::Model;
+use crate::model::{Model, SERVED_MODEL_SUFFIXES};
 
 /// A package's contents.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,7 +88,7 @@ impl PackageInfo {
             sampler: m.sampler.clone(),
             graphs,
             precisions,
-            served_as: vec![name.clone(), format!("{name}-score"), format!("{name}-denoise")],
+            served_as: SERVED_MODEL_SUFFIXES.iter().map(|suffix| format!("{name}{suffix}")).collect(),
         })
     }
 }

@@ -17,6 +17,10 @@ pub struct Model {
     pub var: Vec<f32>,
 }
 
+/// The suffixes of the three models `itarflow-rt serve` makes of a package it serves as `NAME`:
+/// sampling (`NAME`), score (`NAME-score`) and denoising (`NAME-denoise`), in that order.
+pub const SERVED_MODEL_SUFFIXES: [&str; 3] = ["", "-score", "-denoise"];
+
 impl Model {
     /// Reads and validates the package in `dir`: manifest format, every file's sha256, prior.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, RtError> {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics::Metrics;
 use super::models::SampleJob;
 use super::stats::Statistics;
-use crate::{Cancel, RtError, Sampler};
+use crate::{Cancel, Sampler};
 
 /// How requests are merged.
 #[derive(Debug, Clone, Copy)]
@@ -174,13 +174,7 @@ async fn run(sampler: Arc<Sampler>, opts: BatchOptions, mut rx: mpsc::Receiver<P
                 run.await
             }
         };
-        let result = joined.map_err(|e| format!("the sampler's thread failed: {e}")).and_then(|r| match r {
-            Err(RtError::Cancelled) => {
-                metrics.cancelled(&model);
-                Err(RtError::Cancelled.to_string())
-            }
-            r => r.map_err(|e| e.to_string()),
-        });
+        let result = joined.map_err(|e| format!("the sampler's thread failed: {e}")).and_then(|r| metrics.run_result(&model, r));
         let infer = started.elapsed();
         if result.is_ok() {
             stats.execution(&model, rows, infer);

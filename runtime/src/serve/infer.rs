@@ -14,7 +14,7 @@ use super::package::{Package, PackageState};
 use super::protocol::{Output, Refusal, Request};
 use super::state::AppState;
 use super::stats::RequestTimes;
-use crate::{Cancel, RtError};
+use crate::Cancel;
 
 /// The package and model a request for `model` goes to, if they take requests now (checked
 /// before the request's body is read).
@@ -84,13 +84,8 @@ pub async fn run(s: &Arc<AppState>, p: &Package, kind: Kind, req: &Request) -> R
                     // runs are.
                     pad_run(&mut job.x, &mut job.labels, dims[1] * dims[2] * dims[3], rows);
                     let x = ArrayView4::from_shape((rows, dims[1], dims[2], dims[3]), &job.x).map_err(|e| e.to_string())?;
-                    let images = match sampler.denoise_cancellable(x, &job.labels, sampler.settings(), &cancel, &mut |_| {}) {
-                        Err(RtError::Cancelled) => {
-                            metrics.cancelled(&model);
-                            return Err(RtError::Cancelled.to_string());
-                        }
-                        r => r.map_err(|e| e.to_string())?,
-                    };
+                    let images = metrics
+                        .run_result(&model, sampler.denoise_cancellable(x, &job.labels, sampler.settings(), &cancel, &mut |_| {}))?;
                     let infer = started.elapsed();
                     let data = images.iter().take(dims.iter().product()).copied().collect();
                     let out = vec![Output { name: "images".into(), shape: dims, data }];

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use crate::RtError;
+
 const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
@@ -92,9 +94,13 @@ impl Metrics {
         self.with(|s| *s.abandoned.entry(model.to_string()).or_default() += n as u64);
     }
 
-    /// A run stopped before it finished: every request waiting for it went away.
-    pub fn cancelled(&self, model: &str) {
-        self.with(|s| *s.cancelled.entry(model.to_string()).or_default() += 1);
+    /// A run's result as its requests are answered (the error as text), a run stopped before it
+    /// finished (every request waiting for it went away) counted.
+    pub fn run_result<T>(&self, model: &str, result: Result<T, RtError>) -> Result<T, String> {
+        if matches!(result, Err(RtError::Cancelled)) {
+            self.with(|s| *s.cancelled.entry(model.to_string()).or_default() += 1);
+        }
+        result.map_err(|e| e.to_string())
     }
 
     pub fn render(&self) -> String {
@@ -153,7 +159,8 @@ mod tests {
         m.batch("demo", 6);
         m.queue("demo", 1);
         m.abandoned("demo", 2);
-        m.cancelled("demo-denoise");
+        assert_eq!(m.run_result::<()>("demo-denoise", Err(RtError::Cancelled)), Err(RtError::Cancelled.to_string()));
+        assert_eq!(m.run_result("demo-denoise", Ok(3)), Ok(3));
         let text = m.render();
         assert!(text.contains("itarflow_requests_total{model=\"demo\",code=\"200\"} 2"), "{text}");
         assert!(text.contains("itarflow_request_duration_seconds_bucket{model=\"demo\",le=\"0.025\"} 2"), "{text}");

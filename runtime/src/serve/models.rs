@@ -4,10 +4,10 @@
 use serde::Serialize;
 
 use super::protocol::{DataType, Refusal, Request, Tensor, Values};
-use crate::model::Model;
+use crate::model::{Model, SERVED_MODEL_SUFFIXES};
 use crate::sampler::SampleSettings;
 
-/// Which model a name designates.
+/// Which model a name designates (in the order of [`SERVED_MODEL_SUFFIXES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Sample,
@@ -20,11 +20,7 @@ impl Kind {
 
     /// The model's name for a server named `base`.
     pub fn model_name(self, base: &str) -> String {
-        match self {
-            Kind::Sample => base.to_string(),
-            Kind::Score => format!("{base}-score"),
-            Kind::Denoise => format!("{base}-denoise"),
-        }
+        format!("{base}{}", SERVED_MODEL_SUFFIXES[self as usize])
     }
 }
 
