@@ -466,6 +466,56 @@ fn check_subcommand_passes_and_fails_past_tolerance() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("past tolerance"));
 }
 
+/// tract on CPUs less capable than this one, as `TRACT_CPU_ISA` makes tract (and the runtime's
+/// own kernels) see it: without AVX-512 (AVX2 and FMA: the smaller matrix tile), and with none
+/// of AVX, AVX2 or FMA (tract's baseline kernels, no tile). Every graph of the package within
+/// tolerance of Burn's reference outputs, the kernels the report names, and seeded samples
+/// within float rounding of this CPU's.
+#[test]
+fn tract_on_cpus_without_avx512_or_avx2_reproduces_the_reference() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pkg");
+        package(&dir);
+        let sample = |isa: &str, out: &std::path::Path| {
+            let run = std::process::Command::new(rt_binary())
+                .args(["sample", "--model", dir.to_str().unwrap(), "--provider", "tract", "--seed", "3", "--num", "4", "--cfg", "2"])
+                .arg("--output")
+                .arg(out)
+                .env("TRACT_CPU_ISA", isa)
+                .output()
+                .unwrap();
+            assert!(run.status.success(), "{isa}: {}", String::from_utf8_lossy(&run.stderr));
+            images(&itarflow_base::Npz::read(out).unwrap(), "x")
+        };
+        let here = sample("", &tmp.path().join("here.npz"));
+        let has = |f: &str| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") || f == "portable";
+        // An AVX2 CPU has none of the AVX-512 family (nor AMX); a baseline one none of AVX's.
+        let avx2 = "-avx512f,-avx512vnni,-avx512fp16,-amx-int8,-amx-bf16";
+        let baseline = format!("{avx2},-avx,-avx2,-fma,-f16c,-avxvnni");
+        for (isa, tile) in [(avx2, "avx2-fma"), (baseline.as_str(), "portable")] {
+            if !has(tile) {
+                continue;
+            }
+            let out = std::process::Command::new(rt_binary())
+                .args(["check", "--model", dir.to_str().unwrap(), "--providers", "tract", "--json"])
+                .env("TRACT_CPU_ISA", isa)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{isa}: {}", String::from_utf8_lossy(&out.stderr));
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let kernels = report["cpu_kernels"].as_str().unwrap_or("");
+            assert!(kernels.starts_with(&format!("matrix tile {tile};")), "{isa}: {kernels}");
+            assert!(!kernels.contains("avx512") && (tile != "portable" || !kernels.contains("avx")), "{isa}: {kernels}");
+            assert!(report["rows"].as_array().unwrap().iter().all(|r| r["pass"] == true), "{isa}");
+            let there = sample(isa, &tmp.path().join("there.npz"));
+            let diff = here.iter().zip(there.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "{isa}: samples {diff:.2e} from this CPU's");
+        }
+    }
+}
+
 #[test]
 fn bench_subcommand_reports_every_figure_per_provider() {
     let tmp = tempfile::tempdir().unwrap();

@@ -40,6 +40,9 @@ pub struct BenchResult {
     /// ("native"; see `--tract-f16`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tract_f16: Option<String>,
+    /// tract on the CPU: its kernels ([`crate::provider::tract::cpu_kernels`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_kernels: Option<String>,
     /// CPU threads the providers were given (`--threads`, 0 resolved to the cores).
     pub threads: usize,
     pub batch: usize,
@@ -255,6 +258,7 @@ pub fn bench(
         precision: precision.name().into(),
         tf32: opts.tf32 && sampler.provider() == Provider::Cuda,
         tract_f16: (sampler.provider() == Provider::Tract && precision != Precision::Fp32).then(|| opts.tract_f16.name().into()),
+        cpu_kernels: (sampler.provider() == Provider::Tract).then(crate::provider::tract::cpu_kernels),
         threads: opts.threads(),
         batch: b.batch,
         cfg: s.guidance.scale,

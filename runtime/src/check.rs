@@ -27,6 +27,9 @@ pub struct CheckReport {
     pub skipped: Vec<(String, String)>,
     /// Graphs a provider that runs here could not run, with the reason.
     pub unsupported: Vec<Unsupported>,
+    /// tract's CPU kernels, where tract ran ([`crate::provider::tract::cpu_kernels`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_kernels: Option<String>,
 }
 
 impl CheckReport {
@@ -328,7 +331,8 @@ pub fn check(model: Arc<Model>, reference: &Npz, providers: &[Provider], opts: &
     if rows.is_empty() {
         return Err(RtError::NoProvider(format!("{skipped:?} {unsupported:?}")));
     }
-    Ok(CheckReport { rows, skipped, unsupported })
+    let cpu_kernels = rows.iter().any(|r| r.engine == Provider::Tract.name()).then(crate::provider::tract::cpu_kernels);
+    Ok(CheckReport { rows, skipped, unsupported, cpu_kernels })
 }
 
 /// The package's own reference file (written by `itarflow export`).

@@ -1,13 +1,14 @@
 //! tract's load-time rewrites on the shipped demo package's graphs: they find what they are
 //! meant to (the KV attention of every block of a step graph, with either cache, and the fixed
 //! cache's writes; the softmaxes, linear layers and attention products of the score graph, the
-//! last two on CPUs with AVX-512F) and the rewritten plans give the outputs tract's own plans
-//! give, on random inputs, and an image the same outputs whatever batch it runs in.
+//! last two on CPUs with AVX-512F or AVX2 and FMA) and the rewritten plans give the outputs
+//! tract's own plans give, on random inputs, and an image the same outputs whatever batch it runs
+//! in.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use itarflow_rt::provider::tract::{Rewrites, avx512_kernels, rewrite_for_cpu};
+use itarflow_rt::provider::tract::{MatrixKernel, Rewrites, matrix_kernel, rewrite_for_cpu};
 use tract_onnx::prelude::*;
 
 /// This crate's directory, as `cargo test` says when it runs the test (a test binary built in
@@ -100,7 +101,7 @@ fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
     let (found, diff) = compare("score.onnx", 2, 0);
     // 8 blocks: one causal softmax each.
     assert_eq!(found.softmaxes, 8, "{found:?}");
-    if avx512_kernels() {
+    if matrix_kernel() != MatrixKernel::Portable {
         // Every linear layer forward and adjoint, and the attention's products (2 forward and
         // 4 adjoint per block; tract splits some per head before the rewrite).
         assert!(found.linears >= 8 * 4 * 2, "{found:?}");
@@ -118,8 +119,8 @@ fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
 /// matrix kernels differ by shape: 1e-7 apart on the score graph, amplified by sampling).
 #[test]
 fn rewritten_plans_give_an_image_the_same_outputs_alone_and_in_a_batch() {
-    if !avx512_kernels() {
-        eprintln!("no AVX-512F here: the products stay tract's, whose results depend on the batch");
+    if matrix_kernel() == MatrixKernel::Portable {
+        eprintln!("no AVX-512F, nor AVX2 with FMA here: the products stay tract's, whose results depend on the batch");
         return;
     }
     for (name, past) in [("layer5_step.onnx", 5), ("layer0_cond.onnx", 0), ("score.onnx", 0)] {

@@ -123,6 +123,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 r["phase1"].as_str().unwrap_or(""),
                 r["phase2"].as_str().unwrap_or("")
             );
+            if let Some(k) = r["cpu_kernels"].as_str() {
+                println!("  {}: CPU kernels: {k}", r["provider"].as_str().unwrap_or(""));
+            }
             if let Some(m) = r["loop_mode"].as_str() {
                 println!("  {}: {m}", r["provider"].as_str().unwrap_or(""));
             }

@@ -35,6 +35,9 @@ pub fn run(a: CheckArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", itarflow_base::check::table(&report.rows));
+        if let Some(k) = &report.cpu_kernels {
+            eprintln!("tract's CPU kernels: {k}");
+        }
         for (p, why) in &report.skipped {
             eprintln!("skipped {p}: {why}");
         }

@@ -114,8 +114,8 @@ impl TypedOp for KvAttention {
 /// The attention of every (pair, query), written into `out`.
 fn attend(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, out: &mut [f32], dims: Dims) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
+    if super::isa::avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above, by the CPU's own answer).
         unsafe { attend_avx2(q, k, v, mask, out, dims) };
         return;
     }

@@ -5,8 +5,12 @@
 //! accumulators; per k two loads of B and one broadcast of A per row), which keeps both FMA
 //! ports busy: ~150 GFLOP/s on one core of this machine for the demo's linear layers (M = 392,
 //! K and N in {128, 384, 512}), where tract's own f32 kernel reaches ~87 and ONNX Runtime's MLAS
-//! ~145. Elsewhere a portable loop over the same panels is used (the rewrite that brings this
-//! in only does so where AVX-512F is present; the portable loop keeps the op correct anywhere).
+//! ~145. With AVX2 and FMA (x86-64 CPUs without AVX-512: most AMD parts before Zen 4, Intel's
+//! client parts since Alder Lake) a tile of 6 rows x 16 columns (12 ymm accumulators) runs over
+//! each half of a panel. Both tiles add each product to its sum in the same order with one
+//! rounding (FMA), so they give the same bits. Elsewhere a portable loop over the same panels is
+//! used (the rewrite that brings this op in only does so where one of the tiles runs; the
+//! portable loop keeps the op correct anywhere).
 
 /// Columns per panel (two 16-lane vectors).
 pub const PANEL: usize = 32;
@@ -131,16 +135,41 @@ impl Panels<'_> {
 /// A zero bias for one panel.
 const NO_BIAS: [f32; PANEL] = [0.0; PANEL];
 
-/// Whether this CPU runs the AVX-512 tile.
+/// The register tiles of this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 12 x 32 in zmm registers (AVX-512F).
+    Avx512,
+    /// 6 x 16 in ymm registers (AVX2 and FMA).
+    Avx2Fma,
+    /// Plain loops (no tile; not brought in by the rewrites).
+    Portable,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2-fma",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// The tile this CPU runs (as tract sees the CPU: [`super::isa`]).
+pub fn kernel() -> Kernel {
+    if super::isa::avx512f() {
+        Kernel::Avx512
+    } else if super::isa::avx2_fma() {
+        Kernel::Avx2Fma
+    } else {
+        Kernel::Portable
+    }
+}
+
+/// Whether a register tile runs the product here (where the rewrites bring the op in).
 pub fn fast_path() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    kernel() != Kernel::Portable
 }
 
 /// `c` (M, N) = `a` (M, K) x B + bias, both row-major, every value of `c` written.
@@ -161,13 +190,20 @@ pub fn matmul_strided((a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): 
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C must hold M rows of N values, {ldc} apart");
     assert_eq!(b.panels.len(), n.div_ceil(PANEL) * k * PANEL, "B must be packed in panels");
     assert!(b.bias.is_none_or(|v| v.len() == n.div_ceil(PANEL) * PANEL), "the bias must be padded to the panels");
-    #[cfg(target_arch = "x86_64")]
-    if fast_path() {
-        // SAFETY: the CPU has AVX-512F (checked just above); the slices' extents were checked.
-        unsafe { avx512::matmul((a, lda), m, b, (c, ldc)) };
-        return;
+    run(kernel(), (a, lda), m, b, (c, ldc))
+}
+
+/// The product on `kernel`, which the CPU must have (the caller checked the extents).
+fn run(kernel: Kernel, (a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): (&mut [f32], usize)) {
+    match kernel {
+        // SAFETY: `kernel` says the CPU has AVX-512F; the slices' extents were checked.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::matmul((a, lda), m, b, (c, ldc)) },
+        // SAFETY: `kernel` says the CPU has AVX2 and FMA; the slices' extents were checked.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => unsafe { avx2::matmul((a, lda), m, b, (c, ldc)) },
+        _ => matmul_portable((a, lda), m, b, (c, ldc)),
     }
-    matmul_portable((a, lda), m, b, (c, ldc))
 }
 
 /// The product through the panels with plain loops.
@@ -285,6 +321,108 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{NO_BIAS, PANEL, Panels};
+
+    /// Columns per tile: half a panel (two 8-lane vectors).
+    const HALF: usize = PANEL / 2;
+    /// Rows per register tile (12 accumulators, 2 loads of B, a broadcast of A: 15 of the 16
+    /// ymm registers).
+    const TILE_ROWS: usize = 6;
+
+    /// Rows `ROWS` of A from `a` (row stride `lda`, K = `k`) times one half panel at `half` (k
+    /// rows, PANEL apart), plus its bias, into `c` (row stride `ldc`), the first `cols` columns.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const ROWS: usize>(
+        (a, lda): (*const f32, usize),
+        k: usize,
+        half: *const f32,
+        bias: *const f32,
+        (c, ldc): (*mut f32, usize),
+        cols: usize,
+    ) {
+        // SAFETY (whole body): the caller passes ROWS rows of k values at `a`, k rows of HALF
+        // values PANEL apart at `half`, HALF bias values, and ROWS rows of at least `cols`
+        // writable values at `c`.
+        unsafe {
+            let (b0, b1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+            let mut acc = [[b0, b1]; ROWS];
+            for kk in 0..k {
+                let w0 = _mm256_loadu_ps(half.add(kk * PANEL));
+                let w1 = _mm256_loadu_ps(half.add(kk * PANEL + 8));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(r * lda + kk));
+                    acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                if cols == HALF {
+                    _mm256_storeu_ps(c.add(r * ldc), acc[0]);
+                    _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+                } else {
+                    let mut row = [0.0f32; HALF];
+                    _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), cols);
+                }
+            }
+        }
+    }
+
+    /// The last rows (fewer than a tile) of one half panel.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rest(rows: usize, a: (*const f32, usize), k: usize, half: *const f32, bias: *const f32, c: (*mut f32, usize), cols: usize) {
+        // SAFETY: as for `tile`, with `rows` rows.
+        unsafe {
+            match rows {
+                1 => tile::<1>(a, k, half, bias, c, cols),
+                2 => tile::<2>(a, k, half, bias, c, cols),
+                3 => tile::<3>(a, k, half, bias, c, cols),
+                4 => tile::<4>(a, k, half, bias, c, cols),
+                5 => tile::<5>(a, k, half, bias, c, cols),
+                _ => {}
+            }
+        }
+    }
+
+    /// [`super::matmul`] with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn matmul((a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): (&mut [f32], usize)) {
+        let (k, n) = (b.k, b.n);
+        for p in 0..n.div_ceil(PANEL) {
+            let panel = b.panel(p).as_ptr();
+            let bias = b.bias.map_or(NO_BIAS.as_ptr(), |v| v[p * PANEL..].as_ptr());
+            for h in 0..2 {
+                let col = p * PANEL + h * HALF;
+                if col >= n {
+                    break;
+                }
+                let cols = (n - col).min(HALF);
+                let mut r = 0;
+                // SAFETY: rows r..r + TILE_ROWS (then the rest) lie within A (m rows of k values,
+                // lda apart) and C (m rows of n values, ldc apart), as the caller checked; column
+                // col + cols <= n; the panel holds k x PANEL values and the bias PANEL, of which
+                // this half reads the columns h * HALF.. h * HALF + HALF.
+                unsafe {
+                    let (half, bias) = (panel.add(h * HALF), bias.add(h * HALF));
+                    while r + TILE_ROWS <= m {
+                        let (ar, cr) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + col));
+                        tile::<TILE_ROWS>((ar, lda), k, half, bias, (cr, ldc), cols);
+                        r += TILE_ROWS;
+                    }
+                    let (ar, cr) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + col));
+                    rest(m - r, (ar, lda), k, half, bias, (cr, ldc), cols);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,26 +440,58 @@ mod tests {
         let mut panels = Vec::new();
         pack(&bt, (k, n), (1, k), &mut panels);
         let view = Panels { k, n, panels: &panels, bias: None };
-        for portable in [false, true] {
+        for kernel in kernels_here() {
             let mut c = vec![-7.0f32; m * ldc];
-            if portable {
-                matmul_portable((&a, lda), m, view, (&mut c, ldc));
-            } else {
-                matmul_strided((&a, lda), m, view, (&mut c, ldc));
-            }
+            run(kernel, (&a, lda), m, view, (&mut c, ldc));
             for r in 0..m {
                 for (j, (g, w)) in c[r * ldc..r * ldc + n].iter().zip(&want[r * n..(r + 1) * n]).enumerate() {
-                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "({r}, {j}) (portable: {portable}): {g} vs {w}");
+                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "({r}, {j}) ({kernel:?}): {g} vs {w}");
                 }
-                assert!(c[r * ldc + n..(r + 1) * ldc].iter().all(|&v| v == -7.0), "row {r}: padding written");
+                assert!(c[r * ldc + n..(r + 1) * ldc].iter().all(|&v| v == -7.0), "row {r} ({kernel:?}): padding written");
             }
         }
     }
 
     use super::super::test_values as values;
 
-    /// A product of A (M, K) and a packed B into C.
-    type Product = dyn Fn(&[f32], usize, Panels, &mut [f32]);
+    /// Every kernel this CPU can run (whatever `TRACT_CPU_ISA` says: each is tested where it can).
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2Fma);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels
+    }
+
+    /// The two register tiles give the same bits (each value's products summed in the same
+    /// order, each with one rounding), so an image is the same on CPUs with and without AVX-512.
+    #[test]
+    fn the_tiles_agree_bit_for_bit() {
+        let tiles: Vec<Kernel> = kernels_here().into_iter().filter(|&k| k != Kernel::Portable).collect();
+        if tiles.len() < 2 {
+            eprintln!("only {tiles:?} here: nothing to compare");
+            return;
+        }
+        for (m, k, n) in [(392, 128, 512), (13, 7, 45), (7, 300, 17)] {
+            let (a, b, bias) = (values(m * k, 6), values(k * n, 7), values(n, 8));
+            let packed = PackedB::new(&b, k, n, Some(&bias));
+            let outputs: Vec<Vec<u32>> = tiles
+                .iter()
+                .map(|&kernel| {
+                    let mut c = vec![f32::NAN; m * n];
+                    run(kernel, (&a, k), m, packed.view(), (&mut c, n));
+                    c.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            assert!(outputs.windows(2).all(|w| w[0] == w[1]), "({m}, {k}, {n}): {tiles:?} differ");
+        }
+    }
 
     /// A B + bias in f64.
     fn reference(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f64> {
@@ -333,7 +503,7 @@ mod tests {
             .collect()
     }
 
-    /// Both paths against f64, over shapes with partial tiles and partial panels, with and
+    /// Every kernel against f64, over shapes with partial tiles and partial panels, with and
     /// without a bias (every value of C is written: it starts as NaN).
     #[test]
     fn product_matches_f64() {
@@ -343,14 +513,12 @@ mod tests {
                 let bias = with_bias.then_some(bias.as_slice());
                 let packed = PackedB::new(&b, k, n, bias);
                 let want = reference(&a, &b, bias, m, k, n);
-                let portable = |a: &[f32], m: usize, b: Panels, c: &mut [f32]| matmul_portable((a, b.k), m, b, (c, b.n));
-                let paths: [(&str, &Product); 2] = [("dispatch", &matmul), ("portable", &portable)];
-                for (name, f) in paths {
+                for kernel in kernels_here() {
                     let mut c = vec![f32::NAN; m * n];
-                    f(&a, m, packed.view(), &mut c);
+                    run(kernel, (&a, k), m, packed.view(), (&mut c, n));
                     for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                         let tol = 1e-6 * (k as f64).sqrt() * w.abs().max(1.0);
-                        assert!((*g as f64 - w).abs() <= tol, "{name} ({m}, {k}, {n}) bias {with_bias} at {i}: {g} vs {w}");
+                        assert!((*g as f64 - w).abs() <= tol, "{kernel:?} ({m}, {k}, {n}) bias {with_bias} at {i}: {g} vs {w}");
                     }
                 }
             }

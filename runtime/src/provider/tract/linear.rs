@@ -1,5 +1,6 @@
 //! Products of an activation with a constant matrix (the linear layers, forward and adjoint) as
-//! one tract op on [`super::gemm`]'s AVX-512 kernel, rewritten in at load.
+//! one tract op on [`super::gemm`]'s register tiles (AVX-512F, or AVX2 and FMA), rewritten in at
+//! load.
 //!
 //! tract's f32 matrix kernel on this machine's AVX-512 cores reaches ~87 GFLOP/s on the demo's
 //! linear layers, and it packs the activation before every product; ONNX Runtime's MLAS reaches

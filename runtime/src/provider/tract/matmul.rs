@@ -1,5 +1,6 @@
 //! Batched products of two activations (the attention's q kᵀ and a v, and their adjoints in
-//! the score graph) as one tract op on [`super::gemm`]'s AVX-512 kernel, rewritten in at load.
+//! the score graph) as one tract op on [`super::gemm`]'s register tiles (AVX-512F, or AVX2 and
+//! FMA), rewritten in at load.
 //!
 //! In the demo's score graph these are (N, H) pairs of 49 x 64 x 49 products: tract moves the
 //! head axis of each operand next to the batch (a copy), packs both operands per pair and runs

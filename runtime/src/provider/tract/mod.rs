@@ -4,8 +4,9 @@
 //! vectorises the elementwise ops it leaves generic under a symbol, 1.7x faster on the score
 //! graph; P stays symbolic, it changes every step). Before optimisation, the plan's model goes
 //! through the load-time rewrites of [`rewrite_for_cpu`] (attention over a KV cache, softmaxes,
-//! the fixed cache's writes, and on AVX-512 CPUs the matrix products, each as an op of this
-//! module that tract would otherwise run slower). On CPUs without fp16 arithmetic an fp16 graph's
+//! the fixed cache's writes, and on x86-64 CPUs with AVX-512F or AVX2 and FMA the matrix products,
+//! each as an op of this module that tract would otherwise run slower; `TRACT_CPU_ISA` edits the
+//! instruction sets both tract and these ops use, `isa.rs`). On CPUs without fp16 arithmetic an fp16 graph's
 //! plan computes in fp32 ([`F16Compute`], `upcast.rs`).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
@@ -23,13 +24,15 @@ use crate::RtError;
 
 mod attention;
 mod gemm;
+mod isa;
 mod linear;
 mod matmul;
 mod scatter;
 mod softmax;
 mod upcast;
 pub use attention::{KvAttention, fuse_kv_attention};
-pub use gemm::fast_path as avx512_kernels;
+pub use gemm::{Kernel as MatrixKernel, kernel as matrix_kernel};
+pub use isa::describe as cpu_kernels;
 pub use linear::{ConstLinear, fuse_const_linears};
 pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
 pub use scatter::{FastScatter, speed_up_scatters};
@@ -99,9 +102,9 @@ pub struct Rewrites {
 /// tract's CPU plans get load-time rewrites before optimisation. On the model as typed from
 /// ONNX (its symbols set): attention over a KV cache as one [`KvAttention`] op. Then, on the
 /// decluttered model (constants folded, weights visible): softmaxes over a known length as
-/// vectorised ops, ScatterElements (the fixed cache's write) as [`FastScatter`] and, on CPUs
-/// with AVX-512F, products by a constant matrix and batched products of two activations as
-/// [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the rewritten model, decluttered, for
+/// vectorised ops, ScatterElements (the fixed cache's write) as [`FastScatter`] and, where a
+/// register tile of [`matrix_kernel`] runs (AVX-512F, or AVX2 and FMA), products by a constant
+/// matrix and batched products of two activations as [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the rewritten model, decluttered, for
 /// tract's optimisation.
 pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
     let attentions = fuse_kv_attention(&mut model)?;

@@ -1,0 +1,59 @@
+//! The instruction sets this module's kernels may use: what the CPU has, as tract's kernels see
+//! it. tract probes the CPU once and lets `TRACT_CPU_ISA` edit the result (`-avx512f` runs the
+//! process as an AVX2 machine would: tract's own matrix kernels and these alike), so one setting
+//! reproduces, on any machine, the plans and kernels of a less capable CPU: what the tests and
+//! benches of the AVX2 and baseline x86-64 paths use. A feature the setting adds but the CPU
+//! lacks is not used (these kernels also ask the CPU itself).
+
+/// Whether the AVX-512F kernels run here (the larger matrix tile of [`super::gemm`]).
+pub fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && enabled(tract_linalg::isa::Isa::X86_64Avx512f)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX2 and FMA kernels run here (the smaller matrix tile of [`super::gemm`]).
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && enabled(tract_linalg::isa::Isa::X86_64Avx2)
+            && enabled(tract_linalg::isa::Isa::X86_64Fma)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX2 builds of the loops run here (the attention of [`super::attention`]).
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && enabled(tract_linalg::isa::Isa::X86_64Avx2)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The CPU kernels tract runs here, for reports: this module's matrix tile and the instruction
+/// sets tract sees (after `TRACT_CPU_ISA`), e.g. "matrix tile avx2-fma; instruction sets
+/// x86_64,avx,avx2,fma,f16c".
+pub fn describe() -> String {
+    let sets: Vec<&str> = tract_linalg::isa::native().iter().map(|i| i.name()).collect();
+    format!("matrix tile {}; instruction sets {}", super::gemm::kernel().name(), sets.join(","))
+}
+
+/// Whether tract's view of the CPU (after `TRACT_CPU_ISA`) has `isa`.
+#[cfg(target_arch = "x86_64")]
+fn enabled(isa: tract_linalg::isa::Isa) -> bool {
+    tract_linalg::isa::native().has(isa)
+}
