@@ -86,7 +86,8 @@ impl Package {
 
     /// Which of its models `model` is.
     pub fn kind(&self, model: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.model_name(&self.name) == model)
+        let suffix = model.strip_prefix(self.name.as_str())?;
+        Kind::ALL.into_iter().find(|&k| crate::model::SERVED_MODEL_SUFFIXES[k as usize] == suffix)
     }
 
     pub fn is_ready(&self) -> bool {

@@ -245,16 +245,14 @@ async fn model_infer(s: Arc<AppState>, m: ModelInferRequest) -> Result<ModelInfe
     let start = Instant::now();
     let model = m.model_name.clone();
     let result = async {
-        if s.kind(&model).is_none() {
-            return Err(unknown(&s, &model));
-        }
-        let (package, kind) = infer::admit(&s, &model)?;
+        // An unknown model is gRPC's NOT_FOUND (REST answers it 400): looked up again only then.
+        let (package, kind) = infer::admit(&s, &model).map_err(|r| if s.kind(&model).is_none() { unknown(&s, &model) } else { r })?;
         let req = tensors::decode(m)?;
         let (outputs, mut times) = infer::run(&s, &package, kind, &req).await?;
         let encoding = Instant::now();
         let response = tensors::encode(&model, &req, &outputs)?;
         times.output += encoding.elapsed();
-        Ok((response, times))
+        Ok::<_, Refusal>((response, times))
     }
     .await;
     // The metrics count a refusal under the HTTP status REST gives it (404: an unknown model).
