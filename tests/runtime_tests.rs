@@ -470,7 +470,7 @@ fn check_subcommand_passes_and_fails_past_tolerance() {
 /// own kernels) see it: without AVX-512 (AVX2 and FMA: the smaller matrix tile), and with none
 /// of AVX, AVX2 or FMA (tract's baseline kernels, no tile). Every graph of the package within
 /// tolerance of Burn's reference outputs, the kernels the report names, and seeded samples
-/// within float rounding of this CPU's.
+/// within float rounding of this CPU's; a setting this CPU cannot be is refused, naming it.
 #[test]
 fn tract_on_cpus_without_avx512_or_avx2_reproduces_the_reference() {
     #[cfg(target_arch = "x86_64")]
@@ -512,6 +512,20 @@ fn tract_on_cpus_without_avx512_or_avx2_reproduces_the_reference() {
             let there = sample(isa, &tmp.path().join("there.npz"));
             let diff = here.iter().zip(there.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(diff < 1e-4, "{isa}: samples {diff:.2e} from this CPU's");
+        }
+        // A setting that names another architecture's feature, or none tract knows, is refused
+        // naming it (tract alone would stop the process at its first kernel, or ignore it).
+        for (isa, says) in [("-avx512f,+neon", "neon is a feature of arm"), ("-avx9000", "\"avx9000\" is no instruction set")] {
+            let run = std::process::Command::new(rt_binary())
+                .args(["sample", "--model", dir.to_str().unwrap(), "--provider", "tract", "--num", "1", "--out"])
+                .arg(tmp.path().join("refused.png"))
+                .env("TRACT_CPU_ISA", isa)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&run.stderr);
+            assert_eq!(run.status.code(), Some(1), "{isa}: {err}");
+            assert!(err.contains(&format!("TRACT_CPU_ISA={isa}: {says}")) && err.contains("or unset it"), "{isa}: {err}");
+            assert!(!tmp.path().join("refused.png").exists());
         }
     }
 }

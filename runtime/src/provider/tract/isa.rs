@@ -5,6 +5,30 @@
 //! benches of the AVX2 and baseline x86-64 paths use. A feature the setting adds but the CPU
 //! lacks is not used (these kernels also ask the CPU itself).
 
+/// `TRACT_CPU_ISA`, if set, names features of this CPU's architecture that tract knows (a
+/// `+` or `-` before each, comma-separated): tract itself would stop the process at its first
+/// kernel on a foreign one, and ignore an unknown one.
+pub fn check_setting() -> Result<(), String> {
+    let Some(spec) = std::env::var_os("TRACT_CPU_ISA") else { return Ok(()) };
+    let spec = spec.to_string_lossy();
+    // Not `native()`: tract's own reading of the setting stops the process on a foreign feature.
+    let here = tract_linalg::isa::Arch::ALL.into_iter().find(|a| a.is_native());
+    for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let name = token.trim_start_matches(['+', '-']);
+        let fix = "set it to features of this CPU with + or - before each (-avx512f makes an x86-64 CPU with AVX-512 \
+                   run as an AVX2 one), or unset it";
+        let set: tract_linalg::isa::IsaSet = name.parse().map_err(|e| format!("TRACT_CPU_ISA={spec}: {e}; {fix}"))?;
+        if set.arch() != here {
+            return Err(format!(
+                "TRACT_CPU_ISA={spec}: {name} is a feature of {}, and this CPU is {}; {fix}",
+                set.arch().map_or("no architecture".into(), |a| a.to_string()),
+                here.map_or("of no architecture tract has kernels for".into(), |a| a.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the AVX-512F kernels run here (the larger matrix tile of [`super::gemm`]).
 pub fn avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -32,7 +32,7 @@ mod softmax;
 mod upcast;
 pub use attention::{KvAttention, fuse_kv_attention};
 pub use gemm::{Kernel as MatrixKernel, kernel as matrix_kernel};
-pub use isa::describe as cpu_kernels;
+pub use isa::{check_setting as check_cpu_isa_setting, describe as cpu_kernels};
 pub use linear::{ConstLinear, fuse_const_linears};
 pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
 pub use scatter::{FastScatter, speed_up_scatters};
