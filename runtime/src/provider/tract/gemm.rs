@@ -156,7 +156,7 @@ impl Kernel {
     }
 }
 
-/// The tile this CPU runs (as tract sees the CPU: [`super::isa`]).
+/// The tile this CPU runs (as tract sees the CPU, which `TRACT_CPU_ISA` edits).
 pub fn kernel() -> Kernel {
     if super::isa::avx512f() {
         Kernel::Avx512
