@@ -17,7 +17,7 @@
 #                                         bench at batch 16 and 256; --precision fp16 and mixed at 256
 #   bash scripts/gpu_check.sh cpu         the CPU providers on the host's cores (the README's CPU figures
 #                                         are of a 2-core VM): bench tract and ONNX Runtime CPU at
-#                                         batch 16 and 64, CFG 2
+#                                         batch 16 and 64, CFG 2; tract as an AVX2 CPU at batch 16
 #   bash scripts/gpu_check.sh serve       `itarflow-rt serve --provider cuda` (SERVE_PROVIDER): 8 clients, 96 requests
 #                                         of 1 to 12 images (every batch size merged differently),
 #                                         padded (the default on CUDA) and not: images/s, the metrics
@@ -221,6 +221,10 @@ stage_cpu() {
     for b in 16 64; do
         run 300 "$RT" bench --providers tract,cpu --batch "$b" --cfg 2 --json --repeats 3
     done
+    # tract as the same CPU without AVX-512 would run it (the AVX2 matrix tile and tract's AVX2
+    # kernels; the JSON's cpu_kernels says which ran).
+    say "bench: tract as an AVX2 CPU (TRACT_CPU_ISA), batch 16"
+    TRACT_CPU_ISA=-avx512f,-avx512vnni,-avx512fp16,-amx-int8,-amx-bf16 run 300 "$RT" bench --providers tract --batch 16 --cfg 2 --json --repeats 3
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
