@@ -8,8 +8,9 @@
 //! ~145. With AVX2 and FMA (x86-64 CPUs without AVX-512: most AMD parts before Zen 4, Intel's
 //! client parts since Alder Lake) a tile of 6 rows x 16 columns (12 ymm accumulators) runs over
 //! each half of a panel: 50-59 GFLOP/s on one core of this machine for (392 x 128) x (128 x 512),
-//! against 111-146 for the AVX-512 tile in the same minutes (twice the lanes). Both tiles add each product to its sum in the same order with one
-//! rounding (FMA), so they give the same bits. Elsewhere a portable loop over the same panels is
+//! against 111-146 for the AVX-512 tile in the same minutes (twice the lanes). Both tiles add
+//! each product to its sum in the same order with one rounding (FMA), so they give the same
+//! bits. Elsewhere a portable loop over the same panels is
 //! used (the rewrite that brings this op in only does so where one of the tiles runs; the
 //! portable loop keeps the op correct anywhere).
 

@@ -5,6 +5,8 @@
 //! benches of the AVX2 and baseline x86-64 paths use. A feature the setting adds but the CPU
 //! lacks is not used (these kernels also ask the CPU itself).
 
+use tract_linalg::isa::{Arch, Isa, IsaSet, native};
+
 /// `TRACT_CPU_ISA`, if set, names features of this CPU's architecture that tract knows (a
 /// `+` or `-` before each, comma-separated): tract itself would stop the process at its first
 /// kernel on a foreign one, and ignore an unknown one.
@@ -12,12 +14,12 @@ pub fn check_setting() -> Result<(), String> {
     let Some(spec) = std::env::var_os("TRACT_CPU_ISA") else { return Ok(()) };
     let spec = spec.to_string_lossy();
     // Not `native()`: tract's own reading of the setting stops the process on a foreign feature.
-    let here = tract_linalg::isa::Arch::ALL.into_iter().find(|a| a.is_native());
+    let here = Arch::ALL.into_iter().find(|a| a.is_native());
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let name = token.trim_start_matches(['+', '-']);
         let fix = "set it to features of this CPU with + or - before each (-avx512f makes an x86-64 CPU with AVX-512 \
                    run as an AVX2 one), or unset it";
-        let set: tract_linalg::isa::IsaSet = name.parse().map_err(|e| format!("TRACT_CPU_ISA={spec}: {e}; {fix}"))?;
+        let set: IsaSet = name.parse().map_err(|e| format!("TRACT_CPU_ISA={spec}: {e}; {fix}"))?;
         if set.arch() != here {
             return Err(format!(
                 "TRACT_CPU_ISA={spec}: {name} is a feature of {}, and this CPU is {}; {fix}",
@@ -31,53 +33,40 @@ pub fn check_setting() -> Result<(), String> {
 
 /// Whether the AVX-512F kernels run here (the larger matrix tile of [`super::gemm`]).
 pub fn avx512f() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && enabled(tract_linalg::isa::Isa::X86_64Avx512f)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    has(Isa::X86_64Avx512f)
 }
 
 /// Whether the AVX2 and FMA kernels run here (the smaller matrix tile of [`super::gemm`]).
 pub fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && enabled(tract_linalg::isa::Isa::X86_64Avx2)
-            && enabled(tract_linalg::isa::Isa::X86_64Fma)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    avx2() && has(Isa::X86_64Fma)
 }
 
 /// Whether the AVX2 builds of the loops run here (the attention of [`super::attention`]).
 pub fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && enabled(tract_linalg::isa::Isa::X86_64Avx2)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    has(Isa::X86_64Avx2)
 }
 
 /// The CPU kernels tract runs here, for reports: this module's matrix tile and the instruction
 /// sets tract sees (after `TRACT_CPU_ISA`), e.g. "matrix tile avx2-fma; instruction sets
 /// x86_64,avx,avx2,fma,f16c".
 pub fn describe() -> String {
-    let sets: Vec<&str> = tract_linalg::isa::native().iter().map(|i| i.name()).collect();
+    let sets: Vec<&str> = native().iter().map(|i| i.name()).collect();
     format!("matrix tile {}; instruction sets {}", super::gemm::kernel().name(), sets.join(","))
 }
 
-/// Whether tract's view of the CPU (after `TRACT_CPU_ISA`) has `isa`.
+/// Whether the CPU has `isa` and tract's view of it (after `TRACT_CPU_ISA`) does too.
 #[cfg(target_arch = "x86_64")]
-fn enabled(isa: tract_linalg::isa::Isa) -> bool {
-    tract_linalg::isa::native().has(isa)
+fn has(isa: Isa) -> bool {
+    let cpu = match isa {
+        Isa::X86_64Avx512f => std::is_x86_feature_detected!("avx512f"),
+        Isa::X86_64Avx2 => std::is_x86_feature_detected!("avx2"),
+        Isa::X86_64Fma => std::is_x86_feature_detected!("fma"),
+        _ => false,
+    };
+    cpu && native().has(isa)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has(_: Isa) -> bool {
+    false
 }
