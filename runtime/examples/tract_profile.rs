@@ -13,8 +13,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState, eval};
 
 fn main() -> TractResult<()> {
-    // As the itarflow-rt binary runs: freed memory kept for the next run (see `allocator`).
+    // As the itarflow-rt binary runs: freed memory kept for the next run (see `allocator`), and
+    // subnormals flushed to zero as in every tract run of the runtime (see `denormals`: tract's
+    // exp kernel takes ~12x longer on inputs whose results underflow, masked scores among them).
     itarflow_rt::allocator::retain_freed_memory();
+    let _flush = itarflow_rt::provider::denormals::FlushToZero::new();
     let args: Vec<String> = std::env::args().collect();
     let path = &args[1];
     let batch: i64 = args[2].parse()?;
@@ -31,6 +34,12 @@ fn main() -> TractResult<()> {
         let (rewritten, r) = itarflow_rt::provider::tract::rewrite_for_cpu(model)?;
         eprintln!("rewritten: {r:?}");
         model = rewritten;
+    }
+    if let Ok(pattern) = std::env::var("DUMP") {
+        for node in model.nodes.iter().filter(|n| n.name.contains(&pattern)) {
+            let ins: Vec<String> = node.inputs.iter().map(|i| format!("{}/{}", model.node(i.node).name, i.slot)).collect();
+            println!("#{} {} {:?} <- {:?} : {:?}", node.id, node.name, node.op, ins, node.outputs[0].fact.shape);
+        }
     }
     let model = model.into_optimized()?;
     let inputs: TVec<TValue> = model

@@ -126,9 +126,11 @@ impl Loaded {
             Provider::Tract | Provider::TractCuda => {
                 let device = if provider == Provider::Tract { TractDevice::Cpu } else { TractDevice::Cuda };
                 // A device that cannot run here fails now, with its reason, and so does a
-                // TRACT_CPU_ISA that names no feature of this CPU.
+                // TRACT_CPU_ISA that names no feature of this CPU, or an
+                // ITARFLOW_TRACT_REWRITES that names no rewrite.
                 device.runtime()?;
                 crate::provider::tract::check_cpu_isa_setting().map_err(RtError::Setting)?;
+                crate::provider::tract::check_rewrites_setting().map_err(RtError::Setting)?;
                 let f16 = opts.tract_f16;
                 Loaded::Tract(GraphSet::new(
                     model,

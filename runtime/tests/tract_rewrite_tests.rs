@@ -1,7 +1,8 @@
 //! tract's load-time rewrites on the shipped demo package's graphs: they find what they are
-//! meant to (the KV attention of every block of a step graph, with either cache, and the fixed
-//! cache's writes; the softmaxes, linear layers and attention products of the score graph, the
-//! last two on CPUs with AVX-512F or AVX2 and FMA) and the rewritten plans give the outputs
+//! meant to (the KV attention and LayerNorms of every block of a step graph, with either cache,
+//! and the fixed cache's writes; the masked softmaxes, LayerNorms and the adjoints of LayerNorm
+//! and GELU of the score graph, and its linear layers and attention products on CPUs with
+//! AVX-512F or AVX2 and FMA) and the rewritten plans give the outputs
 //! tract's own plans give, on random inputs, and an image the same outputs whatever batch it runs
 //! in.
 
@@ -92,6 +93,8 @@ fn step_graphs_attend_through_the_cache_in_one_op_with_the_same_outputs() {
     for (name, blocks, scatters) in [("layer0_step.onnx", 1, 0), ("layer5_step.onnx", 3, 0), ("layer5_step_fixed.onnx", 3, 6)] {
         let (found, diff) = compare(name, 6, 5);
         assert_eq!((found.attentions, found.scatters), (blocks, scatters), "{name}: {found:?}");
+        // Two LayerNorms per block, each one op.
+        assert_eq!(found.layer_norms, 2 * blocks, "{name}: {found:?}");
         assert!(diff < 1e-5, "{name}: outputs differ by {diff:.2e} of their scale");
     }
 }
@@ -99,8 +102,10 @@ fn step_graphs_attend_through_the_cache_in_one_op_with_the_same_outputs() {
 #[test]
 fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
     let (found, diff) = compare("score.onnx", 2, 0);
-    // 8 blocks: one causal softmax each.
+    // 8 blocks: one causal softmax each (its mask added inside), one GELU adjoint, two
+    // LayerNorms and their adjoints.
     assert_eq!(found.softmaxes, 8, "{found:?}");
+    assert_eq!((found.gelu_grads, found.layer_norms, found.layer_norm_grads), (8, 16, 16), "{found:?}");
     if matrix_kernel() != MatrixKernel::Portable {
         // Every linear layer forward and adjoint, and the attention's products (2 forward and
         // 4 adjoint per block; tract splits some per head before the rewrite).

@@ -28,6 +28,8 @@ use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::pattern::only_reader;
+
 /// `softmax(q kᵀ + mask) v` over the last two axes, no scale (the query comes scaled): q (.., M,
 /// d), k (.., L, d), v (.., L, e) -> (.., M, e), f32, the leading axes equal; the optional fourth
 /// input is an additive mask of L values, the same for every (pair, query) (the fixed-length
@@ -180,14 +182,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// and the same with the second operand transposed, (.., M, K) x (.., N, K).
 const MATMUL: &str = "abmk,abkn->abmn";
 const MATMUL_BT: &str = "abmk,abnk->abmn";
-
-/// The single node reading `outlet`, if exactly one node does and it is not a model output.
-fn only_reader(model: &TypedModel, outlet: OutletId) -> Option<usize> {
-    match model.outlet_successors(outlet) {
-        [one] if !model.outputs.contains(&outlet) => Some(one.node),
-        _ => None,
-    }
-}
 
 /// An attention found in a model: its q, k, v, its mask (if any) and the node computing its
 /// output.

@@ -3,10 +3,12 @@
 //! size they run with, made from the file on first use (N made concrete: tract then fuses and
 //! vectorises the elementwise ops it leaves generic under a symbol, 1.7x faster on the score
 //! graph; P stays symbolic, it changes every step). Before optimisation, the plan's model goes
-//! through the load-time rewrites of [`rewrite_for_cpu`] (attention over a KV cache, softmaxes,
-//! the fixed cache's writes, and on x86-64 CPUs with AVX-512F or AVX2 and FMA the matrix products,
-//! each as an op of this module that tract would otherwise run slower; `TRACT_CPU_ISA` edits the
-//! instruction sets both tract and these ops use, `isa.rs`). On CPUs without fp16 arithmetic an fp16 graph's
+//! through the load-time rewrites of [`rewrite_for_cpu`] (`rewrites.rs`: attention over a KV
+//! cache, masked softmaxes, the fixed cache's writes, LayerNorm and the adjoints of LayerNorm and
+//! GELU, and on x86-64 CPUs with AVX-512F or AVX2 and FMA the matrix products, each as an op of
+//! this module that tract would otherwise run slower, found by `pattern.rs`'s readings of the
+//! graph; `ITARFLOW_TRACT_REWRITES` selects them, `TRACT_CPU_ISA` edits the instruction sets
+//! both tract and these ops use, `isa.rs`). On CPUs without fp16 arithmetic an fp16 graph's
 //! plan computes in fp32 ([`F16Compute`], `upcast.rs`).
 //! Values stay tract tensors between steps, so a step's present K/V feed the next step as they are.
 //! Run states (tract's per-run scratch) are pooled and reused across runs: a generation's T - 1
@@ -23,20 +25,28 @@ use super::{Engine, HostTensor};
 use crate::RtError;
 
 mod attention;
+mod gelu_grad;
 mod gemm;
 mod isa;
+mod lanes;
+mod layer_norm;
 mod linear;
 mod matmul;
+mod pattern;
+mod rewrites;
 mod scatter;
 mod softmax;
 mod upcast;
 pub use attention::{KvAttention, fuse_kv_attention};
+pub use gelu_grad::{GeluGrad, fuse_gelu_grads};
 pub use gemm::{Kernel as MatrixKernel, kernel as matrix_kernel};
 pub use isa::{check_setting as check_cpu_isa_setting, describe as cpu_kernels};
+pub use layer_norm::{LayerNormGrad, LayerNormRows, fuse_layer_norm_grads, fuse_layer_norms};
 pub use linear::{ConstLinear, fuse_const_linears};
 pub use matmul::{BatchedMatMul, fuse_batched_matmuls};
+pub use rewrites::{Rewrites, check_setting as check_rewrites_setting, rewrite_for_cpu};
 pub use scatter::{FastScatter, speed_up_scatters};
-pub use softmax::rewrite_softmaxes;
+pub use softmax::{RowSoftmax, rewrite_softmaxes};
 pub use upcast::F16Compute;
 
 /// Replaces the value at `old` in `model` by what `wire` builds in a patch from `inputs` (tapped
@@ -87,32 +97,6 @@ fn test_assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what} at {i}: {g} vs {w}");
     }
-}
-
-/// How many nodes [`rewrite_for_cpu`] replaced, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rewrites {
-    pub attentions: usize,
-    pub softmaxes: usize,
-    pub linears: usize,
-    pub matmuls: usize,
-    pub scatters: usize,
-}
-
-/// tract's CPU plans get load-time rewrites before optimisation. On the model as typed from
-/// ONNX (its symbols set): attention over a KV cache as one [`KvAttention`] op. Then, on the
-/// decluttered model (constants folded, weights visible): softmaxes over a known length as
-/// vectorised ops, ScatterElements (the fixed cache's write) as [`FastScatter`] and, where a
-/// register tile of [`matrix_kernel`] runs (AVX-512F, or AVX2 and FMA), products by a constant
-/// matrix and batched products of two activations as [`ConstLinear`] and [`BatchedMatMul`] ops. Returns the rewritten model, decluttered, for
-/// tract's optimisation.
-pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
-    let attentions = fuse_kv_attention(&mut model)?;
-    let mut model = model.into_decluttered()?;
-    let softmaxes = rewrite_softmaxes(&mut model)?;
-    let scatters = speed_up_scatters(&mut model)?;
-    let (linears, matmuls) = if gemm::fast_path() { (fuse_const_linears(&mut model)?, fuse_batched_matmuls(&mut model)?) } else { (0, 0) };
-    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls, scatters }))
 }
 
 /// Batch sizes with a plan of their own, at most (each holds its own packed weights).
