@@ -38,7 +38,8 @@ fn main() -> TractResult<()> {
     if let Ok(pattern) = std::env::var("DUMP") {
         for node in model.nodes.iter().filter(|n| n.name.contains(&pattern)) {
             let ins: Vec<String> = node.inputs.iter().map(|i| format!("{}/{}", model.node(i.node).name, i.slot)).collect();
-            println!("#{} {} {:?} <- {:?} : {:?}", node.id, node.name, node.op, ins, node.outputs[0].fact.shape);
+            let info = node.op.info().unwrap_or_default().join("; ");
+            println!("#{} {} {} [{info}] <- {:?} : {:?}", node.id, node.name, node.op.name(), ins, node.outputs[0].fact.shape);
         }
     }
     let model = model.into_optimized()?;

@@ -1,7 +1,7 @@
 //! tract's load-time rewrites on the shipped demo package's graphs: they find what they are
 //! meant to (the KV attention and LayerNorms of every block of a step graph, with either cache,
 //! and the fixed cache's writes; the masked softmaxes, LayerNorms and the adjoints of LayerNorm
-//! and GELU of the score graph, and its linear layers and attention products on CPUs with
+//! and GELU and the broadcast sums of the score graph, and its linear layers and attention products on CPUs with
 //! AVX-512F or AVX2 and FMA) and the rewritten plans give the outputs
 //! tract's own plans give, on random inputs, and an image the same outputs whatever batch it runs
 //! in.
@@ -106,6 +106,9 @@ fn score_graph_runs_its_products_on_the_avx512_kernel_with_the_same_outputs() {
     // LayerNorms and their adjoints.
     assert_eq!(found.softmaxes, 8, "{found:?}");
     assert_eq!((found.gelu_grads, found.layer_norms, found.layer_norm_grads), (8, 16, 16), "{found:?}");
+    // 6 layers: the position embedding (1, T, C) and the conditioning (N, 1, C) added to the
+    // tokens.
+    assert_eq!(found.broadcasts, 12, "{found:?}");
     if matrix_kernel() != MatrixKernel::Portable {
         // Every linear layer forward and adjoint, and the attention's products (2 forward and
         // 4 adjoint per block; tract splits some per head before the rewrite).

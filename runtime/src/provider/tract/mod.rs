@@ -25,6 +25,7 @@ use super::{Engine, HostTensor};
 use crate::RtError;
 
 mod attention;
+mod broadcast;
 mod gelu_grad;
 mod gemm;
 mod isa;
@@ -38,6 +39,7 @@ mod scatter;
 mod softmax;
 mod upcast;
 pub use attention::{KvAttention, fuse_kv_attention};
+pub use broadcast::{Arith, BroadcastBinary, speed_up_broadcasts};
 pub use gelu_grad::{GeluGrad, fuse_gelu_grads};
 pub use gemm::{Kernel as MatrixKernel, kernel as matrix_kernel};
 pub use isa::{check_setting as check_cpu_isa_setting, describe as cpu_kernels};

@@ -10,14 +10,15 @@ use tract_onnx::prelude::*;
 
 use super::{
     fuse_batched_matmuls, fuse_const_linears, fuse_gelu_grads, fuse_kv_attention, fuse_layer_norm_grads, fuse_layer_norms, gemm,
-    rewrite_softmaxes, speed_up_scatters,
+    rewrite_softmaxes, speed_up_broadcasts, speed_up_scatters,
 };
 
 /// The setting that selects the rewrites.
 pub const SETTING: &str = "ITARFLOW_TRACT_REWRITES";
 
 /// The rewrites, by the name the setting and [`Rewrites`] give them, in the order they run.
-pub const NAMES: [&str; 8] = ["attentions", "softmaxes", "scatters", "gelu_grads", "layer_norm_grads", "layer_norms", "linears", "matmuls"];
+pub const NAMES: [&str; 9] =
+    ["attentions", "softmaxes", "scatters", "gelu_grads", "layer_norm_grads", "layer_norms", "linears", "matmuls", "broadcasts"];
 
 /// How many nodes [`rewrite_for_cpu`] replaced, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub struct Rewrites {
     pub gelu_grads: usize,
     pub layer_norms: usize,
     pub layer_norm_grads: usize,
+    pub broadcasts: usize,
 }
 
 /// Which of [`NAMES`] run, as `spec` (the setting's value, if set) selects them.
@@ -72,7 +74,8 @@ pub fn check_setting() -> Result<(), String> {
 /// [`super::LayerNormGrad`], [`super::LayerNormRows`]) and, where a register tile of
 /// [`super::matrix_kernel`] runs (AVX-512F, or AVX2 and FMA), products by a constant matrix and
 /// batched products of two activations as [`super::ConstLinear`] and [`super::BatchedMatMul`]
-/// ops; those that `ITARFLOW_TRACT_REWRITES` selects. Returns the rewritten model, decluttered, for tract's
+/// ops; last, sums and products repeating an operand over a leading or middle axis as
+/// [`super::BroadcastBinary`]; those that `ITARFLOW_TRACT_REWRITES` selects. Returns the rewritten model, decluttered, for tract's
 /// optimisation.
 pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
     let on = selected().map_err(TractError::msg)?;
@@ -81,7 +84,7 @@ pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrit
         done[0] = fuse_kv_attention(&mut model)?;
     }
     let mut model = model.into_decluttered()?;
-    let passes: [fn(&mut TypedModel) -> TractResult<usize>; 7] = [
+    let passes: [fn(&mut TypedModel) -> TractResult<usize>; 8] = [
         rewrite_softmaxes,
         speed_up_scatters,
         fuse_gelu_grads,
@@ -89,16 +92,17 @@ pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrit
         fuse_layer_norms,
         fuse_const_linears,
         fuse_batched_matmuls,
+        speed_up_broadcasts,
     ];
     for (i, pass) in passes.into_iter().enumerate() {
         // The products run on the register tiles only where one runs.
-        let products = i >= 5;
+        let products = i == 5 || i == 6;
         if on[i + 1] && (!products || gemm::fast_path()) {
             done[i + 1] = pass(&mut model)?;
         }
     }
-    let [attentions, softmaxes, scatters, gelu_grads, layer_norm_grads, layer_norms, linears, matmuls] = done;
-    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls, scatters, gelu_grads, layer_norms, layer_norm_grads }))
+    let [attentions, softmaxes, scatters, gelu_grads, layer_norm_grads, layer_norms, linears, matmuls, broadcasts] = done;
+    Ok((model, Rewrites { attentions, softmaxes, linears, matmuls, scatters, gelu_grads, layer_norms, layer_norm_grads, broadcasts }))
 }
 
 #[cfg(test)]
@@ -107,8 +111,8 @@ mod tests {
 
     #[test]
     fn the_setting_selects_rewrites_and_refuses_what_it_cannot_read() {
-        assert_eq!(parse(None).unwrap(), [true; 8]);
-        assert_eq!(parse(Some("none")).unwrap(), [false; 8]);
+        assert_eq!(parse(None).unwrap(), [true; 9]);
+        assert_eq!(parse(Some("none")).unwrap(), [false; 9]);
         let only = parse(Some("linears, matmuls")).unwrap();
         assert_eq!(NAMES.iter().zip(only).filter(|(_, on)| *on).map(|(n, _)| *n).collect::<Vec<_>>(), ["linears", "matmuls"]);
         let but = parse(Some("-gelu_grads,-layer_norms")).unwrap();
