@@ -530,6 +530,45 @@ fn tract_on_cpus_without_avx512_or_avx2_reproduces_the_reference() {
     }
 }
 
+/// tract's plans without the runtime's load-time rewrites (`ITARFLOW_TRACT_REWRITES=none`):
+/// every graph within tolerance of Burn's reference too, the report saying so, and seeded
+/// samples within float rounding of the rewritten plans' (two computations of the same images:
+/// tract's own ops against the fused ones); a setting naming no rewrite is refused, naming it.
+#[test]
+fn tract_without_its_rewrites_reproduces_the_reference_and_the_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    package(&dir);
+    let run = |setting: &str, args: &[&str]| {
+        let mut cmd = std::process::Command::new(rt_binary());
+        cmd.args(args).arg("--model").arg(&dir);
+        if !setting.is_empty() {
+            cmd.env("ITARFLOW_TRACT_REWRITES", setting);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("none", &["check", "--providers", "tract", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["cpu_kernels"].as_str().unwrap_or("").ends_with("; rewrites none"), "{report}");
+    assert!(report["rows"].as_array().unwrap().iter().all(|r| r["pass"] == true));
+    let sample = |setting: &str, name: &str| {
+        let path = tmp.path().join(name);
+        let out =
+            run(setting, &["sample", "--provider", "tract", "--seed", "5", "--num", "4", "--cfg", "2", "--output", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{setting}: {}", String::from_utf8_lossy(&out.stderr));
+        images(&itarflow_base::Npz::read(&path).unwrap(), "x")
+    };
+    let (fused, plain) = (sample("", "fused.npz"), sample("none", "plain.npz"));
+    let diff = fused.iter().zip(plain.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "samples {diff:.2e} apart with and without the rewrites");
+    let out = run("-nope", &["sample", "--provider", "tract", "--num", "1", "--out", tmp.path().join("refused.png").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ITARFLOW_TRACT_REWRITES=-nope: no rewrite is called nope"), "{err}");
+    assert!(!tmp.path().join("refused.png").exists());
+}
+
 #[test]
 fn bench_subcommand_reports_every_figure_per_provider() {
     let tmp = tempfile::tempdir().unwrap();

@@ -46,12 +46,13 @@ pub fn avx2() -> bool {
     has(Isa::X86_64Avx2)
 }
 
-/// The CPU kernels tract runs here, for reports: this module's matrix tile and the instruction
-/// sets tract sees (after `TRACT_CPU_ISA`), e.g. "matrix tile avx2-fma; instruction sets
-/// x86_64,avx,avx2,fma,f16c".
+/// The CPU kernels tract runs here, for reports: this module's matrix tile, the instruction
+/// sets tract sees (after `TRACT_CPU_ISA`) and the load-time rewrites that run (after
+/// `ITARFLOW_TRACT_REWRITES`), e.g. "matrix tile avx2-fma; instruction sets
+/// x86_64,avx,avx2,fma,f16c; rewrites all".
 pub fn describe() -> String {
     let sets: Vec<&str> = native().iter().map(|i| i.name()).collect();
-    format!("matrix tile {}; instruction sets {}", super::gemm::kernel().name(), sets.join(","))
+    format!("matrix tile {}; instruction sets {}; rewrites {}", super::gemm::kernel().name(), sets.join(","), super::rewrites::describe())
 }
 
 /// Whether the CPU has `isa` and tract's view of it (after `TRACT_CPU_ISA`) does too.

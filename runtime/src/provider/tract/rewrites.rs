@@ -61,6 +61,16 @@ fn selected() -> Result<[bool; NAMES.len()], String> {
     parse(spec.as_deref())
 }
 
+/// The rewrites that run, for reports: "all", "none", or those that run by name.
+pub fn describe() -> String {
+    match selected() {
+        Ok(on) if on.iter().all(|&o| o) => "all".into(),
+        Ok(on) if on.iter().all(|&o| !o) => "none".into(),
+        Ok(on) => NAMES.iter().zip(on).filter(|(_, o)| *o).map(|(n, _)| *n).collect::<Vec<_>>().join(","),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
 /// `ITARFLOW_TRACT_REWRITES`, if set, is one that [`rewrite_for_cpu`] accepts.
 pub fn check_setting() -> Result<(), String> {
     selected().map(|_| ())
