@@ -65,6 +65,7 @@ fn runs(full: &[usize], small: &[usize]) -> TractResult<(usize, Vec<usize>)> {
     ensure!(small.iter().zip(full).all(|(s, f)| s == f || *s == 1), "BroadcastBinary: {small:?} does not broadcast to {full:?}");
     let agree = full.iter().zip(small).rev().take_while(|(f, s)| f == s).count();
     let run: usize = full[r - agree..].iter().product();
+    ensure!(run > 0, "BroadcastBinary: runs of no values, {full:?}");
     let outer = &full[..r - agree];
     let ss = strides(small);
     let count: usize = outer.iter().product();
@@ -163,7 +164,7 @@ fn broadcast_arith(model: &TypedModel, id: usize) -> Option<Arith> {
     } else {
         return None;
     };
-    if small.len() != out.len() || out.is_empty() {
+    if small.len() != out.len() || out.is_empty() || out.contains(&0) {
         return None;
     }
     // Repeated over some axis; its last axis the output's (runs worth a loop); not a row vector.

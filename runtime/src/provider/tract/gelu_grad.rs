@@ -133,8 +133,7 @@ fn match_gelu_grad(model: &TypedModel, id: usize) -> Option<Found> {
     for (g, sum) in [(p, q), (q, p)] {
         let Some((x, op, mut nodes)) = match_derivative(model, sum) else { continue };
         nodes.push(id);
-        let inner = nodes[..nodes.len() - 1].iter().map(|&n| OutletId::new(n, 0));
-        let private = inner.into_iter().all(|o| read_only_by(model, o, &nodes));
+        let private = nodes[..nodes.len() - 1].iter().all(|&n| read_only_by(model, OutletId::new(n, 0), &nodes));
         if private && same_f32_shape(model, x, g) && same_f32_shape(model, x, root) {
             return Some(Found { x, g, op });
         }

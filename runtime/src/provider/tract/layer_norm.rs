@@ -67,7 +67,7 @@ impl EvalOp for LayerNormRows {
         ensure!(inputs.len() == 1, "LayerNormRows takes x");
         let shape = inputs[0].shape().to_vec();
         let c = self.scale.len();
-        ensure!(shape.last() == Some(&c), "LayerNormRows: x of shape {shape:?} for {c} channels");
+        ensure!(c > 0 && shape.last() == Some(&c), "LayerNormRows: x of shape {shape:?} for {c} channels");
         let xv = inputs[0].try_as_plain_ram()?;
         let x = xv.as_slice::<f32>()?;
         let mut rows_shape = shape.clone();
@@ -154,6 +154,7 @@ impl EvalOp for LayerNormGrad {
         let shape = inputs[0].shape().to_vec();
         ensure!(inputs[1].shape() == shape.as_slice(), "LayerNormGrad: h {shape:?} and xhat {:?} differ", inputs[1].shape());
         let c = *shape.last().context("LayerNormGrad of a scalar")?;
+        ensure!(c > 0, "LayerNormGrad: rows of no values, {shape:?}");
         let (hv, xv, rv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?, inputs[2].try_as_plain_ram()?);
         let (h, xhat, r) = (hv.as_slice::<f32>()?, xv.as_slice::<f32>()?, rv.as_slice::<f32>()?);
         ensure!(r.len() * c == h.len(), "LayerNormGrad: r {:?} is not one value per row of {shape:?}", inputs[2].shape());
@@ -197,6 +198,9 @@ struct ForwardFound {
 fn match_layer_norm(model: &TypedModel, id: usize) -> Option<ForwardFound> {
     let y = OutletId::new(id, 0);
     let c = model.outlet_fact(y).ok()?.shape.last()?.to_i64().ok()? as usize;
+    if c == 0 {
+        return None;
+    }
     let (scaled, bias) = binary_with::<Add>(model, y, |o| row_constant(model, o, c).is_none())?;
     let bias = row_constant(model, bias, c)?;
     let (xhat, scale) = binary_with::<Mul>(model, scaled, |o| row_constant(model, o, c).is_none())?;

@@ -84,6 +84,7 @@ impl EvalOp for RowSoftmax {
         ensure!(inputs.len() == 1, "RowSoftmax takes the scores");
         let shape = inputs[0].shape().to_vec();
         let len = *shape.last().context("RowSoftmax of a scalar")?;
+        ensure!(len > 0, "RowSoftmax: rows of no values, {shape:?}");
         let xv = inputs[0].try_as_plain_ram()?;
         let x = xv.as_slice::<f32>()?;
         let offsets = self.mask_offsets(&shape)?;
@@ -95,9 +96,9 @@ impl EvalOp for RowSoftmax {
         {
             let mut out_ram = out_t.try_as_plain_ram_mut()?;
             let out = out_ram.as_slice_mut::<f32>()?;
-            let per_block = (BLOCK / len.max(1)).max(1) * len.max(1);
+            let per_block = (BLOCK / len).max(1) * len;
             for (b, (xb, ob)) in x.chunks(per_block).zip(out.chunks_mut(per_block)).enumerate() {
-                let first = b * per_block / len.max(1);
+                let first = b * per_block / len;
                 for (i, (xr, or)) in xb.chunks(len).zip(ob.chunks_mut(len)).enumerate() {
                     match (&offsets, mask) {
                         (Some((at, 1)), Some(m)) => {
