@@ -17,7 +17,8 @@
 #                                         bench at batch 16 and 256; --precision fp16 and mixed at 256
 #   bash scripts/gpu_check.sh cpu         the CPU providers on the host's cores (the README's CPU figures
 #                                         are of a 2-core VM): bench tract and ONNX Runtime CPU at
-#                                         batch 16 and 64, CFG 2; tract as an AVX2 CPU at batch 16
+#                                         batch 16 and 64, CFG 2; tract as an AVX2 CPU at batch 16;
+#                                         tract with and without its row ops (ITARFLOW_TRACT_REWRITES)
 #   bash scripts/gpu_check.sh serve       `itarflow-rt serve --provider cuda` (SERVE_PROVIDER): 8 clients, 96 requests
 #                                         of 1 to 12 images (every batch size merged differently),
 #                                         padded (the default on CUDA) and not: images/s, the metrics
@@ -225,6 +226,14 @@ stage_cpu() {
     # kernels; the JSON's cpu_kernels says which ran).
     say "bench: tract as an AVX2 CPU (TRACT_CPU_ISA), batch 16"
     TRACT_CPU_ISA=-avx512f,-avx512vnni,-avx512fp16,-amx-int8,-amx-bf16 run 300 "$RT" bench --providers tract --batch 16 --cfg 2 --json --repeats 3
+    # tract without the row ops of 2026-12-06 (LayerNorm, the adjoints, the broadcast sums), in
+    # alternation with them: what they buy on this host's CPU (cpu_kernels names the rewrites).
+    say "bench: tract with and without its row ops, batch 16, alternating"
+    local i
+    for i in 1 2; do
+        run 300 "$RT" bench --providers tract --batch 16 --cfg 2 --json --repeats 3
+        ITARFLOW_TRACT_REWRITES=-gelu_grads,-layer_norm_grads,-layer_norms,-broadcasts run 300 "$RT" bench --providers tract --batch 16 --cfg 2 --json --repeats 3
+    done
     grep '^{' "$log" > "$out/bench.jsonl"
 }
 
