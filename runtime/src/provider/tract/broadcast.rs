@@ -1,5 +1,5 @@
-//! Sums, differences and products whose second operand repeats over an axis that is not among
-//! its last ones, as one tract op walking contiguous runs, rewritten in at load.
+//! Sums, differences and products one of whose operands repeats over an axis before its last
+//! one, as one tract op walking contiguous runs, rewritten in at load.
 //!
 //! The score graph adds each layer's position embedding (1, T, C) and conditioning (N, 1, C)
 //! to its (N, T, C) tokens. tract runs the first as a unicast op and the second on its generic
