@@ -184,27 +184,65 @@ impl TypedOp for LayerNormGrad {
     as_op!();
 }
 
-/// A LayerNorm found at its bias `Add`: its input, the op, and its normalised values and r
-/// (to be read from the op's outputs 1 and 2 where other nodes read them).
+/// A LayerNorm found at its last node: its input, the op, and its normalised values (unless
+/// they are its output) and r, to be read from the op's outputs 1 and 2 where other nodes read
+/// them.
 struct ForwardFound {
     x: OutletId,
     op: LayerNormRows,
-    xhat: OutletId,
+    xhat: Option<OutletId>,
     r: OutletId,
 }
 
-/// The LayerNorm whose bias `Add` is node `id`, as tract declutters it (module notes; where
-/// nothing else reads its statistics, tract makes the normalisation one `RmsNorm` of x - mean).
+/// `(xhat, scale)` if `outlet` is xhat times a row constant of `c` values.
+fn scaled(model: &TypedModel, outlet: OutletId, c: usize) -> Option<(OutletId, Vec<f32>)> {
+    let (xhat, scale) = binary_with::<Mul>(model, outlet, |o| row_constant(model, o, c).is_none())?;
+    Some((xhat, row_constant(model, scale, c)?))
+}
+
+/// Whether the one reader of `outlet` adds a row constant of `c` values to it.
+fn biased_after(model: &TypedModel, outlet: OutletId, c: usize) -> bool {
+    match model.outlet_successors(outlet) {
+        [one] => {
+            binary_with::<Add>(model, OutletId::new(one.node, 0), |o| o == outlet).is_some_and(|(_, b)| row_constant(model, b, c).is_some())
+        }
+        _ => false,
+    }
+}
+
+/// The affine part of a LayerNorm ending at `y`: (xhat, scale, bias, the values between), with
+/// the identity's scale or bias where tract dropped a scale of ones or a bias of zeros (an
+/// untrained model's). A `y` that a scale or bias still follows is no end: the LayerNorm is
+/// found at the node after it.
+fn affine(model: &TypedModel, y: OutletId, c: usize) -> Option<(OutletId, Vec<f32>, Vec<f32>, Vec<OutletId>)> {
+    let (ones, zeros) = (|| vec![1f32; c], || vec![0f32; c]);
+    if let Some((before, bias)) = binary_with::<Add>(model, y, |o| row_constant(model, o, c).is_none()) {
+        let bias = row_constant(model, bias, c)?;
+        return Some(match scaled(model, before, c) {
+            Some((xhat, scale)) => (xhat, scale, bias, vec![before]),
+            None => (before, ones(), bias, vec![]),
+        });
+    }
+    if biased_after(model, y, c) {
+        return None;
+    }
+    if let Some((xhat, scale)) = scaled(model, y, c) {
+        return Some((xhat, scale, zeros(), vec![]));
+    }
+    let scale_after = model.outlet_successors(y).iter().any(|s| scaled(model, OutletId::new(s.node, 0), c).is_some_and(|(x, _)| x == y));
+    (!scale_after).then(|| (y, ones(), zeros(), vec![]))
+}
+
+/// The LayerNorm ending at node `id` (its bias `Add`, its scale, or its normalisation where
+/// tract dropped an identity affine), as tract declutters it (module notes; where nothing else
+/// reads its statistics, tract makes the normalisation one `RmsNorm` of x - mean).
 fn match_layer_norm(model: &TypedModel, id: usize) -> Option<ForwardFound> {
     let y = OutletId::new(id, 0);
     let c = model.outlet_fact(y).ok()?.shape.last()?.to_i64().ok()? as usize;
     if c == 0 {
         return None;
     }
-    let (scaled, bias) = binary_with::<Add>(model, y, |o| row_constant(model, o, c).is_none())?;
-    let bias = row_constant(model, bias, c)?;
-    let (xhat, scale) = binary_with::<Mul>(model, scaled, |o| row_constant(model, o, c).is_none())?;
-    let scale = row_constant(model, scale, c)?;
+    let (xhat, scale, bias, between) = affine(model, y, c)?;
     // (x - mean, eps, the nodes from the centred values to xhat, xhat's statistic r if any)
     let (d, eps, normalise, r) = match model.node(xhat.node).op_as::<RmsNorm>() {
         Some(rms) => {
@@ -232,16 +270,17 @@ fn match_layer_norm(model: &TypedModel, id: usize) -> Option<ForwardFound> {
     let sum = model.node(mean.node).inputs.iter().copied().find(|o| scalar(model, *o).is_none())?;
     let mut values = vec![sum, mean, d];
     values.extend(&normalise);
-    values.push(scaled);
+    values.extend(&between);
     let mut nodes: Vec<usize> = values.iter().map(|o| o.node).collect();
     nodes.push(id);
     // The statistics the adjoint reads may be read outside (the op gives them), nothing else.
-    let stats = r.is_some_and(|r| !read_only_by(model, xhat, &nodes) || !read_only_by(model, r, &nodes));
-    let private = values.iter().filter(|o| !stats || (**o != xhat && Some(**o) != r)).all(|&o| read_only_by(model, o, &nodes));
+    let read_outside = |o: OutletId| o != y && !read_only_by(model, o, &nodes);
+    let stats = r.is_some_and(|r| read_outside(xhat) || read_outside(r));
+    let private = values.iter().filter(|&&o| o != y && (!stats || (o != xhat && Some(o) != r))).all(|&o| read_only_by(model, o, &nodes));
     private.then(|| ForwardFound {
         x,
         op: LayerNormRows { scale: Arc::new(scale), bias: Arc::new(bias), eps, inv_len, stats },
-        xhat,
+        xhat: if xhat == y { None } else { Some(xhat) },
         r: r.unwrap_or(xhat),
     })
 }
@@ -259,7 +298,7 @@ pub fn fuse_layer_norms(model: &mut TypedModel) -> TractResult<usize> {
         let outs = patch.wire_node(format!("{name}.layer_norm"), found.op, &[x])?;
         let mut pairs = vec![(OutletId::new(id, 0), outs[0])];
         if stats {
-            pairs.push((found.xhat, outs[1]));
+            pairs.extend(found.xhat.map(|xhat| (xhat, outs[1])));
             pairs.push((found.r, outs[2]));
         }
         for (old, new) in pairs {
@@ -332,13 +371,18 @@ mod tests {
     /// LayerNorm of x (rows of C) as tract declutters ONNX LayerNormalization, and the
     /// exporter's adjoint of it for the incoming h, both outputs: (model, C).
     fn layer_norm_model(rows: usize, c: usize) -> TypedModel {
+        layer_norm_model_with(rows, c, false)
+    }
+
+    /// [`layer_norm_model`], with the identity's scale (ones) and bias (zeros) if `identity`.
+    fn layer_norm_model_with(rows: usize, c: usize, identity: bool) -> TypedModel {
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([rows, c])).unwrap();
         let h = m.add_source("h", f32::fact([rows, c])).unwrap();
         let inv = konst(&mut m, "inv", &[1, 1], &[1.0 / c as f32]);
         let eps = konst(&mut m, "eps", &[1, 1], &[EPS]);
-        let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
-        let bias: Vec<f32> = (0..c).map(|i| (i as f32 - 3.0) / 10.0).collect();
+        let scale: Vec<f32> = (0..c).map(|i| if identity { 1.0 } else { 0.5 + i as f32 / c as f32 }).collect();
+        let bias: Vec<f32> = (0..c).map(|i| if identity { 0.0 } else { (i as f32 - 3.0) / 10.0 }).collect();
         let (scale, bias) = (konst(&mut m, "scale", &[1, c], &scale), konst(&mut m, "bias", &[1, c], &bias));
         let sum = m.wire_node("sum", Reduce::new(tvec![1], Reducer::Sum), &[x]).unwrap()[0];
         let mean = bin(&mut m, "mean", Box::new(math::Mul), sum, inv);
@@ -427,5 +471,28 @@ mod tests {
         outs.push(OutletId::new(d, 0));
         shared.select_output_outlets(&outs).unwrap();
         assert_eq!(fuse_layer_norms(&mut shared).unwrap(), 0);
+    }
+
+    /// An untrained model's LayerNorm (scale of ones, bias of zeros, which tract drops), with
+    /// its adjoint reading its statistics and alone: one op each, tract's values.
+    #[test]
+    fn layer_norms_without_their_affine_are_fused_too() {
+        let (rows, c) = (4, 24);
+        let feeds = [(vec![rows, c], super::super::test_values(rows * c, 3)), (vec![rows, c], super::super::test_values(rows * c, 8))];
+        let plain = layer_norm_model_with(rows, c, true).into_decluttered().unwrap();
+        let mut fused = plain.clone();
+        assert_eq!(fuse_layer_norm_grads(&mut fused).unwrap(), 1);
+        assert_eq!(fuse_layer_norms(&mut fused).unwrap(), 1);
+        let (want, got) = (run_both(plain, &feeds), run_both(fused, &feeds));
+        super::super::test_assert_close(&got[0], &want[0], 1e-6, "identity-affine LayerNorm");
+        super::super::test_assert_close(&got[1], &want[1], 1e-5, "its adjoint");
+        let mut alone = layer_norm_model_with(rows, c, true);
+        let y = alone.output_outlets().unwrap()[0];
+        alone.select_output_outlets(&[y]).unwrap();
+        let plain = alone.into_decluttered().unwrap();
+        let mut fused = plain.clone();
+        assert_eq!(fuse_layer_norms(&mut fused).unwrap(), 1);
+        let (want, got) = (run_both(plain, &feeds), run_both(fused, &feeds));
+        super::super::test_assert_close(&got[0], &want[0], 1e-6, "identity-affine LayerNorm alone");
     }
 }
