@@ -210,27 +210,35 @@ fn biased_after(model: &TypedModel, outlet: OutletId, c: usize) -> bool {
     }
 }
 
-/// The affine part of a LayerNorm ending at `y`: (xhat, scale, bias, the values between), with
-/// the identity's scale or bias where tract dropped a scale of ones or a bias of zeros (an
-/// untrained model's). A `y` that a scale or bias still follows is no end: the LayerNorm is
-/// found at the node after it.
-fn affine(model: &TypedModel, y: OutletId, c: usize) -> Option<(OutletId, Vec<f32>, Vec<f32>, Vec<OutletId>)> {
+/// The affine part of a LayerNorm: `xhat * scale + bias`, and the scaled value when there is
+/// one before the bias.
+struct Affine {
+    xhat: OutletId,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    between: Option<OutletId>,
+}
+
+/// The affine part of a LayerNorm ending at `y`, with the identity's scale or bias where tract
+/// dropped a scale of ones or a bias of zeros (an untrained model's). A `y` that a scale or bias
+/// still follows is no end: the LayerNorm is found at the node after it.
+fn affine(model: &TypedModel, y: OutletId, c: usize) -> Option<Affine> {
     let (ones, zeros) = (|| vec![1f32; c], || vec![0f32; c]);
     if let Some((before, bias)) = binary_with::<Add>(model, y, |o| row_constant(model, o, c).is_none()) {
         let bias = row_constant(model, bias, c)?;
         return Some(match scaled(model, before, c) {
-            Some((xhat, scale)) => (xhat, scale, bias, vec![before]),
-            None => (before, ones(), bias, vec![]),
+            Some((xhat, scale)) => Affine { xhat, scale, bias, between: Some(before) },
+            None => Affine { xhat: before, scale: ones(), bias, between: None },
         });
     }
     if biased_after(model, y, c) {
         return None;
     }
     if let Some((xhat, scale)) = scaled(model, y, c) {
-        return Some((xhat, scale, zeros(), vec![]));
+        return Some(Affine { xhat, scale, bias: zeros(), between: None });
     }
     let scale_after = model.outlet_successors(y).iter().any(|s| scaled(model, OutletId::new(s.node, 0), c).is_some_and(|(x, _)| x == y));
-    (!scale_after).then(|| (y, ones(), zeros(), vec![]))
+    (!scale_after).then(|| Affine { xhat: y, scale: ones(), bias: zeros(), between: None })
 }
 
 /// The LayerNorm ending at node `id` (its bias `Add`, its scale, or its normalisation where
@@ -242,7 +250,7 @@ fn match_layer_norm(model: &TypedModel, id: usize) -> Option<ForwardFound> {
     if c == 0 {
         return None;
     }
-    let (xhat, scale, bias, between) = affine(model, y, c)?;
+    let Affine { xhat, scale, bias, between } = affine(model, y, c)?;
     // (x - mean, eps, the nodes from the centred values to xhat, xhat's statistic r if any)
     let (d, eps, normalise, r) = match model.node(xhat.node).op_as::<RmsNorm>() {
         Some(rms) => {
