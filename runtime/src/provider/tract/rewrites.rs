@@ -14,11 +14,39 @@ use super::{
 };
 
 /// The setting that selects the rewrites.
-pub const SETTING: &str = "ITARFLOW_TRACT_REWRITES";
+const SETTING: &str = "ITARFLOW_TRACT_REWRITES";
 
-/// The rewrites, by the name the setting and [`Rewrites`] give them, in the order they run.
-pub const NAMES: [&str; 9] =
-    ["attentions", "softmaxes", "scatters", "gelu_grads", "layer_norm_grads", "layer_norms", "linears", "matmuls", "broadcasts"];
+/// When a rewrite runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// On the model as typed from ONNX.
+    Typed,
+    /// On the decluttered model.
+    Decluttered,
+    /// On the decluttered model, where a register tile of [`super::matrix_kernel`] runs.
+    Tiles,
+}
+
+/// A rewrite's pass: how many nodes it replaced.
+type Pass = fn(&mut TypedModel) -> TractResult<usize>;
+
+/// The rewrites in the order they run, by the name the setting and [`Rewrites`] give them.
+const PASSES: [(&str, Stage, Pass); 9] = [
+    ("attentions", Stage::Typed, fuse_kv_attention),
+    ("softmaxes", Stage::Decluttered, rewrite_softmaxes),
+    ("scatters", Stage::Decluttered, speed_up_scatters),
+    ("gelu_grads", Stage::Decluttered, fuse_gelu_grads),
+    ("layer_norm_grads", Stage::Decluttered, fuse_layer_norm_grads),
+    ("layer_norms", Stage::Decluttered, fuse_layer_norms),
+    ("linears", Stage::Tiles, fuse_const_linears),
+    ("matmuls", Stage::Tiles, fuse_batched_matmuls),
+    ("broadcasts", Stage::Decluttered, speed_up_broadcasts),
+];
+
+/// The rewrites' names, in the order they run.
+fn names() -> impl Iterator<Item = &'static str> {
+    PASSES.iter().map(|p| p.0)
+}
 
 /// How many nodes [`rewrite_for_cpu`] replaced, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,29 +62,30 @@ pub struct Rewrites {
     pub broadcasts: usize,
 }
 
-/// Which of [`NAMES`] run, as `spec` (the setting's value, if set) selects them.
-fn parse(spec: Option<&str>) -> Result<[bool; NAMES.len()], String> {
-    let Some(spec) = spec.map(str::trim) else { return Ok([true; NAMES.len()]) };
+/// Which of the rewrites run, as `spec` (the setting's value, if set) selects them.
+fn parse(spec: Option<&str>) -> Result<[bool; PASSES.len()], String> {
+    let Some(spec) = spec.map(str::trim) else { return Ok([true; PASSES.len()]) };
     if spec == "none" {
-        return Ok([false; NAMES.len()]);
+        return Ok([false; PASSES.len()]);
     }
     let tokens: Vec<&str> = spec.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let without = tokens.iter().filter(|t| t.starts_with('-')).count();
-    let fix = format!("use none, names from {}, or the same names each with - before (all but those)", NAMES.join(", "));
+    let fix =
+        format!("use none, names from {}, or the same names each with - before (all but those)", names().collect::<Vec<_>>().join(", "));
     if without != 0 && without != tokens.len() {
         return Err(format!("{SETTING}={spec}: a list of rewrites to run, or of rewrites to leave out (each with -), not both; {fix}"));
     }
-    let mut on = [without != 0; NAMES.len()];
+    let mut on = [without != 0; PASSES.len()];
     for t in tokens {
         let name = t.trim_start_matches('-');
-        let i = NAMES.iter().position(|n| *n == name).ok_or_else(|| format!("{SETTING}={spec}: no rewrite is called {name}; {fix}"))?;
+        let i = names().position(|n| n == name).ok_or_else(|| format!("{SETTING}={spec}: no rewrite is called {name}; {fix}"))?;
         on[i] = without == 0;
     }
     Ok(on)
 }
 
-/// Which of [`NAMES`] run, by the setting.
-fn selected() -> Result<[bool; NAMES.len()], String> {
+/// Which of the rewrites run, by the setting.
+fn selected() -> Result<[bool; PASSES.len()], String> {
     let spec = std::env::var_os(SETTING).map(|s| s.to_string_lossy().into_owned());
     parse(spec.as_deref())
 }
@@ -66,7 +95,7 @@ pub fn describe() -> String {
     match selected() {
         Ok(on) if on.iter().all(|&o| o) => "all".into(),
         Ok(on) if on.iter().all(|&o| !o) => "none".into(),
-        Ok(on) => NAMES.iter().zip(on).filter(|(_, o)| *o).map(|(n, _)| *n).collect::<Vec<_>>().join(","),
+        Ok(on) => names().zip(on).filter(|(_, o)| *o).map(|(n, _)| n).collect::<Vec<_>>().join(","),
         Err(e) => format!("refused: {e}"),
     }
 }
@@ -89,26 +118,15 @@ pub fn check_setting() -> Result<(), String> {
 /// optimisation.
 pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrites)> {
     let on = selected().map_err(TractError::msg)?;
-    let mut done = [0usize; NAMES.len()];
-    if on[0] {
-        done[0] = fuse_kv_attention(&mut model)?;
-    }
-    let mut model = model.into_decluttered()?;
-    let passes: [fn(&mut TypedModel) -> TractResult<usize>; 8] = [
-        rewrite_softmaxes,
-        speed_up_scatters,
-        fuse_gelu_grads,
-        fuse_layer_norm_grads,
-        fuse_layer_norms,
-        fuse_const_linears,
-        fuse_batched_matmuls,
-        speed_up_broadcasts,
-    ];
-    for (i, pass) in passes.into_iter().enumerate() {
-        // The products run on the register tiles only where one runs.
-        let products = i == 5 || i == 6;
-        if on[i + 1] && (!products || gemm::fast_path()) {
-            done[i + 1] = pass(&mut model)?;
+    let mut done = [0usize; PASSES.len()];
+    let mut decluttered = false;
+    for (i, &(_, stage, pass)) in PASSES.iter().enumerate() {
+        if stage != Stage::Typed && !decluttered {
+            model = model.into_decluttered()?;
+            decluttered = true;
+        }
+        if on[i] && (stage != Stage::Tiles || gemm::fast_path()) {
+            done[i] = pass(&mut model)?;
         }
     }
     let [attentions, softmaxes, scatters, gelu_grads, layer_norm_grads, layer_norms, linears, matmuls, broadcasts] = done;
@@ -117,16 +135,16 @@ pub fn rewrite_for_cpu(mut model: TypedModel) -> TractResult<(TypedModel, Rewrit
 
 #[cfg(test)]
 mod tests {
-    use super::{NAMES, parse};
+    use super::{names, parse};
 
     #[test]
     fn the_setting_selects_rewrites_and_refuses_what_it_cannot_read() {
         assert_eq!(parse(None).unwrap(), [true; 9]);
         assert_eq!(parse(Some("none")).unwrap(), [false; 9]);
         let only = parse(Some("linears, matmuls")).unwrap();
-        assert_eq!(NAMES.iter().zip(only).filter(|(_, on)| *on).map(|(n, _)| *n).collect::<Vec<_>>(), ["linears", "matmuls"]);
+        assert_eq!(names().zip(only).filter(|(_, on)| *on).map(|(n, _)| n).collect::<Vec<_>>(), ["linears", "matmuls"]);
         let but = parse(Some("-gelu_grads,-layer_norms")).unwrap();
-        assert_eq!(NAMES.iter().zip(but).filter(|(_, on)| !*on).map(|(n, _)| *n).collect::<Vec<_>>(), ["gelu_grads", "layer_norms"]);
+        assert_eq!(names().zip(but).filter(|(_, on)| !*on).map(|(n, _)| n).collect::<Vec<_>>(), ["gelu_grads", "layer_norms"]);
         let unknown = parse(Some("-gelu")).unwrap_err();
         assert!(unknown.contains("ITARFLOW_TRACT_REWRITES=-gelu") && unknown.contains("no rewrite is called gelu"), "{unknown}");
         let mixed = parse(Some("linears,-matmuls")).unwrap_err();
