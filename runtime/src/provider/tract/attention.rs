@@ -21,14 +21,13 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use super::pattern::only_reader;
+use super::pattern::{binary, only_reader};
 
 /// `softmax(q kᵀ + mask) v` over the last two axes, no scale (the query comes scaled): q (.., M,
 /// d), k (.., L, d), v (.., L, e) -> (.., M, e), f32, the leading axes equal; the optional fourth
@@ -197,12 +196,8 @@ struct Found {
 /// else) and an additive mask of (1, 1, 1, L) values, with one query: (the scores' node, the
 /// mask).
 fn masked_scores(model: &TypedModel, add: &TypedNode) -> TractResult<Option<(usize, OutletId)>> {
-    let Some(bin) = add.op_as::<TypedBinOp>() else { return Ok(None) };
-    if !bin.0.is::<math::Add>() || bin.1.is_some() || add.inputs.len() != 2 {
-        return Ok(None);
-    }
-    for (s, m) in [(0, 1), (1, 0)] {
-        let (scores, mask) = (add.inputs[s], add.inputs[m]);
+    let Some((a, b)) = binary::<math::Add>(model, OutletId::new(add.id, 0)) else { return Ok(None) };
+    for (scores, mask) in [(a, b), (b, a)] {
         if !model.node(scores.node).op_is::<EinSum>() || only_reader(model, scores) != Some(add.id) {
             continue;
         }

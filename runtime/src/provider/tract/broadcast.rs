@@ -56,16 +56,16 @@ impl Op for BroadcastBinary {
     op_as_typed_op!();
 }
 
-/// How the repeated operand of `small` lies against `full`: the length of the runs on which
-/// they agree (the trailing axes where their sizes are equal) and, for each run, its offset in
-/// the repeated operand.
-fn runs(full: &[usize], small: &[usize]) -> TractResult<(usize, Vec<usize>)> {
+/// How an operand of shape `small` repeated to `full` lies against it: the length of the runs
+/// on which they agree (the trailing axes where their sizes are equal) and, for each run of
+/// `full` in order, its offset in the repeated operand (also the masks of [`super::RowSoftmax`]).
+pub(super) fn runs(full: &[usize], small: &[usize]) -> TractResult<(usize, Vec<usize>)> {
     let r = full.len();
-    ensure!(small.len() == r, "BroadcastBinary: operands of ranks {r} and {}", small.len());
-    ensure!(small.iter().zip(full).all(|(s, f)| s == f || *s == 1), "BroadcastBinary: {small:?} does not broadcast to {full:?}");
+    ensure!(small.len() == r, "operands of ranks {r} and {}", small.len());
+    ensure!(small.iter().zip(full).all(|(s, f)| s == f || *s == 1), "an operand of {small:?} does not broadcast to {full:?}");
     let agree = full.iter().zip(small).rev().take_while(|(f, s)| f == s).count();
     let run: usize = full[r - agree..].iter().product();
-    ensure!(run > 0, "BroadcastBinary: runs of no values, {full:?}");
+    ensure!(run > 0, "runs of no values, {full:?}");
     let outer = &full[..r - agree];
     let ss = strides(small);
     let count: usize = outer.iter().product();
@@ -93,16 +93,12 @@ impl EvalOp for BroadcastBinary {
         let (sa, sb) = (inputs[0].shape().to_vec(), inputs[1].shape().to_vec());
         let a_full = sa.iter().zip(&sb).all(|(a, b)| a >= b);
         let (full, small) = if a_full { (&sa, &sb) } else { (&sb, &sa) };
-        let (run, offsets) = runs(full, small)?;
+        let (run, offsets) = runs(full, small).context("BroadcastBinary")?;
         let (av, bv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
         let (a, b) = (av.as_slice::<f32>()?, bv.as_slice::<f32>()?);
         let (fv, sv) = if a_full { (a, b) } else { (b, a) };
-        // SAFETY: every run of the output is written below before it is read.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(full)? };
-        {
-            let mut ram = out.try_as_plain_ram_mut()?;
-            let o = ram.as_slice_mut::<f32>()?;
-            let op = self.op;
+        let op = self.op;
+        let out = super::filled(full, |o| {
             for ((or, fr), &at) in o.chunks_mut(run).zip(fv.chunks(run)).zip(&offsets) {
                 let sr = &sv[at..at + run];
                 if a_full {
@@ -111,8 +107,9 @@ impl EvalOp for BroadcastBinary {
                     or.iter_mut().zip(fr).zip(sr).for_each(|((o, &f), &s)| *o = op.apply(s, f));
                 }
             }
-        }
-        Ok(tvec!(out.into_tvalue()))
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 

@@ -59,11 +59,7 @@ impl EvalOp for GeluGrad {
         let (xv, gv) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
         let (x, g) = (xv.as_slice::<f32>()?, gv.as_slice::<f32>()?);
         let (erf, exp) = (Func::Erf.ew_f32()?, Func::Exp.ew_f32()?);
-        // SAFETY: every value is written below before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(inputs[0].shape())? };
-        {
-            let mut ram = out.try_as_plain_ram_mut()?;
-            let o = ram.as_slice_mut::<f32>()?;
+        let out = super::filled(inputs[0].shape(), |o| {
             let mut scratch = vec![0f32; 2 * CHUNK.min(x.len())];
             let (s_buf, q_buf) = scratch.split_at_mut(CHUNK.min(x.len()));
             for ((xc, gc), oc) in x.chunks(CHUNK).zip(g.chunks(CHUNK)).zip(o.chunks_mut(CHUNK)) {
@@ -78,8 +74,9 @@ impl EvalOp for GeluGrad {
                     *o = g * ((e + self.a) + x * q);
                 }
             }
-        }
-        Ok(tvec!(out.into_tvalue()))
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 

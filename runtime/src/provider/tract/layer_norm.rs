@@ -21,17 +21,11 @@ use tract_onnx::tract_core::ops::math::{Add, Mul, Rsqrt, Sub};
 use tract_onnx::tract_core::ops::nn::{Reducer, RmsNorm};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::filled;
 use super::lanes;
-use super::pattern::{binary, binary_with, mean_last, per_row_of, read_only_by, reduced_last, row_constant, same_f32_shape, scalar, unary};
-
-/// An f32 tensor of `shape` whose values `fill` writes, every one of them.
-fn filled(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> TractResult<TValue> {
-    // SAFETY: `fill` writes every value before the tensor is read (each caller's loops cover
-    // the whole slice).
-    let mut t = unsafe { Tensor::uninitialized::<f32>(shape)? };
-    fill(t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-    Ok(t.into_tvalue())
-}
+use super::pattern::{
+    MeanLast, binary, binary_with, mean_last, per_row_of, read_only_by, reduced_last, row_constant, same_f32_shape, scalar, unary,
+};
 
 /// LayerNorm over the last axis of f32 x: `y = (x - mean) r * scale + bias` with
 /// `r = 1 / sqrt(mean((x - mean)²) + eps)`; with `stats`, also xhat = (x - mean) r and r (one
@@ -72,9 +66,9 @@ impl EvalOp for LayerNormRows {
         let x = xv.as_slice::<f32>()?;
         let mut rows_shape = shape.clone();
         *rows_shape.last_mut().unwrap() = 1;
-        // Each row's mean-centred values and r, for the statistics.
+        // Each row's mean-centred values, and its mean and r for the statistics.
         let mut d = vec![0f32; c];
-        let mut rs = vec![0f32; if self.stats { x.len() / c } else { 0 }];
+        let mut means = vec![(0f32, 0f32); if self.stats { x.len() / c } else { 0 }];
         let y = filled(&shape, |y| {
             for (i, (xr, yr)) in x.chunks(c).zip(y.chunks_mut(c)).enumerate() {
                 let mean = lanes::sum(xr) * self.inv_len;
@@ -83,23 +77,27 @@ impl EvalOp for LayerNormRows {
                 for (((y, d), s), b) in yr.iter_mut().zip(&d).zip(self.scale.iter()).zip(self.bias.iter()) {
                     *y = d * r * s + b;
                 }
-                if let Some(slot) = rs.get_mut(i) {
-                    *slot = r;
+                if let Some(slot) = means.get_mut(i) {
+                    *slot = (mean, r);
                 }
             }
+            Ok(())
         })?;
         if !self.stats {
             return Ok(tvec!(y));
         }
-        // xhat = (x - mean) r again from x: one more pass over rows in the cache, instead of
-        // keeping every row's centred values.
+        // xhat = (x - mean) r again from x and the row's mean: one more pass over rows in the
+        // cache, instead of keeping every row's centred values.
         let xhat = filled(&shape, |xhat| {
-            for ((xr, or), &r) in x.chunks(c).zip(xhat.chunks_mut(c)).zip(&rs) {
-                let mean = lanes::sum(xr) * self.inv_len;
+            for ((xr, or), &(mean, r)) in x.chunks(c).zip(xhat.chunks_mut(c)).zip(&means) {
                 or.iter_mut().zip(xr).for_each(|(o, x)| *o = (x - mean) * r);
             }
+            Ok(())
         })?;
-        let r = filled(&rows_shape, |out| out.copy_from_slice(&rs))?;
+        let r = filled(&rows_shape, |out| {
+            out.iter_mut().zip(&means).for_each(|(o, &(_, r))| *o = r);
+            Ok(())
+        })?;
         Ok(tvec!(y, xhat, r))
     }
 }
@@ -165,6 +163,7 @@ impl EvalOp for LayerNormGrad {
                     *o = ((h - m1) - x * m2) * r;
                 }
             }
+            Ok(())
         })?;
         Ok(tvec!(dx))
     }
@@ -271,11 +270,11 @@ fn match_layer_norm(model: &TypedModel, id: usize) -> Option<ForwardFound> {
         }
     };
     let (x, mean) = binary::<Sub>(model, d)?;
-    let (x2, inv_len) = mean_last(model, mean)?;
-    if x2 != x || !same_f32_shape(model, x, y) || (inv_len * c as f32 - 1.0).abs() > 1e-6 {
+    // The mean's 1/L is checked against x's last axis, which is y's (C).
+    let MeanLast { x: x2, sum, c: inv_len } = mean_last(model, mean)?;
+    if x2 != x || !same_f32_shape(model, x, y) {
         return None;
     }
-    let sum = model.node(mean.node).inputs.iter().copied().find(|o| scalar(model, *o).is_none())?;
     let mut values = vec![sum, mean, d];
     values.extend(&normalise);
     values.extend(&between);
@@ -300,21 +299,12 @@ pub fn fuse_layer_norms(model: &mut TypedModel) -> TractResult<usize> {
     for id in model.eval_order()? {
         let Some(found) = match_layer_norm(model, id) else { continue };
         let name = model.node(id).name.clone();
-        let stats = found.op.stats;
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, found.x)?;
-        let outs = patch.wire_node(format!("{name}.layer_norm"), found.op, &[x])?;
-        let mut pairs = vec![(OutletId::new(id, 0), outs[0])];
-        if stats {
-            pairs.extend(found.xhat.map(|xhat| (xhat, outs[1])));
-            pairs.push((found.r, outs[2]));
+        let mut olds = vec![(OutletId::new(id, 0), 0)];
+        if found.op.stats {
+            olds.extend(found.xhat.map(|xhat| (xhat, 1)));
+            olds.push((found.r, 2));
         }
-        for (old, new) in pairs {
-            let (got, want) = (patch.outlet_fact(new)?.clone(), model.outlet_fact(old)?.without_value());
-            ensure!(got == want, "rewriting {name}: the LayerNorm gives {got:?} where the graph has {want:?}");
-            patch.shunt_outside(model, old, new)?;
-        }
-        patch.apply(model)?;
+        super::substitute_outputs(model, &olds, &[found.x], |patch, taps| patch.wire_node(format!("{name}.layer_norm"), found.op, taps))?;
         replaced += 1;
     }
     Ok(replaced)
@@ -326,21 +316,21 @@ fn match_layer_norm_grad(model: &TypedModel, id: usize) -> Option<(OutletId, Out
     let (d, r) = binary_with::<Mul>(model, root, |o| binary::<Sub>(model, o).is_some())?;
     let (t1, t2) = binary::<Sub>(model, d)?;
     let (h, m1) = binary::<Sub>(model, t1)?;
-    let (h2, c1) = mean_last(model, m1)?;
+    let mean_h = mean_last(model, m1)?;
     let (m2, xhat) = binary_with::<Mul>(model, t2, |o| mean_last(model, o).is_some())?;
-    let (hx, c2) = mean_last(model, m2)?;
-    let (h3, xhat2) = binary_with::<Mul>(model, hx, |o| o == h)?;
-    if h2 != h || h3 != h || xhat2 != xhat || c1 != c2 {
+    let mean_hx = mean_last(model, m2)?;
+    let hx = mean_hx.x;
+    let (_, xhat2) = binary_with::<Mul>(model, hx, |o| o == h)?;
+    if mean_h.x != h || xhat2 != xhat || mean_h.c != mean_hx.c {
         return None;
     }
     if !same_f32_shape(model, h, xhat) || !same_f32_shape(model, h, root) || !per_row_of(model, r, h) {
         return None;
     }
-    let sums = |m: OutletId| model.node(m.node).inputs.iter().copied().find(|o| scalar(model, *o).is_none());
-    let (s1, s2) = (sums(m1)?, sums(m2)?);
+    let (s1, s2) = (mean_h.sum, mean_hx.sum);
     let nodes = [s1.node, m1.node, t1.node, hx.node, s2.node, m2.node, t2.node, d.node, id];
     let private = [s1, m1, t1, hx, s2, m2, t2, d].iter().all(|&o| read_only_by(model, o, &nodes));
-    private.then_some((h, xhat, r, LayerNormGrad { inv_len: c1 }))
+    private.then_some((h, xhat, r, LayerNormGrad { inv_len: mean_h.c }))
 }
 
 /// `model` with every LayerNorm adjoint of the exporter's form computed by one

@@ -59,17 +59,41 @@ fn substitute(
     inputs: &[OutletId],
     wire: impl FnOnce(&mut TypedModelPatch, &[OutletId]) -> TractResult<OutletId>,
 ) -> TractResult<()> {
+    substitute_outputs(model, &[(old, 0)], inputs, |patch, taps| Ok(tvec!(wire(patch, taps)?)))
+}
+
+/// [`substitute`] for a replacement of several outputs: each `(old, k)` of `olds` is replaced
+/// by output `k` of what `wire` builds, each fact checked.
+fn substitute_outputs(
+    model: &mut TypedModel,
+    olds: &[(OutletId, usize)],
+    inputs: &[OutletId],
+    wire: impl FnOnce(&mut TypedModelPatch, &[OutletId]) -> TractResult<TVec<OutletId>>,
+) -> TractResult<()> {
     let mut patch = TypedModelPatch::default();
     let taps = inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
-    let new = wire(&mut patch, &taps)?;
-    let (got, want) = (patch.outlet_fact(new)?.clone(), model.outlet_fact(old)?.without_value());
-    tract_onnx::tract_core::internal::ensure!(
-        got == want,
-        "rewriting {}: the replacement gives {got:?} where the graph has {want:?}",
-        model.node(old.node).name
-    );
-    patch.shunt_outside(model, old, new)?;
+    let news = wire(&mut patch, &taps)?;
+    for &(old, k) in olds {
+        let new = *news.get(k).ok_or_else(|| TractError::msg("the replacement has fewer outputs than are replaced"))?;
+        let (got, want) = (patch.outlet_fact(new)?.clone(), model.outlet_fact(old)?.without_value());
+        tract_onnx::tract_core::internal::ensure!(
+            got == want,
+            "rewriting {}: the replacement gives {got:?} where the graph has {want:?}",
+            model.node(old.node).name
+        );
+        patch.shunt_outside(model, old, new)?;
+    }
     patch.apply(model)
+}
+
+/// An f32 tensor of `shape` whose values `fill` writes, every one of them (the fused ops'
+/// outputs, allocated without zeroing).
+fn filled(shape: &[usize], fill: impl FnOnce(&mut [f32]) -> TractResult<()>) -> TractResult<TValue> {
+    // SAFETY: `fill` writes every value before the tensor is read (each caller's loops cover
+    // the whole slice).
+    let mut t = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    fill(t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+    Ok(t.into_tvalue())
 }
 
 /// Row-major strides of `shape`, in elements (tract's own, as unsigned offsets).

@@ -79,16 +79,23 @@ pub(super) fn row_constant(model: &TypedModel, outlet: OutletId, len: usize) -> 
     row.then(|| konst.to_plain_array_view::<f32>().ok().map(|v| v.iter().copied().collect())).flatten()
 }
 
-/// `x` if `outlet` is the mean of x over its last axis of known length L as tract declutters
-/// ReduceMean: `Reduce<Sum>(x) * c` with the constant c = 1/L (returned with x, to be applied
-/// as it is).
-pub(super) fn mean_last(model: &TypedModel, outlet: OutletId) -> Option<(OutletId, f32)> {
+/// The mean of `x` over its last axis as tract declutters ReduceMean: `sum * c`, `sum` =
+/// `Reduce<Sum>(x)` read by nothing else, the constant c = 1/L for the axis's known length L.
+pub(super) struct MeanLast {
+    pub x: OutletId,
+    pub sum: OutletId,
+    /// 1/L as the graph holds it (to be applied as it is).
+    pub c: f32,
+}
+
+/// The mean whose product is `outlet`, if it is one (see [`MeanLast`]).
+pub(super) fn mean_last(model: &TypedModel, outlet: OutletId) -> Option<MeanLast> {
     use tract_onnx::tract_core::ops::math::Mul;
     let (sum, c) = binary_with::<Mul>(model, outlet, |o| scalar(model, o).is_none())?;
     let c = scalar(model, c)?;
     let x = reduced_last(model, sum, Reducer::Sum)?;
     let len = model.outlet_fact(x).ok()?.shape.last()?.to_i64().ok()?;
-    (len > 0 && (c * len as f32 - 1.0).abs() <= 1e-6 && only_reader(model, sum) == Some(outlet.node)).then_some((x, c))
+    (len > 0 && (c * len as f32 - 1.0).abs() <= 1e-6 && only_reader(model, sum) == Some(outlet.node)).then_some(MeanLast { x, sum, c })
 }
 
 /// Whether `a` and `b` hold f32 values of one shape.

@@ -48,36 +48,6 @@ impl Op for RowSoftmax {
     op_as_typed_op!();
 }
 
-impl RowSoftmax {
-    /// The offset of each row's mask values (the mask's strides, 0 on its axes of size 1), and
-    /// the stride along the row.
-    fn mask_offsets(&self, shape: &[usize]) -> TractResult<Option<(Vec<usize>, usize)>> {
-        let Some(mask) = &self.mask else { return Ok(None) };
-        let ms = mask.shape();
-        let r = shape.len();
-        ensure!(
-            ms.len() == r && ms.iter().zip(shape).all(|(m, s)| m == s || *m == 1),
-            "RowSoftmax: a mask of {ms:?} for scores of {shape:?}"
-        );
-        let strides = super::strides(ms);
-        let rows: usize = shape[..r - 1].iter().product();
-        let offsets = (0..rows)
-            .map(|row| {
-                let (mut rest, mut at) = (row, 0);
-                for d in (0..r - 1).rev() {
-                    let i = rest % shape[d];
-                    rest /= shape[d];
-                    if ms[d] != 1 {
-                        at += i * strides[d];
-                    }
-                }
-                at
-            })
-            .collect();
-        Ok(Some((offsets, if ms[r - 1] == 1 { 0 } else { 1 })))
-    }
-}
-
 impl EvalOp for RowSoftmax {
     op_out_of_plan!();
 
@@ -88,27 +58,25 @@ impl EvalOp for RowSoftmax {
         ensure!(len > 0, "RowSoftmax: rows of no values, {shape:?}");
         let xv = inputs[0].try_as_plain_ram()?;
         let x = xv.as_slice::<f32>()?;
-        let offsets = self.mask_offsets(&shape)?;
+        // Where each run of the scores finds its mask values: a row's values are one run's
+        // slice (the mask's last axis is the row's), or one value repeated along it.
+        let runs = self.mask.as_ref().map(|m| super::broadcast::runs(&shape, m.shape()).context("RowSoftmax's mask")).transpose()?;
         let mask_view = self.mask.as_ref().map(|m| m.try_as_plain_ram()).transpose()?;
         let mask = mask_view.as_ref().map(|m| m.as_slice::<f32>()).transpose()?;
         let exp = Func::Exp.ew_f32()?;
-        // SAFETY: every value is written below (each row copied or masked) before it is read.
-        let mut out_t = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        {
-            let mut out_ram = out_t.try_as_plain_ram_mut()?;
-            let out = out_ram.as_slice_mut::<f32>()?;
+        let out = super::filled(&shape, |out| {
             let per_block = (BLOCK / len).max(1) * len;
             for (b, (xb, ob)) in x.chunks(per_block).zip(out.chunks_mut(per_block)).enumerate() {
-                let first = b * per_block / len;
                 for (i, (xr, or)) in xb.chunks(len).zip(ob.chunks_mut(len)).enumerate() {
-                    match (&offsets, mask) {
-                        (Some((at, 1)), Some(m)) => {
-                            let mr = &m[at[first + i]..at[first + i] + len];
-                            or.iter_mut().zip(xr).zip(mr).for_each(|((o, x), m)| *o = x + m);
-                        }
-                        (Some((at, _)), Some(m)) => {
-                            let m = m[at[first + i]];
-                            or.iter_mut().zip(xr).for_each(|(o, x)| *o = x + m);
+                    match (&runs, mask) {
+                        (Some((run, offsets)), Some(m)) => {
+                            let e = b * per_block + i * len;
+                            let at = offsets[e / run] + e % run;
+                            if *run >= len {
+                                or.iter_mut().zip(xr).zip(&m[at..at + len]).for_each(|((o, x), m)| *o = x + m);
+                            } else {
+                                or.iter_mut().zip(xr).for_each(|(o, x)| *o = x + m[at]);
+                            }
                         }
                         _ => or.copy_from_slice(xr),
                     }
@@ -121,8 +89,9 @@ impl EvalOp for RowSoftmax {
                     or.iter_mut().for_each(|v| *v *= inv);
                 }
             }
-        }
-        Ok(tvec!(out_t.into_tvalue()))
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 
