@@ -10,7 +10,11 @@
 //! each half of a panel: 50-59 GFLOP/s on one core of this machine for (392 x 128) x (128 x 512),
 //! against 111-146 for the AVX-512 tile in the same minutes (twice the lanes). Both tiles add
 //! each product to its sum in the same order with one rounding (FMA), so they give the same
-//! bits. Elsewhere a portable loop over the same panels is
+//! bits. Products of so few rows that one tile's accumulators cannot hide the FMA's latency (a
+//! phase-1 step of one image: 2 rows with guidance) run a tile over several panels instead (with
+//! AVX-512F one row 4 panels at a time, 2 to 4 rows 2 panels; with AVX2 one row 2 panels, 2 or 3
+//! rows one whole panel), each value still summed in the same order: the same bits as in a
+//! product of many rows. Elsewhere a portable loop over the same panels is
 //! used (the rewrite that brings this op in only does so where one of the tiles runs; the
 //! portable loop keeps the op correct anywhere).
 
@@ -234,11 +238,12 @@ mod avx512 {
 
     use super::{NO_BIAS, PANEL, Panels, TILE_ROWS};
 
-    /// Rows `ROWS` of A from `a` (row stride `lda`, K = `k`) times one panel, plus the panel's
-    /// bias, into `c` (row stride `ldc`), the first `cols` columns.
+    /// Rows `ROWS` of A from `a` (row stride `lda`, K = `k`) times `P` consecutive panels from
+    /// `panel` (each k x PANEL values, `k * PANEL` apart), plus their bias (P x PANEL values),
+    /// into `c` (row stride `ldc`), the first `cols` columns of the P panels.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const ROWS: usize>(
+    unsafe fn tile<const ROWS: usize, const P: usize>(
         (a, lda): (*const f32, usize),
         k: usize,
         panel: *const f32,
@@ -246,31 +251,42 @@ mod avx512 {
         (c, ldc): (*mut f32, usize),
         cols: usize,
     ) {
-        // SAFETY (whole body): the caller passes ROWS rows of k values at `a`, a panel of k x
-        // PANEL values, PANEL bias values, and ROWS rows of at least `cols` writable values at `c`.
+        // SAFETY (whole body): the caller passes ROWS rows of k values at `a`, P panels of k x
+        // PANEL values, P x PANEL bias values, and ROWS rows of at least `cols` writable values
+        // at `c`.
         unsafe {
-            let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
-            let mut acc = [[b0, b1]; ROWS];
-            for kk in 0..k {
-                let w0 = _mm512_loadu_ps(panel.add(kk * PANEL));
-                let w1 = _mm512_loadu_ps(panel.add(kk * PANEL + 16));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*a.add(r * lda + kk));
-                    acc[0] = _mm512_fmadd_ps(x, w0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(x, w1, acc[1]);
+            let mut acc = [[[_mm512_setzero_ps(); 2]; P]; ROWS];
+            for row in acc.iter_mut() {
+                for (p, acc) in row.iter_mut().enumerate() {
+                    *acc = [_mm512_loadu_ps(bias.add(p * PANEL)), _mm512_loadu_ps(bias.add(p * PANEL + 16))];
                 }
             }
-            if cols == PANEL {
-                for (r, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(c.add(r * ldc), acc[0]);
-                    _mm512_storeu_ps(c.add(r * ldc + 16), acc[1]);
+            let stride = k * PANEL;
+            for kk in 0..k {
+                let mut w = [[_mm512_setzero_ps(); 2]; P];
+                for (p, w) in w.iter_mut().enumerate() {
+                    let at = panel.add(p * stride + kk * PANEL);
+                    *w = [_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16))];
                 }
-            } else {
-                let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 } };
-                let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
-                for (r, acc) in acc.iter().enumerate() {
-                    _mm512_mask_storeu_ps(c.add(r * ldc), m0, acc[0]);
-                    _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, acc[1]);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + kk));
+                    for (acc, w) in row.iter_mut().zip(&w) {
+                        acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
+                    }
+                }
+            }
+            let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 } };
+            for (r, row) in acc.iter().enumerate() {
+                for (p, acc) in row.iter().enumerate() {
+                    let (at, cols) = (c.add(r * ldc + p * PANEL), cols.saturating_sub(p * PANEL).min(PANEL));
+                    if cols == PANEL {
+                        _mm512_storeu_ps(at, acc[0]);
+                        _mm512_storeu_ps(at.add(16), acc[1]);
+                    } else {
+                        _mm512_mask_storeu_ps(at, lanes(cols), acc[0]);
+                        _mm512_mask_storeu_ps(at.add(16), lanes(cols.saturating_sub(16)), acc[1]);
+                    }
                 }
             }
         }
@@ -282,18 +298,57 @@ mod avx512 {
         // SAFETY: as for `tile`, with `rows` rows.
         unsafe {
             match rows {
-                1 => tile::<1>(a, k, panel, bias, c, cols),
-                2 => tile::<2>(a, k, panel, bias, c, cols),
-                3 => tile::<3>(a, k, panel, bias, c, cols),
-                4 => tile::<4>(a, k, panel, bias, c, cols),
-                5 => tile::<5>(a, k, panel, bias, c, cols),
-                6 => tile::<6>(a, k, panel, bias, c, cols),
-                7 => tile::<7>(a, k, panel, bias, c, cols),
-                8 => tile::<8>(a, k, panel, bias, c, cols),
-                9 => tile::<9>(a, k, panel, bias, c, cols),
-                10 => tile::<10>(a, k, panel, bias, c, cols),
-                11 => tile::<11>(a, k, panel, bias, c, cols),
+                1 => tile::<1, 1>(a, k, panel, bias, c, cols),
+                2 => tile::<2, 1>(a, k, panel, bias, c, cols),
+                3 => tile::<3, 1>(a, k, panel, bias, c, cols),
+                4 => tile::<4, 1>(a, k, panel, bias, c, cols),
+                5 => tile::<5, 1>(a, k, panel, bias, c, cols),
+                6 => tile::<6, 1>(a, k, panel, bias, c, cols),
+                7 => tile::<7, 1>(a, k, panel, bias, c, cols),
+                8 => tile::<8, 1>(a, k, panel, bias, c, cols),
+                9 => tile::<9, 1>(a, k, panel, bias, c, cols),
+                10 => tile::<10, 1>(a, k, panel, bias, c, cols),
+                11 => tile::<11, 1>(a, k, panel, bias, c, cols),
                 _ => {}
+            }
+        }
+    }
+
+    /// Panels per tile for a product of `m` rows: one, except for products of so few rows
+    /// that one panel's 2 m accumulators could not hide the FMA's latency (a phase-1 step of
+    /// one image, or of a few): then 2 to 4 panels, for 8 or more independent sums.
+    pub(super) fn panels_per_tile(m: usize) -> usize {
+        match m {
+            1 => 4,
+            2..=4 => 2,
+            _ => 1,
+        }
+    }
+
+    /// A zero bias for the most panels a tile takes.
+    const NO_BIASES: [f32; 4 * PANEL] = [0.0; 4 * PANEL];
+
+    /// `panels` (up to [`panels_per_tile`] of m) consecutive panels of a product of m < 5 rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn few_rows(
+        (m, panels): (usize, usize),
+        a: (*const f32, usize),
+        k: usize,
+        panel: *const f32,
+        bias: *const f32,
+        c: (*mut f32, usize),
+        cols: usize,
+    ) {
+        // SAFETY: as for `tile`, with m rows and `panels` panels.
+        unsafe {
+            match (m, panels) {
+                (1, 4) => tile::<1, 4>(a, k, panel, bias, c, cols),
+                (1, 3) => tile::<1, 3>(a, k, panel, bias, c, cols),
+                (1, 2) => tile::<1, 2>(a, k, panel, bias, c, cols),
+                (2, 2) => tile::<2, 2>(a, k, panel, bias, c, cols),
+                (3, 2) => tile::<3, 2>(a, k, panel, bias, c, cols),
+                (4, 2) => tile::<4, 2>(a, k, panel, bias, c, cols),
+                (m, _) => rest(m, a, k, panel, bias, c, cols),
             }
         }
     }
@@ -302,9 +357,29 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn matmul((a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): (&mut [f32], usize)) {
         let (k, n) = (b.k, b.n);
-        for p in 0..n.div_ceil(PANEL) {
+        let bias_at = |p: usize| b.bias.map_or(NO_BIAS.as_ptr(), |v| v[p * PANEL..].as_ptr());
+        let count = n.div_ceil(PANEL);
+        if panels_per_tile(m) > 1 {
+            let mut p = 0;
+            while p < count {
+                let group = (count - p).min(panels_per_tile(m));
+                let cols = (n - p * PANEL).min(group * PANEL);
+                let bias = b.bias.map_or(NO_BIASES.as_ptr(), |v| v[p * PANEL..].as_ptr());
+                // SAFETY: rows 0..m of A and C as the caller checked; panels p..p + group exist
+                // (consecutive, k x PANEL values each, read through a pointer to all the panels
+                // from p on) with group x PANEL bias values (the padded bias, or NO_BIASES);
+                // columns up to p * PANEL + cols <= n.
+                unsafe {
+                    let panels = b.panels[p * k * PANEL..].as_ptr();
+                    few_rows((m, group), (a.as_ptr(), lda), k, panels, bias, (c.as_mut_ptr().add(p * PANEL), ldc), cols);
+                }
+                p += group;
+            }
+            return;
+        }
+        for p in 0..count {
             let panel = b.panel(p).as_ptr();
-            let bias = b.bias.map_or(NO_BIAS.as_ptr(), |v| v[p * PANEL..].as_ptr());
+            let bias = bias_at(p);
             let cols = (n - p * PANEL).min(PANEL);
             let mut r = 0;
             // SAFETY: rows r..r + TILE_ROWS (then the rest) lie within A (m rows of k values, lda
@@ -313,7 +388,7 @@ mod avx512 {
             unsafe {
                 while r + TILE_ROWS <= m {
                     let (ar, cr) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + p * PANEL));
-                    tile::<TILE_ROWS>((ar, lda), k, panel, bias, (cr, ldc), cols);
+                    tile::<TILE_ROWS, 1>((ar, lda), k, panel, bias, (cr, ldc), cols);
                     r += TILE_ROWS;
                 }
                 let (ar, cr) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + p * PANEL));
@@ -392,9 +467,106 @@ mod avx2 {
         }
     }
 
+    /// Rows `ROWS` of A times `P` whole consecutive panels from `panel` (k x PANEL values each,
+    /// `k * PANEL` apart), plus their bias (P x PANEL values), into `c` (row stride `ldc`), the
+    /// first `cols` columns: for products of so few rows that half a panel's 2 x ROWS
+    /// accumulators could not hide the FMA's latency. Each B vector is loaded once per k and
+    /// used by every row, so that the accumulators, the rows' broadcasts and one B vector fit the
+    /// 16 registers (ROWS x 4 x P + ROWS + 1).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn wide<const ROWS: usize, const P: usize>(
+        (a, lda): (*const f32, usize),
+        k: usize,
+        panel: *const f32,
+        bias: *const f32,
+        (c, ldc): (*mut f32, usize),
+        cols: usize,
+    ) {
+        // SAFETY (whole body): the caller passes ROWS rows of k values at `a`, P panels of k x
+        // PANEL values, P x PANEL bias values, and ROWS rows of at least `cols` writable values
+        // at `c`.
+        unsafe {
+            let mut acc = [[[_mm256_setzero_ps(); 4]; P]; ROWS];
+            for row in acc.iter_mut() {
+                for (p, acc) in row.iter_mut().enumerate() {
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_loadu_ps(bias.add(p * PANEL + j * 8));
+                    }
+                }
+            }
+            let stride = k * PANEL;
+            for kk in 0..k {
+                let mut x = [_mm256_setzero_ps(); ROWS];
+                for (r, x) in x.iter_mut().enumerate() {
+                    *x = _mm256_broadcast_ss(&*a.add(r * lda + kk));
+                }
+                for p in 0..P {
+                    for j in 0..4 {
+                        let w = _mm256_loadu_ps(panel.add(p * stride + kk * PANEL + j * 8));
+                        for (row, x) in acc.iter_mut().zip(&x) {
+                            row[p][j] = _mm256_fmadd_ps(*x, w, row[p][j]);
+                        }
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (p, acc) in row.iter().enumerate() {
+                    let (at, cols) = (c.add(r * ldc + p * PANEL), cols.saturating_sub(p * PANEL).min(PANEL));
+                    if cols == PANEL {
+                        for (j, acc) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(at.add(j * 8), *acc);
+                        }
+                    } else {
+                        let mut values = [0.0f32; PANEL];
+                        for (j, acc) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(values.as_mut_ptr().add(j * 8), *acc);
+                        }
+                        std::ptr::copy_nonoverlapping(values.as_ptr(), at, cols);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A zero bias for the most panels [`wide`] takes.
+    const NO_BIASES: [f32; 2 * PANEL] = [0.0; 2 * PANEL];
+
+    /// A product of one to three rows through [`wide`]: one row two panels at a time (8
+    /// accumulators), two or three rows a panel at a time (8 or 12).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn few_rows((a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): (&mut [f32], usize)) {
+        let (k, n) = (b.k, b.n);
+        let count = n.div_ceil(PANEL);
+        let mut p = 0;
+        while p < count {
+            let group = if m == 1 { (count - p).min(2) } else { 1 };
+            let cols = (n - p * PANEL).min(group * PANEL);
+            let bias = b.bias.map_or(NO_BIASES.as_ptr(), |v| v[p * PANEL..].as_ptr());
+            // SAFETY: rows 0..m of A and C as the caller checked; panels p..p + group exist
+            // (k x PANEL values each, read through a pointer to all the panels from p on) with
+            // group x PANEL bias values (the padded bias, or NO_BIASES); columns up to
+            // p * PANEL + cols <= n.
+            unsafe {
+                let (a, panels, c) = ((a.as_ptr(), lda), b.panels[p * k * PANEL..].as_ptr(), (c.as_mut_ptr().add(p * PANEL), ldc));
+                match (m, group) {
+                    (1, 2) => wide::<1, 2>(a, k, panels, bias, c, cols),
+                    (1, _) => wide::<1, 1>(a, k, panels, bias, c, cols),
+                    (2, _) => wide::<2, 1>(a, k, panels, bias, c, cols),
+                    _ => wide::<3, 1>(a, k, panels, bias, c, cols),
+                }
+            }
+            p += group;
+        }
+    }
+
     /// [`super::matmul`] with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn matmul((a, lda): (&[f32], usize), m: usize, b: Panels, (c, ldc): (&mut [f32], usize)) {
+        if m <= 3 {
+            // SAFETY: as this function's.
+            return unsafe { few_rows((a, lda), m, b, (c, ldc)) };
+        }
         let (k, n) = (b.k, b.n);
         for p in 0..n.div_ceil(PANEL) {
             let panel = b.panel(p).as_ptr();
@@ -480,7 +652,7 @@ mod tests {
             eprintln!("only {tiles:?} here: nothing to compare");
             return;
         }
-        for (m, k, n) in [(392, 128, 512), (13, 7, 45), (7, 300, 17)] {
+        for (m, k, n) in [(392, 128, 512), (13, 7, 45), (7, 300, 17), (1, 40, 150), (2, 40, 70), (4, 9, 200)] {
             let (a, b, bias) = (values(m * k, 6), values(k * n, 7), values(n, 8));
             let packed = PackedB::new(&b, k, n, Some(&bias));
             let outputs: Vec<Vec<u32>> = tiles
@@ -509,7 +681,20 @@ mod tests {
     /// without a bias (every value of C is written: it starts as NaN).
     #[test]
     fn product_matches_f64() {
-        for (m, k, n) in [(392, 128, 512), (25, 16, 32), (13, 7, 45), (1, 1, 1), (12, 64, 16), (31, 5, 33), (26, 600, 40)] {
+        for (m, k, n) in [
+            (392, 128, 512),
+            (25, 16, 32),
+            (13, 7, 45),
+            (1, 1, 1),
+            (12, 64, 16),
+            (31, 5, 33),
+            (26, 600, 40),
+            (1, 9, 150),
+            (2, 33, 100),
+            (3, 8, 65),
+            (4, 17, 31),
+            (1, 5, 97),
+        ] {
             for with_bias in [false, true] {
                 let (a, b, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
                 let bias = with_bias.then_some(bias.as_slice());
@@ -521,6 +706,35 @@ mod tests {
                     for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                         let tol = 1e-6 * (k as f64).sqrt() * w.abs().max(1.0);
                         assert!((*g as f64 - w).abs() <= tol, "{kernel:?} ({m}, {k}, {n}) bias {with_bias} at {i}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A product of one to four rows (a phase-1 step of a few images, whose tile spans several
+    /// panels) gives each row the bits it gets as a row of a larger product (an image's values
+    /// do not depend on the batch it runs in), with and without a bias, the last panel partial.
+    #[test]
+    fn few_rows_give_the_bits_of_a_larger_product() {
+        let (k, n, big) = (96, 4 * PANEL + 5, 14);
+        let (a, b, bias) = (values(big * k, 9), values(k * n, 10), values(n, 11));
+        for with_bias in [false, true] {
+            let packed = PackedB::new(&b, k, n, with_bias.then_some(bias.as_slice()));
+            for kernel in kernels_here() {
+                let mut all = vec![f32::NAN; big * n];
+                run(kernel, (&a, k), big, packed.view(), (&mut all, n));
+                for m in 1..=4 {
+                    for first in [0, 3, big - m] {
+                        let mut few = vec![f32::NAN; m * n];
+                        run(kernel, (&a[first * k..], k), m, packed.view(), (&mut few, n));
+                        let want = &all[first * n..(first + m) * n];
+                        let same = few.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits());
+                        assert!(
+                            same,
+                            "{kernel:?}: rows {first}..{} alone differ from the same rows of {big} (bias {with_bias})",
+                            first + m
+                        );
                     }
                 }
             }
